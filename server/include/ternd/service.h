@@ -1,0 +1,30 @@
+/*
+ * service.h -- how modules and plugins talk without linking each other:
+ * named services (a pointer to a struct of functions another module
+ * declared in its public header) and named events with subscribers.
+ * Loop thread only.
+ */
+#ifndef TERND_SERVICE_H
+#define TERND_SERVICE_H
+
+#include <ternd/core.h>
+
+/* Publish ptr under name ("broker", "discovery.registry"). TN_EEXIST if the
+ * name is taken. The pointer must stay valid until unregistered. */
+TN_API int tn_service_register(const char *name, void *ptr);
+TN_API void tn_service_unregister(const char *name);
+TN_API void *tn_service_lookup(const char *name);
+
+/*
+ * Events: "conn.open", "conn.close", "broker.publish", "auth.check", ...
+ * A subscriber returns 0 to let the event pass; tn_event_emit stops at the
+ * first non-zero return and gives it back (used for vetoes such as auth).
+ */
+typedef int (*tn_event_pt)(const char *event, void *arg, void *ud);
+TN_API int tn_event_on(const char *event, tn_event_pt fn, void *ud);
+TN_API void tn_event_off(const char *event, tn_event_pt fn, void *ud);
+TN_API int tn_event_emit(const char *event, void *arg);
+/* Are there subscribers (skip building the argument when not)? */
+TN_API int tn_event_has(const char *event);
+
+#endif
