@@ -15,10 +15,12 @@
 static struct ev_loop *core_loop;
 static char core_data_dir[PATH_MAX] = ".";
 static int core_stopping;
+static int64_t core_started_ms;
 
 void tn_core_init(struct ev_loop *loop, const char *data_dir)
 {
     core_loop = loop;
+    core_started_ms = (int64_t)(ev_now(loop) * 1000.0);
     if (data_dir) {
         size_t n = strlen(data_dir);
         while (n > 1 && data_dir[n - 1] == '/')
@@ -45,6 +47,8 @@ int64_t tn_wall_ns(void)
     clock_gettime(CLOCK_REALTIME, &ts);
     return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
+
+int64_t tn_core_started_ms(void) { return core_started_ms; }
 
 const char *tn_data_dir(void) { return core_data_dir; }
 

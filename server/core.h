@@ -51,6 +51,7 @@ void tn_daemon_conf_default(struct tn_daemon_conf *dc);
 
 void tn_core_init(struct ev_loop *loop, const char *data_dir);
 void tn_core_set_stopping(void);
+int64_t tn_core_started_ms(void); /* tn_now_ms() at tn_core_init */
 const char *tn_exe_dir(void);     /* dir of /proc/self/exe, or NULL */
 
 /* ---- logging (log.c) ------------------------------------------------------ */
@@ -80,6 +81,12 @@ void tn_modset_fini(struct tn_modset *ms);
 int tn_modset_reload(struct tn_modset *running, struct tn_modset *next);
 void tn_modset_free(struct tn_modset *ms);
 void tn_modset_stats(struct tn_modset *ms, struct tn_stats_out *out);
+struct tn_conf *tn_modset_conf(struct tn_modset *ms);
+/* The set tn_module_find() searches (the running one). */
+void tn_modset_set_current(struct tn_modset *ms);
+/* Where modules / plugins are searched (buf receives a computed path). */
+const char *tn_modules_dir(const struct tn_daemon_conf *dc, char *buf, size_t len);
+const char *tn_plugins_dir(const struct tn_daemon_conf *dc, char *buf, size_t len);
 
 /* ---- stats (stats.c) ------------------------------------------------------ */
 

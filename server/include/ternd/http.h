@@ -84,7 +84,7 @@ TN_API void tn_http_server_free(struct tn_http_server *s);
 TN_API const char *tn_http_server_addr(const struct tn_http_server *s);
 
 /* Route an exact path ("/pub"), or a prefix when the path ends in '*'
- * ("/config/*"). Exact routes win over prefixes; longer prefixes win. The
+ * ("/config/" followed by a star). Exact routes win over prefixes; longer prefixes win. The
  * same path may be registered again with other methods. 0 or TN_EEXIST. */
 TN_API int tn_http_route(struct tn_http_server *s, unsigned methods, const char *path,
                          tn_http_handler_pt h, void *ud);

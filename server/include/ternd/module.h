@@ -20,9 +20,12 @@
  *   start        open listeners, start timers; may fail (core stops the rest)
  *   stop         stop accepting, flush to disk; graceful stop begins here
  *   fini         free everything; the .so may be unloaded after it
- *   reload       SIGHUP with a new, already checked conf: adopt what can
- *                change at run time, log what needs a restart. The core swaps
- *                m->conf to the new one after this returns 0.
+ *   reload       SIGHUP with a new conf that passed check_conf: adopt what
+ *                can change at run time, log what needs a restart. It cannot
+ *                refuse (refuse in check_conf, which rejects the whole
+ *                reload): the core swaps m->conf to new_conf afterwards and
+ *                frees the old config, so keep no pointer into the old one.
+ *                A negative return is logged.
  *   stats        emit current metrics for /stats and /metrics
  * Hooks return 0 or a negative TN_* code; they never exit().
  */

@@ -1,0 +1,77 @@
+/*
+ * admin.c -- the core's own HTTP endpoints on daemon.admin_listen:
+ *   GET /ping     "OK" (health check)
+ *   GET /stats    every metric as JSON (?format=text for plain lines)
+ *   GET /metrics  Prometheus text exposition format 0.0.4
+ */
+#include <string.h>
+
+#include "core.h"
+
+static struct tn_http_server *admin;
+static struct tn_modset *admin_ms;
+
+static int admin_ping(struct tn_http_req *r, void *ud)
+{
+    tn_http_reply_str(r, tn_stopping() ? 503 : 200, "text/plain; charset=utf-8",
+                      tn_stopping() ? "STOPPING" : "OK");
+    return TN_HTTP_DONE;
+}
+
+static int reply_stats(struct tn_http_req *r, int format, const char *ctype)
+{
+    struct tn_buf b = TN_BUF_INIT;
+
+    if (tn_stats_format(&b, format, admin_ms) != 0) {
+        tn_http_reply_str(r, 500, "text/plain", "out of memory\n");
+    } else {
+        tn_http_reply(r, 200, ctype, tn_buf_rptr(&b), tn_buf_rlen(&b));
+    }
+    tn_buf_free(&b);
+    return TN_HTTP_DONE;
+}
+
+static int admin_stats(struct tn_http_req *r, void *ud)
+{
+    char fmt[16];
+
+    if (tn_http_arg(r, "format", fmt, sizeof(fmt)) >= 0 && strcmp(fmt, "json") != 0) {
+        if (strcmp(fmt, "text") == 0)
+            return reply_stats(r, TN_STATS_TEXT, "text/plain; charset=utf-8");
+        tn_http_reply_str(r, 400, "text/plain", "format must be json or text\n");
+        return TN_HTTP_DONE;
+    }
+    return reply_stats(r, TN_STATS_JSON, "application/json");
+}
+
+static int admin_metrics(struct tn_http_req *r, void *ud)
+{
+    return reply_stats(r, TN_STATS_PROMETHEUS, "text/plain; version=0.0.4; charset=utf-8");
+}
+
+int tn_admin_start(const struct tn_daemon_conf *dc)
+{
+    int err = 0;
+
+    if (admin || dc->admin_listen.len == 0)
+        return 0;
+    admin = tn_http_server_create("admin", &dc->admin_listen, &dc->http, &err);
+    if (!admin)
+        return err ? err : TN_EIO;
+    tn_http_route(admin, TN_HTTP_GET, "/ping", admin_ping, NULL);
+    tn_http_route(admin, TN_HTTP_GET, "/stats", admin_stats, NULL);
+    tn_http_route(admin, TN_HTTP_GET, "/metrics", admin_metrics, NULL);
+    tn_log_info("core", "admin HTTP on %s", tn_http_server_addr(admin));
+    return 0;
+}
+
+void tn_admin_set_modset(struct tn_modset *ms) { admin_ms = ms; }
+
+void tn_admin_stop(void)
+{
+    if (admin) {
+        tn_http_server_close(admin);
+        tn_http_server_free(admin);
+        admin = NULL;
+    }
+}
