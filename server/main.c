@@ -114,8 +114,9 @@ static struct generation *generation_load(const char *path, struct generation *r
         if (daemon && !tn_conf_is_null(daemon))
             tn_conf_apply(gen->cf, daemon, tn_daemon_conf_table, &gen->dc);
         tn_conf_set_section(gen->cf, NULL, NULL);
-        if (tn_conf_errors(gen->cf) == 0)
-            gen->ms = tn_modset_prepare(gen->cf, &gen->dc, reuse ? reuse->ms : NULL);
+        /* module sections are checked even when the daemon section had
+         * errors, so one run reports every problem of the file */
+        gen->ms = tn_modset_prepare(gen->cf, &gen->dc, reuse ? reuse->ms : NULL);
     }
     if (tn_conf_errors(gen->cf)) {
         for (size_t i = 0; i < tn_conf_error_count(gen->cf); i++)

@@ -299,7 +299,7 @@ static int sort_by_deps(struct tn_modset *ms)
         return TN_ENOMEM;
     for (size_t i = 0; i < ms->n && rc == 0; i++)
         rc = visit(ms, &ms->v[i], out, &nout);
-    if (rc == 0)
+    if (rc == 0 && nout)
         memcpy(ms->v, out, nout * sizeof(*out));
     free(out);
     return rc;
@@ -322,7 +322,8 @@ static void add_plugins(struct tn_modset *ms, struct tn_modset *reuse,
                 continue;
             memcpy(name, de->d_name, len - 3);
             name[len - 3] = '\0';
-            snprintf(path, sizeof(path), "%s/%s", pdir, de->d_name);
+            if ((size_t)snprintf(path, sizeof(path), "%s/%s", pdir, de->d_name) >= sizeof(path))
+                continue;
             tn_conf_push_key(ms->cf, "daemon");
             tn_conf_push_key(ms->cf, "plugins_dir");
             add_module(ms, reuse, daemon ? tn_conf_map_get(daemon, "plugins_dir") : NULL, name,

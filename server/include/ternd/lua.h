@@ -38,6 +38,16 @@ TN_API void tn_lua_conf_default(struct tn_lua_conf *lc);
 typedef int (*tn_lua_open_pt)(lua_State *L, void *ud);
 
 /*
+ * Openers added by modules that extend every state (the pool module adds
+ * ternd.pool this way): each runs on every state tn_lua_create/tn_lua_reload
+ * build, after `ternd` exists and before the owner's own open. Remove it
+ * (same open and ud) before the module that added it goes away. Loop
+ * thread only. 0, TN_ENOMEM, or TN_EEXIST when already added.
+ */
+TN_API int tn_lua_add_opener(const char *name, tn_lua_open_pt open, void *ud);
+TN_API void tn_lua_remove_opener(tn_lua_open_pt open, void *ud);
+
+/*
  * Create a state for `owner` (the module name, used in logs and stats),
  * open libraries and `ternd`, run open, then load and run conf->script if
  * set. On failure returns NULL and writes the reason into err.
