@@ -913,6 +913,8 @@ static void timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
     if (hc->cur) {
         fail(hc, 408); /* a request began and did not finish in time */
         process(hc);
+    } else if (hc->nq == 0 && tn_conn_pending(hc->c) > 0) {
+        hc_arm(hc, hc->s->lim.keepalive_timeout); /* still sending: not idle */
     } else if (hc->nq == 0) {
         tn_conn_close(hc->c, TN_ETIMEDOUT); /* idle keep-alive connection */
     }
@@ -1071,8 +1073,10 @@ void tn_http_server_close(struct tn_http_server *s)
     for (hc = s->conns; hc; hc = hc->next) {
         if (hc->nq == 0 && !hc->cur)
             tn_conn_close(hc->c, 0);
-        else
+        else {
             hc->stop_parse = 1; /* answer what is queued, then close */
+            tn_conn_pause_read(hc->c);
+        }
     }
 }
 

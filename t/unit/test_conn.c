@@ -491,6 +491,89 @@ static void test_listener_close_keeps_conns(void **state)
     assert_true(nu_until(conns_zero, NULL, 2000));
 }
 
+/* Application back-pressure: nothing is delivered while paused. */
+static struct tn_conn *paused_conn;
+
+static void pausing_read(struct tn_conn *c)
+{
+    size_t n = tn_buf_rlen(&c->in);
+
+    memcpy(seen.reply + seen.reply_len, tn_buf_rptr(&c->in), n);
+    seen.reply_len += n;
+    tn_buf_consume(&c->in, n);
+    if (memchr(seen.reply, 'P', seen.reply_len) && !paused_conn) {
+        paused_conn = c;
+        tn_conn_pause_read(c);
+    }
+}
+
+static const struct tn_conn_handler pausing_handler = {pausing_read, NULL, NULL, note_close};
+
+static int got_def(void *ud)
+{
+    return seen.reply_len >= 7;
+}
+
+static void test_pause_resume(void **state)
+{
+    struct tn_addr a;
+    struct tn_listener *l;
+    int fd;
+
+    reset_seen();
+    paused_conn = NULL;
+    l = listen_on(NULL, &pausing_handler, &a);
+    fd = nu_connect(&a);
+    assert_int_equal(nu_send_str(fd, "abcP"), 0);
+    nu_spin(30);
+    assert_non_null(paused_conn);
+    assert_int_equal(nu_send_str(fd, "def"), 0);
+    nu_spin(50);
+    assert_int_equal(seen.reply_len, 4);
+    tn_conn_resume_read(paused_conn);
+    assert_true(nu_until(got_def, NULL, 1000));
+    assert_memory_equal(seen.reply, "abcPdef", 7);
+    close(fd);
+    assert_true(nu_until(conns_zero, NULL, 2000));
+    tn_listener_close(l);
+}
+
+/* A peer that resets the connection in the middle of a large answer. */
+static void big_read(struct tn_conn *c)
+{
+    static char block[1 << 20];
+
+    tn_buf_consume(&c->in, tn_buf_rlen(&c->in));
+    tn_conn_write(c, block, sizeof(block));
+}
+
+static const struct tn_conn_handler big_handler = {big_read, NULL, NULL, note_close};
+
+static void test_peer_reset(void **state)
+{
+    struct tn_listen_opts o = {.lim = {.out_high = 4 << 20, .out_max = 64 << 20}};
+    struct linger lg = {1, 0};
+    struct tn_addr a;
+    struct tn_listener *l;
+    char buf[1000];
+    int fd, eof, i;
+
+    reset_seen();
+    l = listen_on(&o, &big_handler, &a);
+    for (i = 0; i < 5; i++) {
+        fd = nu_connect(&a);
+        assert_int_equal(nu_send_str(fd, "go"), 0);
+        nu_recv(fd, buf, sizeof(buf), 500, &eof);
+        assert_int_equal(setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg)), 0);
+        close(fd);
+    }
+    assert_true(nu_until(conns_zero, NULL, 2000));
+    assert_int_equal(seen.closed, 5);
+    assert_true(seen.close_reason == -ECONNRESET || seen.close_reason == -EPIPE ||
+                seen.close_reason == TN_EPEER);
+    tn_listener_close(l);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -505,6 +588,8 @@ int main(void)
         cmocka_unit_test(test_connect),
         cmocka_unit_test(test_unix),
         cmocka_unit_test(test_listener_close_keeps_conns),
+        cmocka_unit_test(test_pause_resume),
+        cmocka_unit_test(test_peer_reset),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -105,6 +105,27 @@ static int h_chunks(struct tn_http_req *r, void *ud)
     return TN_HTTP_DONE;
 }
 
+/* Held until the test answers it. */
+static struct tn_http_req *held;
+
+static int h_hold(struct tn_http_req *r, void *ud)
+{
+    held = r;
+    return TN_HTTP_ASYNC;
+}
+
+/* Replies with two request headers (case-insensitive lookup). */
+static int h_hdr(struct tn_http_req *r, void *ud)
+{
+    char out[128];
+    const char *a = tn_http_header(r, "x-a"), *e = tn_http_header(r, "X-EMPTY");
+
+    snprintf(out, sizeof(out), "%s|%s|%s|%zu", a ? a : "-", e ? e : "-", r->query ? r->query : "-",
+             r->nheaders);
+    tn_http_reply_str(r, 200, "text/plain", out);
+    return TN_HTTP_DONE;
+}
+
 static int h_nothing(struct tn_http_req *r, void *ud)
 {
     return TN_HTTP_DONE;
@@ -170,7 +191,10 @@ static int setup(void **state)
     assert_int_equal(tn_http_route(srv, TN_HTTP_GET, "/chunks", h_chunks, NULL), 0);
     assert_int_equal(tn_http_route(srv, TN_HTTP_GET, "/nothing", h_nothing, NULL), 0);
     assert_int_equal(tn_http_route(srv, TN_HTTP_GET, "/up", h_upgrade, NULL), 0);
+    assert_int_equal(tn_http_route(srv, TN_HTTP_GET, "/hold", h_hold, NULL), 0);
+    assert_int_equal(tn_http_route(srv, TN_HTTP_GET, "/hdr", h_hdr, NULL), 0);
     aborted = 0;
+    held = NULL;
     return 0;
 }
 
@@ -628,6 +652,112 @@ static void test_server_close(void **state)
         close(fd);
 }
 
+/* The requests counter, read through the stats text rendering. */
+static long requests_seen(void)
+{
+    struct tn_buf b = TN_BUF_INIT;
+    const char *p;
+    long n = -1;
+
+    assert_int_equal(tn_stats_format(&b, TN_STATS_TEXT, NULL), 0);
+    tn_buf_append(&b, "", 1);
+    p = strstr(tn_buf_rptr(&b), "ternd_http_requests_total ");
+    if (p)
+        n = atol(p + strlen("ternd_http_requests_total "));
+    tn_buf_free(&b);
+    return n;
+}
+
+static int is_held(void *ud)
+{
+    return held != NULL;
+}
+
+static void test_pipeline_limit(void **state)
+{
+    struct resp rs;
+    char reqs[2048] = "GET /hold HTTP/1.1\r\n\r\n";
+    long before = requests_seen();
+    int fd = client(), i;
+
+    for (i = 0; i < 9; i++)
+        strcat(reqs, "GET /hello HTTP/1.1\r\n\r\n");
+    assert_int_equal(nu_send_str(fd, reqs), 0);
+    assert_true(nu_until(is_held, NULL, 1000));
+    nu_spin(50);
+    /* the held request and three behind it: max_pipeline (4) parsed */
+    assert_int_equal(requests_seen() - before, 4);
+    tn_http_reply_str(held, 200, "text/plain", "held\n");
+    assert_int_equal(read_resp(fd, &rs, 0), 0);
+    assert_string_equal(rs.body, "held\n");
+    for (i = 0; i < 9; i++) {
+        assert_int_equal(read_resp(fd, &rs, 0), 0);
+        assert_string_equal(rs.body, "hello\n");
+    }
+    assert_int_equal(requests_seen() - before, 10);
+    close(fd);
+}
+
+/* A request arriving a byte at a time: every parser callback sees
+ * fragments. */
+static void test_fragmented(void **state)
+{
+    const char *req = "GET /hdr?x=1&y HTTP/1.1\r\nHost: h\r\nX-A: value one\r\n"
+                      "X-Empty:\r\nX-Last: z\r\n\r\n";
+    struct resp rs;
+    int fd = client();
+    size_t i;
+
+    for (i = 0; req[i]; i++)
+        assert_int_equal(nu_send(fd, req + i, 1, 1000), 0);
+    assert_int_equal(read_resp(fd, &rs, 0), 0);
+    assert_int_equal(rs.status, 200);
+    assert_string_equal(rs.body, "value one||x=1&y|4");
+    close(fd);
+}
+
+static void test_expect_continue(void **state)
+{
+    struct resp rs;
+    int fd = client();
+
+    assert_int_equal(nu_send_str(fd, "POST /echo HTTP/1.1\r\nContent-Length: 4\r\n"
+                                     "Expect: 100-continue\r\n\r\n"),
+                     0);
+    assert_int_equal(read_resp(fd, &rs, 1), 0);
+    assert_int_equal(rs.status, 100);
+    assert_int_equal(nu_send_str(fd, "body"), 0);
+    assert_int_equal(read_resp(fd, &rs, 0), 0);
+    assert_int_equal(rs.status, 200);
+    assert_string_equal(rs.body, "body");
+    close(fd);
+}
+
+/* Mangled requests never crash the server; every connection ends. */
+static void test_garbage(void **state)
+{
+    const char *base = "POST /echo?a=%41 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                       "Content-Type: a\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+    char req[256], buf[512];
+    unsigned seed = 12345;
+    int i, j, eof;
+
+    for (i = 0; i < 200; i++) {
+        int fd = client();
+        size_t n = strlen(base);
+        memcpy(req, base, n);
+        for (j = 0; j < 1 + i % 6; j++) {
+            seed = seed * 1103515245u + 12345u;
+            req[(seed >> 8) % n] = (char)(seed >> 16);
+        }
+        nu_send(fd, req, n - (i % 7), 500);
+        if (i % 3 == 0)
+            nu_recv_all(fd, buf, sizeof(buf), 20, &eof);
+        close(fd);
+    }
+    assert_true(nu_until(conns_zero, NULL, 3000));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -646,6 +776,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_args, setup, teardown),
         cmocka_unit_test_setup_teardown(test_upgrade, setup, teardown),
         cmocka_unit_test_setup_teardown(test_server_close, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_pipeline_limit, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_fragmented, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_expect_continue, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_garbage, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
