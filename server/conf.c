@@ -462,8 +462,12 @@ static void check_props(struct loader *ld, const yaml_event_t *ev, const yaml_ch
     if (anchor)
         error_at(ld->cf, line, col, "YAML anchors (&%s) are not supported: repeat the value",
                  (const char *)anchor);
-    if (tag && !implicit)
-        error_at(ld->cf, line, col, "YAML tags (%s) are not supported", (const char *)tag);
+    if (tag && !implicit) {
+        const char *t = (const char *)tag, *std = "tag:yaml.org,2002:";
+        int shorthand = strncmp(t, std, strlen(std)) == 0;
+        error_at(ld->cf, line, col, "YAML tags (%s%s) are not supported", shorthand ? "!!" : "",
+                 shorthand ? t + strlen(std) : t);
+    }
 }
 
 static struct tn_conf_node *load_node(struct loader *ld, yaml_event_t *ev, int depth);
@@ -487,8 +491,13 @@ static struct tn_conf_node *load_scalar(struct loader *ld, yaml_event_t *ev)
     return n;
 }
 
-/* An alias stands for another node; it is reported and read as null so
- * that the rest of the file is still checked. */
+/* An alias stands for another node; it is reported once and read as this
+ * empty text, which the setters pass over silently, so that the rest of
+ * the file is still checked without a second message for the same place. */
+static const char alias_value[] = "";
+
+static int is_alias(const struct tn_conf_node *n) { return n && n->value == alias_value; }
+
 static struct tn_conf_node *load_alias(struct loader *ld, yaml_event_t *ev)
 {
     struct tn_conf_node *n = new_node(ld, TN_NODE_SCALAR, ev);
@@ -497,7 +506,7 @@ static struct tn_conf_node *load_alias(struct loader *ld, yaml_event_t *ev)
              "YAML aliases (*%s) are not supported: repeat the value",
              (const char *)ev->data.alias.anchor);
     if (n) {
-        n->value = "";
+        n->value = alias_value;
         n->plain = 1;
     }
     return n;
@@ -535,15 +544,20 @@ static struct tn_conf_node *load_seq(struct loader *ld, yaml_event_t *start, int
     return n;
 }
 
+static int is_merge_key(const struct tn_conf_node *key)
+{
+    return key->type == TN_NODE_SCALAR && key->plain && strcmp(key->value, "<<") == 0;
+}
+
 /* Keys are plain text; a duplicate is reported at its second occurrence
  * and dropped, so the first one is the one used. */
 static int accept_key(struct loader *ld, const struct nodevec *keys, struct tn_conf_node *key)
 {
     if (key->type != TN_NODE_SCALAR) {
-        tn_conf_error(ld->cf, key, "keys must be plain scalars");
+        tn_conf_error(ld->cf, key, "keys must be scalars");
         return 0;
     }
-    if (key->plain && strcmp(key->value, "<<") == 0) {
+    if (is_merge_key(key)) {
         tn_conf_error(ld->cf, key, "YAML merge keys (<<) are not supported: repeat the keys");
         return 0;
     }
@@ -578,6 +592,10 @@ static struct tn_conf_node *load_map(struct loader *ld, yaml_event_t *start, int
         if (!key || next_event(ld, &ev) != 0)
             break;
         int keep = accept_key(ld, &keys, key);
+        if (is_merge_key(key) && ev.type == YAML_ALIAS_EVENT) {
+            yaml_event_delete(&ev); /* "<<: *x" is one mistake, said once */
+            continue;
+        }
         if (key->type == TN_NODE_SCALAR)
             tn_conf_push_key(ld->cf, key->value);
         else
@@ -1112,8 +1130,10 @@ static const char *kind_name(int type)
 /* The text of a scalar that must carry a value, or NULL after reporting. */
 static const char *scalar_text(struct tn_conf *cf, const struct tn_conf_node *n, const char *what)
 {
+    if (is_alias(n))
+        return NULL; /* already reported */
     if (!n || n->type != TN_NODE_SCALAR) {
-        tn_conf_error(cf, n, "expected a scalar (%s), got %s", what,
+        tn_conf_error(cf, n, "expected a scalar, got %s",
                       n ? kind_name(n->type) : "nothing");
         return NULL;
     }
@@ -1198,7 +1218,7 @@ int tn_conf_parse_duration(struct tn_conf *cf, const struct tn_conf_node *n, int
 int tn_conf_parse_string(struct tn_conf *cf, const struct tn_conf_node *n, char **out)
 {
     if (!n || n->type != TN_NODE_SCALAR)
-        return tn_conf_error(cf, n, "expected a scalar (a string), got %s",
+        return tn_conf_error(cf, n, "expected a scalar, got %s",
                              n ? kind_name(n->type) : "nothing");
     if (tn_conf_is_null(n)) {
         *out = NULL;
@@ -1218,7 +1238,7 @@ int tn_conf_parse_addr(struct tn_conf *cf, const struct tn_conf_node *n, struct 
     char err[256];
 
     if (!n || n->type != TN_NODE_SCALAR)
-        return tn_conf_error(cf, n, "expected a scalar (an address), got %s",
+        return tn_conf_error(cf, n, "expected a scalar, got %s",
                              n ? kind_name(n->type) : "nothing");
     if (tn_conf_is_null(n)) {
         memset(out, 0, sizeof(*out));
@@ -1306,11 +1326,16 @@ static int set_enum(struct tn_conf *cf, const struct tn_conf_node *n, const stru
                     void *field)
 {
     const struct tn_conf_enum *e = cmd->arg;
-    char allowed[512];
+    char allowed[512], what[560];
     size_t at = 0;
-    const char *s = scalar_text(cf, n, "one of the allowed names");
+    const char *s;
 
-    if (!s)
+    allowed[0] = '\0';
+    for (const struct tn_conf_enum *i = e; i && i->name && at < sizeof(allowed); i++)
+        at += (size_t)snprintf(allowed + at, sizeof(allowed) - at, "%s%s", i == e ? "" : ", ",
+                               i->name);
+    snprintf(what, sizeof(what), "one of: %s", allowed);
+    if (!(s = scalar_text(cf, n, what)))
         return TN_ECONF;
     for (const struct tn_conf_enum *i = e; i && i->name; i++) {
         if (strcasecmp(s, i->name) == 0) {
@@ -1318,12 +1343,7 @@ static int set_enum(struct tn_conf *cf, const struct tn_conf_node *n, const stru
             return 0;
         }
     }
-    allowed[0] = '\0';
-    for (const struct tn_conf_enum *i = e; i && i->name && at < sizeof(allowed); i++)
-        at += (size_t)snprintf(allowed + at, sizeof(allowed) - at, "%s%s", i == e ? "" : ", ",
-                               i->name);
-    return tn_conf_error(cf, n, "unknown value \"%.*s\" (expected one of: %s)", SHOW_MAX, s,
-                         allowed);
+    return tn_conf_error(cf, n, "unknown value \"%.*s\" (expected %s)", SHOW_MAX, s, what);
 }
 
 /* "./x" and "x" become "$PWD/x": the daemon may later run elsewhere
@@ -1422,6 +1442,8 @@ static int set_value(struct tn_conf *cf, const struct tn_conf_node *n,
     int64_t i64;
     int b;
 
+    if (is_alias(n))
+        return TN_ECONF; /* already reported */
     switch (cmd->type) {
     case TN_CONF_BOOL:
         if (tn_conf_parse_bool(cf, n, &b) != 0)
