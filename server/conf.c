@@ -141,9 +141,15 @@ void tn_conf_free(struct tn_conf *cf)
     free(cf);
 }
 
-const char *tn_conf_file(const struct tn_conf *cf) { return cf->file; }
+const char *tn_conf_file(const struct tn_conf *cf)
+{
+    return cf->file;
+}
 
-const struct tn_conf_node *tn_conf_root(const struct tn_conf *cf) { return cf->root; }
+const struct tn_conf_node *tn_conf_root(const struct tn_conf *cf)
+{
+    return cf->root;
+}
 
 /* ---- key path ------------------------------------------------------------- */
 
@@ -236,9 +242,15 @@ static void full_path(const struct tn_conf *cf, const char *extra, char *out, si
 
 /* ---- errors --------------------------------------------------------------- */
 
-int tn_conf_errors(const struct tn_conf *cf) { return (int)cf->nerrs; }
+int tn_conf_errors(const struct tn_conf *cf)
+{
+    return (int)cf->nerrs;
+}
 
-size_t tn_conf_error_count(const struct tn_conf *cf) { return cf->nerrs; }
+size_t tn_conf_error_count(const struct tn_conf *cf)
+{
+    return cf->nerrs;
+}
 
 const char *tn_conf_error_text(const struct tn_conf *cf, size_t i)
 {
@@ -496,7 +508,10 @@ static struct tn_conf_node *load_scalar(struct loader *ld, yaml_event_t *ev)
  * the file is still checked without a second message for the same place. */
 static const char alias_value[] = "";
 
-static int is_alias(const struct tn_conf_node *n) { return n && n->value == alias_value; }
+static int is_alias(const struct tn_conf_node *n)
+{
+    return n && n->value == alias_value;
+}
 
 static struct tn_conf_node *load_alias(struct loader *ld, yaml_event_t *ev)
 {
@@ -725,41 +740,53 @@ struct tn_conf *tn_conf_load_string(const char *name, const char *text, size_t l
     return cf;
 }
 
-struct tn_conf *tn_conf_load_file(const char *path)
+/* The whole file into a malloc'd buffer; 0 or an errno value. */
+static int read_all(const char *path, char **textp, size_t *lenp)
 {
     FILE *f = fopen(path, "rb");
-    struct tn_conf *cf;
     char *text = NULL;
     size_t len = 0, cap = 0;
     int err = 0;
 
-    if (f) {
-        for (;;) {
-            if (len == cap) {
-                if (cap >= MAX_FILE_SIZE) {
-                    err = EFBIG;
-                    break;
-                }
-                char *t = realloc(text, cap = cap ? cap * 2 : 8192);
-                if (!t) {
-                    err = ENOMEM;
-                    break;
-                }
-                text = t;
-            }
-            size_t got = fread(text + len, 1, cap - len, f);
-            len += got;
-            if (got == 0) {
-                err = ferror(f) ? EIO : 0;
+    if (!f)
+        return errno;
+    for (;;) {
+        if (len == cap) {
+            char *t = cap < MAX_FILE_SIZE ? realloc(text, cap ? cap * 2 : 8192) : NULL;
+            if (!t) {
+                err = cap < MAX_FILE_SIZE ? ENOMEM : EFBIG;
                 break;
             }
+            text = t;
+            cap = cap ? cap * 2 : 8192;
         }
-        fclose(f);
-    } else {
-        err = errno;
+        errno = 0;
+        size_t got = fread(text + len, 1, cap - len, f);
+        len += got;
+        if (got == 0) {
+            if (ferror(f))
+                err = errno ? errno : EIO; /* EISDIR for a directory */
+            break;
+        }
     }
+    fclose(f);
     if (err) {
         free(text);
+        return err;
+    }
+    *textp = text;
+    *lenp = len;
+    return 0;
+}
+
+struct tn_conf *tn_conf_load_file(const char *path)
+{
+    struct tn_conf *cf;
+    char *text = NULL;
+    size_t len = 0;
+    int err = read_all(path, &text, &len);
+
+    if (err) {
         if ((cf = conf_new(path)))
             error_at(cf, 0, 0, "cannot read the file: %s", strerror(err));
         return cf;
@@ -833,24 +860,23 @@ struct unit {
     uint64_t mult;
 };
 
-static const struct unit size_units[] = {
-    {"", 1},
-    {"B", 1},
-    {"k", 1ull << 10},
-    {"K", 1ull << 10},
-    {"KiB", 1ull << 10},
-    {"M", 1ull << 20},
-    {"MiB", 1ull << 20},
-    {"G", 1ull << 30},
-    {"GiB", 1ull << 30},
-    {"T", 1ull << 40},
-    {"TiB", 1ull << 40},
-    {"kB", 1000ull},
-    {"KB", 1000ull},
-    {"MB", 1000000ull},
-    {"GB", 1000000000ull},
-    {"TB", 1000000000000ull},
-    {NULL, 0}};
+static const struct unit size_units[] = {{"", 1},
+                                         {"B", 1},
+                                         {"k", 1ull << 10},
+                                         {"K", 1ull << 10},
+                                         {"KiB", 1ull << 10},
+                                         {"M", 1ull << 20},
+                                         {"MiB", 1ull << 20},
+                                         {"G", 1ull << 30},
+                                         {"GiB", 1ull << 30},
+                                         {"T", 1ull << 40},
+                                         {"TiB", 1ull << 40},
+                                         {"kB", 1000ull},
+                                         {"KB", 1000ull},
+                                         {"MB", 1000000ull},
+                                         {"GB", 1000000000ull},
+                                         {"TB", 1000000000000ull},
+                                         {NULL, 0}};
 
 /* Parse a size; on error write why (for the config message). */
 static int size_scan(const char *s, uint64_t *out, char *why, size_t wlen)
@@ -891,8 +917,8 @@ int tn_parse_size(const char *s, uint64_t *out)
     return s && size_scan(s, out, why, sizeof(why)) == 0 ? 0 : TN_EINVAL;
 }
 
-static const struct unit duration_units[] = {
-    {"d", 86400000ull}, {"h", 3600000ull}, {"m", 60000ull}, {"s", 1000ull}, {"ms", 1}, {NULL, 0}};
+static const struct unit duration_units[] = {{"d", 86400000ull}, {"h", 3600000ull}, {"m", 60000ull},
+                                             {"s", 1000ull},     {"ms", 1},         {NULL, 0}};
 
 /* The unit at p (longest match: "ms" before "m"); its index or -1. */
 static int duration_unit(const char *p, size_t *ulen)
@@ -1088,8 +1114,9 @@ int tn_parse_addr(const char *s, struct tn_addr *out, char *err, size_t errlen)
         colon = close + 1;
     } else {
         if (!(colon = strrchr(s, ':'))) {
-            snprintf(err, errlen, "expected host:port, [ipv6]:port, :port or unix:/path, got \"%.*s\"",
-                     SHOW_MAX, s);
+            snprintf(err, errlen,
+                     "expected host:port, [ipv6]:port, :port or unix:/path, got \"%.*s\"", SHOW_MAX,
+                     s);
             return TN_EINVAL;
         }
         hlen = (size_t)(colon - s);
@@ -1133,8 +1160,7 @@ static const char *scalar_text(struct tn_conf *cf, const struct tn_conf_node *n,
     if (is_alias(n))
         return NULL; /* already reported */
     if (!n || n->type != TN_NODE_SCALAR) {
-        tn_conf_error(cf, n, "expected a scalar, got %s",
-                      n ? kind_name(n->type) : "nothing");
+        tn_conf_error(cf, n, "expected a scalar, got %s", n ? kind_name(n->type) : "nothing");
         return NULL;
     }
     if (tn_conf_is_null(n)) {
@@ -1367,12 +1393,17 @@ static int set_path(struct tn_conf *cf, const struct tn_conf_node *n, char **out
         rel += rel[1] ? 2 : 1;
     while (*rel == '/')
         rel++;
-    size_t need = strlen(cwd) + 1 + strlen(rel) + 1;
-    if (need > PATH_MAX)
+    size_t clen = strlen(cwd), rlen = strlen(rel);
+    int slash = rlen && strcmp(cwd, "/") != 0;
+    if (clen + (size_t)slash + rlen >= PATH_MAX)
         return tn_conf_error(cf, n, "path too long (at most %d bytes)", PATH_MAX - 1);
-    if (!(*out = tn_conf_alloc(cf, need)))
+    char *p = tn_conf_alloc(cf, clen + (size_t)slash + rlen + 1); /* zeroed: terminated */
+    if (!p)
         return tn_conf_error(cf, n, "out of memory");
-    snprintf(*out, need, "%s%s%s", cwd, *rel && strcmp(cwd, "/") ? "/" : "", rel);
+    memcpy(p, cwd, clen);
+    memcpy(p + clen, "/", (size_t)slash);
+    memcpy(p + clen + slash, rel, rlen);
+    *out = p;
     return 0;
 }
 
@@ -1408,10 +1439,10 @@ static int addr_item(struct tn_conf *cf, const struct tn_conf_node *n, void *slo
 /* Fill an arena array of isize-byte items with parse(); *vp and *np are
  * set only when every item parsed. */
 static int set_list(struct tn_conf *cf, const struct tn_conf_node *n, size_t isize,
-                    int (*parse)(struct tn_conf *, const struct tn_conf_node *, void *),
-                    void **vp, size_t *np)
+                    int (*parse)(struct tn_conf *, const struct tn_conf_node *, void *), void **vp,
+                    size_t *np)
 {
-    size_t count;
+    size_t count = 0;
     int rc = 0;
 
     if (list_items(cf, n, &count) != 0)

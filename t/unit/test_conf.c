@@ -103,8 +103,8 @@ static int set_routes(struct tn_conf *cf, const struct tn_conf_node *node,
 }
 
 static const struct tn_conf_cmd inner_table[] = {
-    {"level", TN_CONF_INT, offsetof(struct test_conf, limits.inner.level) -
-                               offsetof(struct test_conf, limits.inner),
+    {"level", TN_CONF_INT,
+     offsetof(struct test_conf, limits.inner.level) - offsetof(struct test_conf, limits.inner),
      &level_range, NULL, NULL},
     TN_CONF_END};
 
@@ -197,15 +197,47 @@ static void run_sections(struct tn_conf *cf, struct tn_daemon_conf *dc, struct t
 
 /* ---- the table of bad files ------------------------------------------------- */
 
-static const char *const cases[] = {
-    "syntax_error", "tab_indent", "duplicate_key", "unknown_key_suggest", "unknown_key",
-    "expect_mapping", "expect_mapping_top", "expect_scalar", "expect_sequence", "bad_size",
-    "size_fraction", "size_overflow", "size_range", "bad_duration", "duration_range",
-    "int_range", "int_overflow", "bad_bool", "bad_enum", "bad_addr", "bad_port",
-    "unix_too_long", "anchor_alias", "merge_key", "yaml_tag", "multiple_errors",
-    "nested_section", "list_index", "error_key", "null_values", "empty", "comment_only",
-    "non_map_root", "scalar_root", "daemon_bad", "unknown_section", "multi_doc",
-    "complex_key", "too_deep", "check_callback", "not_a_file"};
+static const char *const cases[] = {"syntax_error",
+                                    "tab_indent",
+                                    "duplicate_key",
+                                    "unknown_key_suggest",
+                                    "unknown_key",
+                                    "expect_mapping",
+                                    "expect_mapping_top",
+                                    "expect_scalar",
+                                    "expect_sequence",
+                                    "bad_size",
+                                    "size_fraction",
+                                    "size_overflow",
+                                    "size_range",
+                                    "bad_duration",
+                                    "duration_range",
+                                    "int_range",
+                                    "int_overflow",
+                                    "bad_bool",
+                                    "bad_enum",
+                                    "bad_addr",
+                                    "bad_port",
+                                    "unix_too_long",
+                                    "anchor_alias",
+                                    "merge_key",
+                                    "yaml_tag",
+                                    "multiple_errors",
+                                    "nested_section",
+                                    "list_index",
+                                    "error_key",
+                                    "null_values",
+                                    "empty",
+                                    "comment_only",
+                                    "non_map_root",
+                                    "scalar_root",
+                                    "daemon_bad",
+                                    "unknown_section",
+                                    "multi_doc",
+                                    "complex_key",
+                                    "too_deep",
+                                    "check_callback",
+                                    "not_a_file"};
 
 static char *read_text(const char *path)
 {
@@ -428,8 +460,8 @@ static void test_bools(void **state)
     static const struct {
         const char *text;
         int value;
-    } v[] = {{"true", 1}, {"TRUE", 1}, {"yes", 1}, {"On", 1},
-             {"false", 0}, {"False", 0}, {"no", 0}, {"OFF", 0}};
+    } v[] = {{"true", 1},  {"TRUE", 1},  {"yes", 1}, {"On", 1},
+             {"false", 0}, {"False", 0}, {"no", 0},  {"OFF", 0}};
 
     for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
         char text[64];
@@ -464,9 +496,20 @@ static void test_parse_size(void **state)
               {"7B", 7},
               {"18446744073709551615", UINT64_MAX},
               {"16777215TiB", 16777215ull << 40}};
-    static const char *const bad[] = {
-        "", "-1", "1.3KiB", "0.5", "12XB", "KiB", "1 KiB", "1.", ".5k", "1kib",
-        "18446744073709551616", "16777216TiB", "0x10", "1e3"};
+    static const char *const bad[] = {"",
+                                      "-1",
+                                      "1.3KiB",
+                                      "0.5",
+                                      "12XB",
+                                      "KiB",
+                                      "1 KiB",
+                                      "1.",
+                                      ".5k",
+                                      "1kib",
+                                      "18446744073709551616",
+                                      "16777216TiB",
+                                      "0x10",
+                                      "1e3"};
     uint64_t v;
 
     for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
@@ -492,8 +535,18 @@ static void test_parse_duration(void **state)
               {"1h30m", 5400000}, {"1d2h3m4s5ms", 93784005},
               {"1.5s", 1500},     {"0.25h", 900000},
               {"2m0s", 120000}};
-    static const char *const bad[] = {"",     "10",   "-1s",  "1s1m", "5x",   "1m1m",
-                                      "1h30", "0.5ms", "1 s",  "s",    "10sec", "ms5",
+    static const char *const bad[] = {"",
+                                      "10",
+                                      "-1s",
+                                      "1s1m",
+                                      "5x",
+                                      "1m1m",
+                                      "1h30",
+                                      "0.5ms",
+                                      "1 s",
+                                      "s",
+                                      "10sec",
+                                      "ms5",
                                       "999999999999999d"};
     int64_t v;
 
@@ -510,7 +563,7 @@ static void test_parse_duration(void **state)
 
 static void test_parse_addr(void **state)
 {
-    static const char *const ok[] = {"127.0.0.1:0", "0.0.0.0:65535", ":1", "[::]:80",
+    static const char *const ok[] = {"127.0.0.1:0",   "0.0.0.0:65535",    ":1",           "[::]:80",
                                      "[fe80::1]:443", "unix:/run/x.sock", "unix:rel.sock"};
     static const struct {
         const char *text, *reason;
@@ -729,8 +782,7 @@ static void test_tree_and_marks(void **state)
     cf = load("a: [1\n");
     assert_null(tn_conf_root(cf));
     assert_int_equal(tn_conf_errors(cf), 1);
-    assert_int_equal(strncmp(tn_conf_error_text(cf, 0), "test.yaml:2:1: a: syntax error: ", 32),
-                     0);
+    assert_int_equal(strncmp(tn_conf_error_text(cf, 0), "test.yaml:2:1: a: syntax error: ", 32), 0);
     assert_null(tn_conf_error_text(cf, 1));
     tn_conf_free(cf);
 }
@@ -838,6 +890,12 @@ static void test_load_file_errors(void **state)
     assert_string_equal(tn_conf_error_text(cf, 0),
                         "/nonexistent/ternd.yaml: cannot read the file: No such file or directory");
     assert_string_equal(tn_conf_file(cf), "/nonexistent/ternd.yaml");
+    tn_conf_free(cf);
+
+    cf = tn_conf_load_file(TEST_SRCDIR "/t/unit/conf_cases");
+    assert_int_equal(tn_conf_errors(cf), 1);
+    assert_string_equal(tn_conf_error_text(cf, 0),
+                        TEST_SRCDIR "/t/unit/conf_cases: cannot read the file: Is a directory");
     tn_conf_free(cf);
 }
 
