@@ -26,6 +26,34 @@
 #define MAX_DEPTH 64                     /* nesting allowed in a file */
 #define MAX_FILE_SIZE (16 * 1024 * 1024) /* a config larger than this is a mistake */
 #define SHOW_MAX 64                      /* bytes of a bad value quoted in messages */
+#define SHOW_BUF (SHOW_MAX * 4 + 4)
+
+/* A bad value as quoted in a message: at most SHOW_MAX bytes, control
+ * characters escaped, so that every message stays one line. */
+static const char *show(const char *s, char *buf)
+{
+    size_t at = 0;
+
+    for (size_t i = 0; s[i]; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (i == SHOW_MAX) {
+            memcpy(buf + at, "...", 3);
+            at += 3;
+            break;
+        }
+        if (c == '\n' || c == '\t') {
+            buf[at++] = '\\';
+            buf[at++] = c == '\n' ? 'n' : 't';
+        } else if (c < 0x20 || c == 0x7f) {
+            at += (size_t)snprintf(buf + at, 5, "\\x%02x", c);
+        } else {
+            buf[at++] = (char)c;
+        }
+    }
+    buf[at] = '\0';
+    return buf;
+}
+#define SHOWN(s) show((s), (char[SHOW_BUF]){0})
 
 struct arena_block {
     struct arena_block *next;
@@ -892,7 +920,7 @@ static int size_scan(const char *s, uint64_t *out, char *why, size_t wlen)
     if (*p == '+')
         p++;
     if (!(p = scan_number(p, &num))) {
-        snprintf(why, wlen, "expected a size like 512, 64KiB or 1MiB, got \"%.*s\"", SHOW_MAX, s);
+        snprintf(why, wlen, "expected a size like 512, 64KiB or 1MiB, got \"%s\"", SHOWN(s));
         return TN_EINVAL;
     }
     for (const struct unit *u = size_units; u->name; u++) {
@@ -900,14 +928,14 @@ static int size_scan(const char *s, uint64_t *out, char *why, size_t wlen)
             continue;
         rc = scale(&num, u->mult, UINT64_MAX, out, &not_whole);
         if (not_whole)
-            snprintf(why, wlen, "\"%.*s\" is not a whole number of bytes", SHOW_MAX, s);
+            snprintf(why, wlen, "\"%s\" is not a whole number of bytes", SHOWN(s));
         else if (rc != 0)
             snprintf(why, wlen, "size too large");
         return rc ? TN_EINVAL : 0;
     }
     snprintf(why, wlen,
-             "unknown size unit \"%.*s\" (use k/KiB, M/MiB, G/GiB, T/TiB or KB, MB, GB, TB)",
-             SHOW_MAX, p);
+             "unknown size unit \"%s\" (use k/KiB, M/MiB, G/GiB, T/TiB or KB, MB, GB, TB)",
+             SHOWN(p));
     return TN_EINVAL;
 }
 
@@ -952,8 +980,8 @@ static int duration_scan(const char *s, int64_t *out, char *why, size_t wlen)
     if (*p == '+')
         p++;
     if (!scan_number(p, &num)) {
-        snprintf(why, wlen, "expected a duration like 250ms, 10s, 5m, 2h or 1d, got \"%.*s\"",
-                 SHOW_MAX, s);
+        snprintf(why, wlen, "expected a duration like 250ms, 10s, 5m, 2h or 1d, got \"%s\"",
+                 SHOWN(s));
         return TN_EINVAL;
     }
     while (*p) {
@@ -961,7 +989,7 @@ static int duration_scan(const char *s, int64_t *out, char *why, size_t wlen)
         int u;
 
         if (!(p = scan_number(p, &num))) {
-            snprintf(why, wlen, "expected a duration like 1m30s, got \"%.*s\"", SHOW_MAX, s);
+            snprintf(why, wlen, "expected a duration like 1m30s, got \"%s\"", SHOWN(s));
             return TN_EINVAL;
         }
         if (*p == '\0') {
@@ -969,22 +997,21 @@ static int duration_scan(const char *s, int64_t *out, char *why, size_t wlen)
                 *out = 0; /* a bare 0 means the same in any unit */
                 return 0;
             }
-            snprintf(why, wlen, "\"%.*s\" needs a unit: ms, s, m, h or d", SHOW_MAX, s);
+            snprintf(why, wlen, "\"%s\" needs a unit: ms, s, m, h or d", SHOWN(s));
             return TN_EINVAL;
         }
         if ((u = duration_unit(p, &ulen)) < 0) {
-            snprintf(why, wlen, "unknown duration unit in \"%.*s\" (use ms, s, m, h or d)",
-                     SHOW_MAX, s);
+            snprintf(why, wlen, "unknown duration unit in \"%s\" (use ms, s, m, h or d)", SHOWN(s));
             return TN_EINVAL;
         }
         if (u <= last) {
-            snprintf(why, wlen, "\"%.*s\": units must go from largest to smallest, once each",
-                     SHOW_MAX, s);
+            snprintf(why, wlen, "\"%s\": units must go from largest to smallest, once each",
+                     SHOWN(s));
             return TN_EINVAL;
         }
         int rc = scale(&num, duration_units[u].mult, INT64_MAX, &part, &not_whole);
         if (not_whole) {
-            snprintf(why, wlen, "\"%.*s\" is not a whole number of milliseconds", SHOW_MAX, s);
+            snprintf(why, wlen, "\"%s\" is not a whole number of milliseconds", SHOWN(s));
             return TN_EINVAL;
         }
         if (rc != 0 || part > (uint64_t)INT64_MAX - total) {
@@ -1018,7 +1045,7 @@ static int parse_port(const char *s, in_port_t *port, char *err, size_t errlen)
     }
     for (; *p; p++) {
         if (*p < '0' || *p > '9') {
-            snprintf(err, errlen, "bad port \"%.*s\"", SHOW_MAX, s);
+            snprintf(err, errlen, "bad port \"%s\"", SHOWN(s));
             return TN_EINVAL;
         }
         if ((v = v * 10 + (unsigned long)(*p - '0')) > 65535) {
@@ -1072,7 +1099,7 @@ static int resolve_host(const char *host, in_port_t port, struct tn_addr *out, c
         return 0;
     }
     if ((rc = getaddrinfo(host, NULL, &hints, &res)) != 0 || !res) {
-        snprintf(err, errlen, "cannot resolve host \"%.*s\": %s", SHOW_MAX, host,
+        snprintf(err, errlen, "cannot resolve host \"%s\": %s", SHOWN(host),
                  rc ? gai_strerror(rc) : "no address");
         return TN_EINVAL;
     }
@@ -1106,7 +1133,7 @@ int tn_parse_addr(const char *s, struct tn_addr *out, char *err, size_t errlen)
     if (*s == '[') {
         const char *close = strchr(s, ']');
         if (!close || close[1] != ':') {
-            snprintf(err, errlen, "expected [ipv6]:port, got \"%.*s\"", SHOW_MAX, s);
+            snprintf(err, errlen, "expected [ipv6]:port, got \"%s\"", SHOWN(s));
             return TN_EINVAL;
         }
         hs = s + 1;
@@ -1115,8 +1142,7 @@ int tn_parse_addr(const char *s, struct tn_addr *out, char *err, size_t errlen)
     } else {
         if (!(colon = strrchr(s, ':'))) {
             snprintf(err, errlen,
-                     "expected host:port, [ipv6]:port, :port or unix:/path, got \"%.*s\"", SHOW_MAX,
-                     s);
+                     "expected host:port, [ipv6]:port, :port or unix:/path, got \"%s\"", SHOWN(s));
             return TN_EINVAL;
         }
         hlen = (size_t)(colon - s);
@@ -1132,7 +1158,7 @@ int tn_parse_addr(const char *s, struct tn_addr *out, char *err, size_t errlen)
     if (hlen == 0 && *s != '[') /* ":port": every interface */
         snprintf(host, sizeof(host), "0.0.0.0");
     else if (hlen == 0) {
-        snprintf(err, errlen, "empty IPv6 address in \"%.*s\"", SHOW_MAX, s);
+        snprintf(err, errlen, "empty IPv6 address in \"%s\"", SHOWN(s));
         return TN_EINVAL;
     }
     if (resolve_host(host, port, out, err, errlen) != 0)
@@ -1192,7 +1218,7 @@ int tn_conf_parse_bool(struct tn_conf *cf, const struct tn_conf_node *n, int *ou
             return 0;
         }
     }
-    return tn_conf_error(cf, n, "expected %s, got \"%.*s\"", what, SHOW_MAX, s);
+    return tn_conf_error(cf, n, "expected %s, got \"%s\"", what, SHOWN(s));
 }
 
 int tn_conf_parse_int(struct tn_conf *cf, const struct tn_conf_node *n,
@@ -1207,7 +1233,7 @@ int tn_conf_parse_int(struct tn_conf *cf, const struct tn_conf_node *n,
     errno = 0;
     v = strtoll(s, &end, 10);
     if (end == s || *end || !((*s >= '0' && *s <= '9') || *s == '-' || *s == '+'))
-        return tn_conf_error(cf, n, "expected an integer, got \"%.*s\"", SHOW_MAX, s);
+        return tn_conf_error(cf, n, "expected an integer, got \"%s\"", SHOWN(s));
     if (errno == ERANGE)
         return tn_conf_error(cf, n, "integer out of range");
     if (r && (v < r->min || v > r->max))
@@ -1369,7 +1395,7 @@ static int set_enum(struct tn_conf *cf, const struct tn_conf_node *n, const stru
             return 0;
         }
     }
-    return tn_conf_error(cf, n, "unknown value \"%.*s\" (expected %s)", SHOW_MAX, s, what);
+    return tn_conf_error(cf, n, "unknown value \"%s\" (expected %s)", SHOWN(s), what);
 }
 
 /* "./x" and "x" become "$PWD/x": the daemon may later run elsewhere

@@ -237,6 +237,7 @@ static const char *const cases[] = {"syntax_error",
                                     "complex_key",
                                     "too_deep",
                                     "check_callback",
+                                    "multiline_value",
                                     "not_a_file"};
 
 static char *read_text(const char *path)
