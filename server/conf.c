@@ -24,6 +24,7 @@
 
 #define ARENA_BLOCK 8192
 #define MAX_DEPTH 64                     /* nesting allowed in a file */
+#define PATH_DEPTH (MAX_DEPTH + 16)      /* key path levels kept for messages */
 #define MAX_FILE_SIZE (16 * 1024 * 1024) /* a config larger than this is a mistake */
 #define SHOW_MAX 64                      /* bytes of a bad value quoted in messages */
 #define SHOW_BUF (SHOW_MAX * 4 + 4)
@@ -74,11 +75,13 @@ struct tn_conf {
     struct conf_err *errs; /* sorted by position, stable */
     size_t nerrs, caperrs;
 
-    /* the key path: text, and the length before each push */
+    /* the key path: text, and its length before each push (levels past
+     * PATH_DEPTH are counted but not shown) */
     char *path;
     size_t plen, pcap;
-    size_t *stack;
-    size_t nstack, capstack;
+    size_t stack[PATH_DEPTH];
+    size_t nstack;
+    size_t lost; /* errors that could not be stored (out of memory) */
 
     char *section_name; /* prefix of every path; NULL: none */
     const struct tn_conf_node *section;
@@ -164,7 +167,6 @@ void tn_conf_free(struct tn_conf *cf)
         free(cf->errs[i].text);
     free(cf->errs);
     free(cf->path);
-    free(cf->stack);
     free(cf->section_name);
     free(cf);
 }
@@ -198,25 +200,19 @@ static void path_append(struct tn_conf *cf, const char *s, size_t len)
     cf->path[cf->plen] = '\0';
 }
 
-static void path_mark(struct tn_conf *cf)
+/* Remember the length to return to; 0 when the level is too deep to show. */
+static int path_mark(struct tn_conf *cf)
 {
-    if (cf->nstack == cf->capstack) {
-        size_t cap = cf->capstack ? cf->capstack * 2 : 16;
-        size_t *s = realloc(cf->stack, cap * sizeof(*s));
-        if (!s) {
-            /* cannot remember: make the pop a no-op by reusing the top */
-            cf->nstack++;
-            return;
-        }
-        cf->stack = s;
-        cf->capstack = cap;
-    }
-    cf->stack[cf->nstack++] = cf->plen;
+    if (cf->nstack++ >= PATH_DEPTH)
+        return 0;
+    cf->stack[cf->nstack - 1] = cf->plen;
+    return 1;
 }
 
 void tn_conf_push_key(struct tn_conf *cf, const char *key)
 {
-    path_mark(cf);
+    if (!path_mark(cf))
+        return;
     if (cf->plen)
         path_append(cf, ".", 1);
     path_append(cf, key, strlen(key));
@@ -227,16 +223,15 @@ void tn_conf_push_index(struct tn_conf *cf, size_t i)
     char buf[32];
     int n = snprintf(buf, sizeof(buf), "[%zu]", i);
 
-    path_mark(cf);
-    path_append(cf, buf, (size_t)n);
+    if (path_mark(cf))
+        path_append(cf, buf, (size_t)n);
 }
 
 void tn_conf_pop(struct tn_conf *cf)
 {
     if (cf->nstack == 0)
         return;
-    cf->nstack--;
-    if (cf->nstack < cf->capstack && cf->stack[cf->nstack] <= cf->plen) {
+    if (--cf->nstack < PATH_DEPTH) {
         cf->plen = cf->stack[cf->nstack];
         if (cf->path)
             cf->path[cf->plen] = '\0';
@@ -272,7 +267,7 @@ static void full_path(const struct tn_conf *cf, const char *extra, char *out, si
 
 int tn_conf_errors(const struct tn_conf *cf)
 {
-    return (int)cf->nerrs;
+    return (int)(cf->nerrs + cf->lost);
 }
 
 size_t tn_conf_error_count(const struct tn_conf *cf)
@@ -311,14 +306,18 @@ static void add_error(struct tn_conf *cf, int line, int col, const char *path, c
     if (cf->nerrs == cf->caperrs) {
         size_t cap = cf->caperrs ? cf->caperrs * 2 : 8;
         struct conf_err *e = realloc(cf->errs, cap * sizeof(*e));
-        if (!e)
+        if (!e) {
+            cf->lost++; /* still an error: the config must not pass */
             return;
+        }
         cf->errs = e;
         cf->caperrs = cap;
     }
     char *copy = strdup(text);
-    if (!copy)
+    if (!copy) {
+        cf->lost++;
         return;
+    }
     at = cf->nerrs;
     while (at > 0 && !pos_after(line, col, &cf->errs[at - 1]))
         at--;

@@ -858,6 +858,28 @@ static void test_error_paths_and_order(void **state)
     tn_conf_free(cf);
 }
 
+/* Paths deeper than the messages show still push and pop in balance. */
+static void test_deep_path(void **state)
+{
+    struct tn_conf *cf = load("");
+
+    for (int i = 0; i < 200; i++)
+        tn_conf_push_key(cf, "k");
+    tn_conf_error(cf, NULL, "deep");
+    for (int i = 0; i < 199; i++)
+        tn_conf_pop(cf);
+    tn_conf_push_index(cf, 3);
+    tn_conf_error(cf, NULL, "shallow");
+    tn_conf_pop(cf);
+    tn_conf_pop(cf);
+    tn_conf_error(cf, NULL, "none");
+    assert_int_equal(tn_conf_errors(cf), 3);
+    assert_non_null(strstr(tn_conf_error_text(cf, 0), ": k.k.k.k."));
+    assert_string_equal(tn_conf_error_text(cf, 1), "test.yaml:1:1: k[3]: shallow");
+    assert_string_equal(tn_conf_error_text(cf, 2), "test.yaml:1:1: none");
+    tn_conf_free(cf);
+}
+
 static void test_alloc_and_strdup(void **state)
 {
     struct tn_conf *cf = load("");
@@ -916,6 +938,7 @@ int main(void)
         cmocka_unit_test(test_tree_and_marks),
         cmocka_unit_test(test_is_null),
         cmocka_unit_test(test_error_paths_and_order),
+        cmocka_unit_test(test_deep_path),
         cmocka_unit_test(test_alloc_and_strdup),
         cmocka_unit_test(test_load_file_errors),
     };
