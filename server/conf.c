@@ -437,6 +437,23 @@ static void line_col_at(const struct loader *ld, size_t offset, int *line, int *
     }
 }
 
+/* The byte at a libyaml mark (0-based line, column in characters). */
+static int char_at(const struct loader *ld, size_t line, size_t column)
+{
+    size_t i = 0;
+
+    for (; i < ld->len && line > 0; i++)
+        if (ld->text[i] == '\n')
+            line--;
+    for (; i < ld->len && ld->text[i] != '\n'; i++) {
+        if (((unsigned char)ld->text[i] & 0xc0) == 0x80)
+            continue; /* UTF-8 continuation byte: same character */
+        if (column-- == 0)
+            return (unsigned char)ld->text[i];
+    }
+    return -1;
+}
+
 static void syntax_error(struct loader *ld)
 {
     yaml_parser_t *p = &ld->parser;
@@ -454,7 +471,7 @@ static void syntax_error(struct loader *ld)
     }
     line = (int)p->problem_mark.line + 1;
     col = (int)p->problem_mark.column + 1;
-    if (p->problem_mark.index < ld->len && ld->text[p->problem_mark.index] == '\t') {
+    if (char_at(ld, p->problem_mark.line, p->problem_mark.column) == '\t') {
         error_at(ld->cf, line, col, "syntax error: tab character (YAML indents with spaces only)");
         return;
     }

@@ -238,6 +238,8 @@ static const char *const cases[] = {"syntax_error",
                                     "too_deep",
                                     "check_callback",
                                     "multiline_value",
+                                    "tab_after_utf8",
+                                    "bad_utf8",
                                     "not_a_file"};
 
 static char *read_text(const char *path)
