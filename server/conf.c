@@ -848,7 +848,8 @@ struct number {
     unsigned __int128 whole;
     uint64_t frac;
     int ndec;
-    int overflow;
+    int overflow; /* the whole part is beyond 64 bits */
+    int inexact;  /* nonzero digits past the 18 decimals kept */
 };
 
 static const char *scan_number(const char *s, struct number *num)
@@ -869,7 +870,7 @@ static const char *scan_number(const char *s, struct number *num)
                 num->frac = num->frac * 10 + (uint64_t)(*p - '0');
                 num->ndec++;
             } else if (*p != '0') {
-                num->overflow = 1; /* more precision than any unit needs */
+                num->inexact = 1; /* finer than a byte or a millisecond */
             }
         }
     }
@@ -886,7 +887,7 @@ static int scale(const struct number *num, uint64_t mult, uint64_t max, uint64_t
     for (int i = 0; i < num->ndec; i++)
         pow *= 10;
     fr = (unsigned __int128)num->frac * mult;
-    if (fr % pow != 0) {
+    if (fr % pow != 0 || num->inexact) {
         *not_whole = 1;
         return TN_EINVAL;
     }

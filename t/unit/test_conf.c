@@ -476,6 +476,21 @@ static void test_bools(void **state)
     }
 }
 
+/* Bad values are quoted on one line, control characters escaped. */
+static void test_value_quoting(void **state)
+{
+    struct tn_conf *cf = load("test:\n  flag: \"a\\x01\\tb\"\n");
+    struct tn_daemon_conf dc;
+    struct test_conf tc;
+
+    run_sections(cf, &dc, &tc);
+    assert_int_equal(tn_conf_errors(cf), 1);
+    assert_string_equal(tn_conf_error_text(cf, 0),
+                        "test.yaml:2:9: test.flag: expected a boolean (true/false, yes/no, "
+                        "on/off), got \"a\\x01\\tb\"");
+    tn_conf_free(cf);
+}
+
 static void test_parse_size(void **state)
 {
     static const struct {
@@ -497,6 +512,8 @@ static void test_parse_size(void **state)
               {"0.5MB", 500000},
               {"2.25k", 2304},
               {"7B", 7},
+              {"+5", 5},
+              {"1.000000000000000000000k", 1024},
               {"18446744073709551615", UINT64_MAX},
               {"16777215TiB", 16777215ull << 40}};
     static const char *const bad[] = {"",
@@ -512,7 +529,8 @@ static void test_parse_size(void **state)
                                       "18446744073709551616",
                                       "16777216TiB",
                                       "0x10",
-                                      "1e3"};
+                                      "1e3",
+                                      "1.0000000000000000001k"};
     uint64_t v;
 
     for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
@@ -537,7 +555,7 @@ static void test_parse_duration(void **state)
               {"1d", 86400000},   {"1m30s", 90000},
               {"1h30m", 5400000}, {"1d2h3m4s5ms", 93784005},
               {"1.5s", 1500},     {"0.25h", 900000},
-              {"2m0s", 120000}};
+              {"2m0s", 120000},   {"+2s", 2000}};
     static const char *const bad[] = {"",
                                       "10",
                                       "-1s",
@@ -550,7 +568,8 @@ static void test_parse_duration(void **state)
                                       "s",
                                       "10sec",
                                       "ms5",
-                                      "999999999999999d"};
+                                      "999999999999999d",
+                                      "1s-5"};
     int64_t v;
 
     for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
@@ -781,6 +800,17 @@ static void test_tree_and_marks(void **state)
     assert_int_equal(tn_conf_errors(cf), 0);
     tn_conf_free(cf);
 
+    /* an empty or null document is an empty mapping too */
+    for (int i = 0; i < 2; i++) {
+        cf = load(i ? "~\n" : "---\n");
+        root = tn_conf_root(cf);
+        assert_non_null(root);
+        assert_int_equal(root->type, TN_NODE_MAP);
+        assert_int_equal(root->n, 0);
+        assert_int_equal(tn_conf_errors(cf), 0);
+        tn_conf_free(cf);
+    }
+
     /* syntax errors leave no tree */
     cf = load("a: [1\n");
     assert_null(tn_conf_root(cf));
@@ -931,6 +961,7 @@ int main(void)
         cmocka_unit_test(test_all_types),
         cmocka_unit_test(test_defaults_nulls_and_single_items),
         cmocka_unit_test(test_bools),
+        cmocka_unit_test(test_value_quoting),
         cmocka_unit_test(test_parse_size),
         cmocka_unit_test(test_parse_duration),
         cmocka_unit_test(test_parse_addr),
