@@ -186,7 +186,7 @@ static uint32_t frame_crc(const unsigned char *hdr, const unsigned char *payload
 {
     uLong c = crc32(0L, hdr, 4);
 
-    return (uint32_t)crc32(c, payload, len);
+    return len > 0 ? (uint32_t)crc32(c, payload, len) : (uint32_t)c;
 }
 
 /* Parse the frame at pos (ending at or before limit). FR_OK with *len (and
@@ -327,13 +327,15 @@ static int meta_read(struct tn_diskq *q)
 
 /* ---- segment files --------------------------------------------------------- */
 
-/* Lowest and highest segment numbers present in the directory; 0 when
- * there is none, 1 when found, -errno. */
-static int scan_dir(const struct tn_diskq *q, uint32_t *lo, uint32_t *hi)
+/* Walk the segment files of this queue in the directory, removing those
+ * numbered below `below` (UINT32_MAX + 1: all); the lowest and highest
+ * number of the others go to *lo and *hi. Returns 1 when any was kept, 0
+ * when none, or -errno (of the listing, or of the first removal failed). */
+static int scan_dir(const struct tn_diskq *q, int64_t below, uint32_t *lo, uint32_t *hi)
 {
     struct dirent *de;
     DIR *d;
-    int fd, found = 0;
+    int fd, found = 0, err = 0;
     int64_t n;
 
     fd = openat(q->dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -348,6 +350,11 @@ static int scan_dir(const struct tn_diskq *q, uint32_t *lo, uint32_t *hi)
         n = seg_number(q, de->d_name);
         if (n < 0)
             continue;
+        if (n < below) {
+            if (unlinkat(q->dirfd, de->d_name, 0) < 0 && errno != ENOENT && err == 0)
+                err = -errno;
+            continue;
+        }
         if (!found || (uint32_t)n < *lo)
             *lo = (uint32_t)n;
         if (!found || (uint32_t)n > *hi)
@@ -355,27 +362,20 @@ static int scan_dir(const struct tn_diskq *q, uint32_t *lo, uint32_t *hi)
         found = 1;
     }
     closedir(d);
-    return found;
+    return err < 0 ? err : found;
 }
+
+#define ALL_SEGMENTS ((int64_t)UINT32_MAX + 1)
 
 /* Remove every segment (and with meta, the metadata) of this queue found in
  * the directory. 0 or the first -errno. */
 static int remove_files(const struct tn_diskq *q, int meta)
 {
     char fname[FNAME_MAX];
-    uint32_t lo = 0, hi = 0, n;
-    int rc, err = 0;
+    uint32_t lo = 0, hi = 0;
+    int err;
 
-    rc = scan_dir(q, &lo, &hi);
-    if (rc < 0)
-        return rc;
-    for (n = lo; rc > 0; n++) {
-        seg_name(q, n, fname);
-        if (unlinkat(q->dirfd, fname, 0) < 0 && errno != ENOENT && err == 0)
-            err = -errno;
-        if (n == hi)
-            break;
-    }
+    err = scan_dir(q, ALL_SEGMENTS, &lo, &hi);
     if (meta) {
         meta_name(q, fname, 0);
         if (unlinkat(q->dirfd, fname, 0) < 0 && errno != ENOENT && err == 0)
@@ -579,13 +579,12 @@ static int check_segments(struct tn_diskq *q)
 {
     char fname[FNAME_MAX];
     uint32_t lo = 0, hi = 0, n;
-    int missing = 0;
+    int rc, missing = 0;
 
-    if (scan_dir(q, &lo, &hi) > 0)
-        for (n = lo; n < q->rfile && n <= hi; n++) {
-            seg_name(q, n, fname);
-            unlinkat(q->dirfd, fname, 0);
-        }
+    rc = scan_dir(q, q->rfile, &lo, &hi);
+    if (rc < 0)
+        tn_log_warn(LOG_WHO, "disk queue %s: cannot remove read segments: %s", q->name,
+                    tn_strerror(rc));
     q->del_from = q->rfile;
     for (n = q->rfile; n < q->wfile; n++)
         if (!seg_exists(q, n)) {
@@ -607,7 +606,7 @@ static int recover(struct tn_diskq *q)
 
     rc = meta_read(q);
     if (rc != 0) {
-        found = scan_dir(q, &lo, &hi);
+        found = scan_dir(q, 0, &lo, &hi);
         if (found < 0)
             return found;
         meta_name(q, fname, 0);
@@ -723,6 +722,7 @@ static void note_op(struct tn_diskq *q)
         return;
     rc = tn_diskq_sync(q);
     if (rc < 0) {
+        q->ops = 0; /* retried after the next sync_every operations */
         q->st.sync_errors++;
         tn_log_error(LOG_WHO, "disk queue %s: sync failed: %s", q->name, tn_strerror(rc));
     }
@@ -810,7 +810,8 @@ int tn_diskq_putv(struct tn_diskq *q, const struct iovec *iov, int iovcnt)
     v[0].iov_base = hdr;
     v[0].iov_len = HDR_SIZE;
     for (i = 0; i < iovcnt; i++) {
-        crc = crc32(crc, iov[i].iov_base, (uInt)iov[i].iov_len);
+        if (iov[i].iov_len > 0) /* crc32(c, NULL, 0) would restart the crc */
+            crc = crc32(crc, iov[i].iov_base, (uInt)iov[i].iov_len);
         v[i + 1] = iov[i];
     }
     put_be32(hdr + 4, (uint32_t)crc);
@@ -927,6 +928,8 @@ int tn_diskq_peek(struct tn_diskq *q, const void **data, size_t *len)
             return rc == 0 ? TN_EAGAIN : rc;
         switch (read_frame(q, &q->r, q->rpos, limit, 1, &payload, &flen, &err)) {
         case FR_OK:
+            if (q->depth == 0) /* skipped garbage threw the count off */
+                recount_depth(q);
             q->peeked = 1;
             q->peek_data = payload;
             q->peek_len = flen;
@@ -1006,18 +1009,20 @@ int tn_diskq_sync_due(const struct tn_diskq *q)
 
 int tn_diskq_empty(struct tn_diskq *q)
 {
-    int rc, rm;
+    uint32_t lo = 0, hi = 0;
+    int rc;
 
     close_read(q);
     if (q->wfd >= 0)
         close(q->wfd);
     q->wfd = -1;
-    rm = remove_files(q, 0);
-    if (rm < 0)
-        tn_log_error(LOG_WHO, "disk queue %s: emptying: %s", q->name, tn_strerror(rm));
-    /* Numbers keep growing, so a segment that could not be removed is
-     * never taken for a new one. */
-    q->wfile = q->wfile == UINT32_MAX ? 0 : q->wfile + 1;
+    /* Point the metadata at a fresh segment first, then remove the old
+     * ones: a crash in between leaves files the next open deletes, never
+     * metadata counting records that are gone. Numbers keep growing, so
+     * an old segment is never taken for a new one. */
+    if (q->wfile == UINT32_MAX)
+        return TN_ELIMIT;
+    q->wfile++;
     q->rfile = q->del_from = q->wfile;
     q->rpos = q->wpos = q->depth = 0;
     q->data_dirty = 0;
@@ -1025,7 +1030,11 @@ int tn_diskq_empty(struct tn_diskq *q)
     rc = open_write(q, q->wfile, 1);
     if (rc == 0)
         rc = tn_diskq_sync(q);
-    return rc < 0 ? rc : rm;
+    if (rc == 0)
+        rc = scan_dir(q, q->wfile, &lo, &hi);
+    if (rc < 0)
+        tn_log_error(LOG_WHO, "disk queue %s: emptying: %s", q->name, tn_strerror(rc));
+    return rc < 0 ? rc : 0;
 }
 
 int tn_diskq_close(struct tn_diskq *q)

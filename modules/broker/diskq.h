@@ -42,9 +42,12 @@
 #define TN_DISKQ_NAME_MAX 200                   /* longest queue name */
 #define TN_DISKQ_IOV_MAX 16                     /* most iovecs tn_diskq_putv takes */
 
-/* Options; zero fields take the defaults above. The file size and message
- * limits may change between runs: records stored under an older, larger
- * max_msg_size than the current one are skipped as corrupt when read. */
+/* Options; zero fields take the defaults above (so sync_every 0 means
+ * 2500: pass 1 to sync after every operation). The file size may change
+ * between runs. The message limits also bound what a read accepts as a
+ * record: lowering max_msg_size (or raising min_msg_size) past a stored
+ * record makes it undelimitable, and the rest of its segment is skipped as
+ * corrupt; change them only on a drained queue. */
 struct tn_diskq_opts {
     uint64_t max_bytes_per_file; /* roll to a new segment past this (100 MiB) */
     uint32_t min_msg_size;       /* smallest payload accepted (0: empty allowed) */
