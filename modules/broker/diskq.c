@@ -22,10 +22,10 @@
 #include "diskq.h"
 
 #define LOG_WHO "broker"
-#define HDR_SIZE 8                  /* [4B length][4B crc] */
-#define READ_CHUNK (64 * 1024)      /* bytes read ahead per pread */
+#define HDR_SIZE 8             /* [4B length][4B crc] */
+#define READ_CHUNK (64 * 1024) /* bytes read ahead per pread */
 #define FNAME_MAX (TN_DISKQ_NAME_MAX + 40)
-#define META_MAX 256                /* the metadata text is far shorter */
+#define META_MAX 256                  /* the metadata text is far shorter */
 #define POS_LIMIT ((uint64_t)1 << 62) /* saner than any real offset */
 
 /* A read-ahead window over one file: bytes [base, base + len) are in buf. */
@@ -48,10 +48,10 @@ struct tn_diskq {
     uint64_t rpos, wpos;
     uint64_t depth;
 
-    int wfd;           /* write segment, -1 when not open */
-    struct rd r;       /* read segment (r.fd -1 when not open) */
-    uint64_t rend;     /* end of the read segment when rfile < wfile */
-    int peeked;        /* a record is peeked: [rpos, peek_next) */
+    int wfd;       /* write segment, -1 when not open */
+    struct rd r;   /* read segment (r.fd -1 when not open) */
+    uint64_t rend; /* end of the read segment when rfile < wfile */
+    int peeked;    /* a record is peeked: [rpos, peek_next) */
     uint64_t peek_next;
     size_t peek_len;
     const unsigned char *peek_data;
@@ -206,8 +206,7 @@ static int read_frame(const struct tn_diskq *q, struct rd *r, uint64_t pos, uint
         return rc < 0 ? FR_IOERR : FR_BADLEN;
     }
     *len = get_be32(h);
-    if (*len < q->o.min_msg_size || *len > q->o.max_msg_size ||
-        pos + HDR_SIZE + *len > limit)
+    if (*len < q->o.min_msg_size || *len > q->o.max_msg_size || pos + HDR_SIZE + *len > limit)
         return FR_BADLEN;
     if (!check_crc)
         return FR_OK;
@@ -251,9 +250,10 @@ static uint64_t scan_frames(const struct tn_diskq *q, int fd, uint64_t pos, uint
 
 static int meta_format(const struct tn_diskq *q, char *buf)
 {
-    int n = snprintf(buf, META_MAX, "ternd-diskq 1\n%" PRIu64 "\n%" PRIu32 ",%" PRIu64
-                                    "\n%" PRIu32 ",%" PRIu64 "\n",
-                     q->depth, q->rfile, q->rpos, q->wfile, q->wpos);
+    int n =
+        snprintf(buf, META_MAX,
+                 "ternd-diskq 1\n%" PRIu64 "\n%" PRIu32 ",%" PRIu64 "\n%" PRIu32 ",%" PRIu64 "\n",
+                 q->depth, q->rfile, q->rpos, q->wfile, q->wpos);
     uint32_t crc = (uint32_t)crc32(0L, (const unsigned char *)buf, (uInt)n);
 
     return n + snprintf(buf + n, META_MAX - (size_t)n, "crc %08" PRIx32 "\n", crc);
@@ -282,8 +282,7 @@ static int meta_write(struct tn_diskq *q)
     if (rc == 0)
         rc = do_fsync(q, q->dirfd);
     if (rc != 0)
-        tn_log_error(LOG_WHO, "disk queue %s: cannot write %s: %s", q->name, fin,
-                     tn_strerror(rc));
+        tn_log_error(LOG_WHO, "disk queue %s: cannot write %s: %s", q->name, fin, tn_strerror(rc));
     return rc;
 }
 
@@ -310,7 +309,8 @@ static int meta_read(struct tn_diskq *q)
         crc != (uint32_t)crc32(0L, (const unsigned char *)text, (uInt)(crcline - text)))
         return TN_ECORRUPT;
     *crcline = '\0';
-    if (sscanf(text, "ternd-diskq 1\n%" SCNu64 "\n%" SCNu32 ",%" SCNu64 "\n%" SCNu32 ",%" SCNu64 "\n%n",
+    if (sscanf(text,
+               "ternd-diskq 1\n%" SCNu64 "\n%" SCNu32 ",%" SCNu64 "\n%" SCNu32 ",%" SCNu64 "\n%n",
                &depth, &rfile, &rpos, &wfile, &wpos, &used) != 5 ||
         used != crcline - text)
         return TN_ECORRUPT;
@@ -507,8 +507,10 @@ static int check_write_segment(struct tn_diskq *q, uint64_t start, uint64_t size
         return err;
     if (end < size) {
         seg_name(q, q->wfile, fname);
-        tn_log_warn(LOG_WHO, "disk queue %s: %s: torn or corrupt record at offset %" PRIu64
-                    ", %" PRIu64 " bytes cut off", q->name, fname, end, size - end);
+        tn_log_warn(LOG_WHO,
+                    "disk queue %s: %s: torn or corrupt record at offset %" PRIu64 ", %" PRIu64
+                    " bytes cut off",
+                    q->name, fname, end, size - end);
         q->st.corrupt++;
         if (ftruncate(q->wfd, (off_t)end) < 0)
             return -errno;
@@ -544,8 +546,8 @@ static int recover_tail(struct tn_diskq *q, int rebuild)
         if ((uint64_t)sb.st_size < q->wpos) {
             /* Synced data went missing: keep what is still valid. */
             seg_name(q, q->wfile, fname);
-            tn_log_warn(LOG_WHO, "disk queue %s: %s is %jd bytes, metadata says %" PRIu64,
-                        q->name, fname, (intmax_t)sb.st_size, q->wpos);
+            tn_log_warn(LOG_WHO, "disk queue %s: %s is %jd bytes, metadata says %" PRIu64, q->name,
+                        fname, (intmax_t)sb.st_size, q->wpos);
             start = q->rfile == q->wfile ? q->rpos : 0;
             if (start > (uint64_t)sb.st_size)
                 start = (uint64_t)sb.st_size;
@@ -846,8 +848,8 @@ static void skip_rest(struct tn_diskq *q, uint64_t limit, const char *why)
     char fname[FNAME_MAX];
 
     seg_name(q, q->rfile, fname);
-    tn_log_warn(LOG_WHO, "disk queue %s: %s: %s at offset %" PRIu64 ", %" PRIu64
-                " bytes skipped", q->name, fname, why, q->rpos, limit - q->rpos);
+    tn_log_warn(LOG_WHO, "disk queue %s: %s: %s at offset %" PRIu64 ", %" PRIu64 " bytes skipped",
+                q->name, fname, why, q->rpos, limit - q->rpos);
     q->st.corrupt++;
     q->rpos = limit;
     q->meta_dirty = 1;
@@ -860,8 +862,9 @@ static void skip_bad_crc(struct tn_diskq *q, uint32_t len)
     char fname[FNAME_MAX];
 
     seg_name(q, q->rfile, fname);
-    tn_log_warn(LOG_WHO, "disk queue %s: %s: record at offset %" PRIu64
-                " fails its checksum, skipped", q->name, fname, q->rpos);
+    tn_log_warn(LOG_WHO,
+                "disk queue %s: %s: record at offset %" PRIu64 " fails its checksum, skipped",
+                q->name, fname, q->rpos);
     q->st.corrupt++;
     q->rpos += HDR_SIZE + (uint64_t)len;
     if (q->depth > 0)
@@ -879,8 +882,10 @@ static int read_ready(struct tn_diskq *q, uint64_t *limit)
     for (;;) {
         if (q->rfile == q->wfile && q->rpos >= q->wpos) {
             if (q->depth != 0) {
-                tn_log_warn(LOG_WHO, "disk queue %s: depth %" PRIu64 " at the end of the data,"
-                            " set to 0", q->name, q->depth);
+                tn_log_warn(LOG_WHO,
+                            "disk queue %s: depth %" PRIu64 " at the end of the data,"
+                            " set to 0",
+                            q->name, q->depth);
                 q->depth = 0;
                 q->meta_dirty = 1;
             }

@@ -58,22 +58,22 @@ struct tn_diskq_opts {
 
 /* Counters since open (depth and positions are current values). */
 struct tn_diskq_stats {
-    uint64_t depth;           /* records queued (put, not yet advanced past) */
-    uint64_t puts;            /* records written */
-    uint64_t bytes_written;   /* bytes appended to segments, framing included */
-    uint64_t reads;           /* records handed out and advanced past */
-    uint64_t bytes_read;      /* payload bytes of those */
-    uint64_t corrupt;         /* corrupt records / torn tails skipped */
-    uint64_t missing_files;   /* segment files found missing and skipped */
-    uint64_t recovered;       /* records kept from beyond the metadata at open */
-    uint64_t syncs;           /* tn_diskq_sync rounds that wrote metadata */
-    uint64_t fsyncs;          /* fsync(2) calls made (data, metadata, dir) */
-    uint64_t sync_errors;     /* automatic syncs that failed (retried later) */
-    uint32_t read_file;       /* current read segment number */
-    uint32_t write_file;      /* current write segment number */
-    uint64_t read_pos;        /* byte offset in read_file */
-    uint64_t write_pos;       /* byte offset in write_file */
-    uint32_t files;           /* segment files the queue spans (write - read + 1) */
+    uint64_t depth;         /* records queued (put, not yet advanced past) */
+    uint64_t puts;          /* records written */
+    uint64_t bytes_written; /* bytes appended to segments, framing included */
+    uint64_t reads;         /* records handed out and advanced past */
+    uint64_t bytes_read;    /* payload bytes of those */
+    uint64_t corrupt;       /* corrupt records / torn tails skipped */
+    uint64_t missing_files; /* segment files found missing and skipped */
+    uint64_t recovered;     /* records kept from beyond the metadata at open */
+    uint64_t syncs;         /* tn_diskq_sync rounds that wrote metadata */
+    uint64_t fsyncs;        /* fsync(2) calls made (data, metadata, dir) */
+    uint64_t sync_errors;   /* automatic syncs that failed (retried later) */
+    uint32_t read_file;     /* current read segment number */
+    uint32_t write_file;    /* current write segment number */
+    uint64_t read_pos;      /* byte offset in read_file */
+    uint64_t write_pos;     /* byte offset in write_file */
+    uint32_t files;         /* segment files the queue spans (write - read + 1) */
 };
 
 struct tn_diskq;
