@@ -14,6 +14,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -99,6 +101,28 @@ static size_t make_rec(unsigned i, unsigned char *buf)
     for (j = 4; j < len; j++)
         buf[j] = (unsigned char)(i * 31 + j);
     return len;
+}
+
+/* Size of records from..to-1 on disk, framing included. */
+static off_t recs_size(unsigned from, unsigned to)
+{
+    unsigned char buf[256];
+    off_t n = 0;
+
+    for (; from < to; from++)
+        n += 8 + (off_t)make_rec(from, buf);
+    return n;
+}
+
+/* The first record that does not fit in a segment of seg_max bytes
+ * starting with record `first` (what put_range into such segments does). */
+static unsigned seg_next(unsigned first, off_t seg_max)
+{
+    unsigned i = first;
+
+    while (recs_size(first, i + 1) <= seg_max)
+        i++;
+    return i;
 }
 
 static struct tn_diskq *qopen(const char *dir, uint64_t file_size_max, uint32_t sync_every)
@@ -420,17 +444,12 @@ static void test_torn_tail(void **state)
     const char *dir = *state;
     struct tn_diskq_stats st;
     struct tn_diskq *q;
-    unsigned char buf[256];
+    off_t full = recs_size(0, 20), last = recs_size(0, 19);
     char path[512];
-    off_t full = 0, last;
-    unsigned i;
 
     in_crashing_child(crash_with_20, dir);
-    for (i = 0; i < 20; i++)
-        full += 8 + (off_t)make_rec(i, buf);
     seg_path(path, sizeof(path), dir, QNAME, 0);
     assert_int_equal(file_size(path), full);
-    last = full - 8 - (off_t)make_rec(19, buf);
     assert_int_equal(truncate(path, full - 3), 0); /* the last write was torn */
 
     q = qopen(dir, 0, 0);
@@ -485,18 +504,13 @@ static void test_corrupt_middle_record(void **state)
     const char *dir = *state;
     struct tn_diskq_stats st;
     struct tn_diskq *q;
-    unsigned char buf[256];
     char path[512];
-    off_t off = 0;
-    unsigned i;
 
     q = qopen(dir, 0, 0);
     put_range(q, 0, 10);
     tn_diskq_close(q);
-    for (i = 0; i < 5; i++)
-        off += 8 + (off_t)make_rec(i, buf);
     seg_path(path, sizeof(path), dir, QNAME, 0);
-    flip_byte(path, off + 8 + 2); /* inside record 5's payload */
+    flip_byte(path, recs_size(0, 5) + 8 + 2); /* inside record 5's payload */
 
     q = qopen(dir, 0, 0);
     assert_int_equal(tn_diskq_depth(q), 10); /* not known until read */
@@ -509,38 +523,50 @@ static void test_corrupt_middle_record(void **state)
     tn_diskq_close(q);
 }
 
-static void test_corrupt_length_skips_rest_of_segment(void **state)
+/* 100 records in 1 KiB segments, closed; returns segment 0's path. */
+static void fill_segments(const char *dir, char *path, size_t n)
 {
-    const char *dir = *state;
-    struct tn_diskq_stats st;
-    struct tn_diskq *q;
-    unsigned char buf[256];
-    char path[512];
-    unsigned i, n0 = 0;
-    off_t off = 0;
+    struct tn_diskq *q = qopen(dir, 1024, 0);
 
-    q = qopen(dir, 1024, 0);
     put_range(q, 0, 100);
-    tn_diskq_close(q);
-    /* How many records segment 0 holds, and where record 3 starts. */
-    for (i = 0; off + 8 + (off_t)make_rec(i, buf) <= 1024; i++)
-        off += 8 + (off_t)make_rec(i, buf);
-    n0 = i;
-    for (i = 0, off = 0; i < 3; i++)
-        off += 8 + (off_t)make_rec(i, buf);
-    seg_path(path, sizeof(path), dir, QNAME, 0);
-    flip_byte(path, off); /* record 3's length: now huge */
+    assert_int_equal(tn_diskq_close(q), 0);
+    seg_path(path, n, dir, QNAME, 0);
+}
 
-    q = qopen(dir, 1024, 0);
-    expect_range(q, 0, 3);
-    /* The rest of segment 0 cannot be delimited: skipped, depth recounted. */
+/* Segment 0 was damaged at record `bad` so that the records after it
+ * cannot be delimited: those before come, then segment 1 on. */
+static void expect_segment0_cut(const char *dir, unsigned bad)
+{
+    unsigned n0 = seg_next(0, 1024);
+    struct tn_diskq_stats st;
+    struct tn_diskq *q = qopen(dir, 1024, 0);
+
+    expect_range(q, 0, bad);
     expect_rec(q, n0);
-    assert_int_equal(tn_diskq_depth(q), 100 - n0 - 1);
+    assert_int_equal(tn_diskq_depth(q), 100 - n0 - 1); /* recounted */
     expect_range(q, n0 + 1, 100);
     expect_empty(q);
     tn_diskq_get_stats(q, &st);
     assert_int_equal(st.corrupt, 1);
     tn_diskq_close(q);
+}
+
+static void test_corrupt_length_skips_rest_of_segment(void **state)
+{
+    char path[512];
+
+    fill_segments(*state, path, sizeof(path));
+    flip_byte(path, recs_size(0, 3)); /* record 3's length: now huge */
+    expect_segment0_cut(*state, 3);
+}
+
+static void test_truncated_older_segment(void **state)
+{
+    char path[512];
+
+    fill_segments(*state, path, sizeof(path));
+    assert_int_equal(truncate(path, recs_size(0, 4) + 5), 0); /* record 4 cut short */
+    expect_segment0_cut(*state, 4);
 }
 
 static void test_garbage_meta(void **state)
@@ -594,21 +620,13 @@ static void test_missing_segment(void **state)
     const char *dir = *state;
     struct tn_diskq_stats st;
     struct tn_diskq *q;
-    unsigned char buf[256];
-    unsigned i, n0 = 0, n1 = 0;
+    /* Segment boundaries: records [0, n0) in 0, [n0, n1) in 1. */
+    unsigned n0 = seg_next(0, 1024), n1 = seg_next(n0, 1024);
     char path[512];
-    off_t off;
 
     q = qopen(dir, 1024, 0);
     put_range(q, 0, 100);
     tn_diskq_close(q);
-    /* Segment boundaries: records [0, n0) in 0, [n0, n1) in 1. */
-    for (i = 0, off = 0; off + 8 + (off_t)make_rec(i, buf) <= 1024; i++)
-        off += 8 + (off_t)make_rec(i, buf);
-    n0 = i;
-    for (off = 0; off + 8 + (off_t)make_rec(i, buf) <= 1024; i++)
-        off += 8 + (off_t)make_rec(i, buf);
-    n1 = i;
     seg_path(path, sizeof(path), dir, QNAME, 1);
     assert_int_equal(unlink(path), 0);
 
@@ -811,6 +829,57 @@ static void test_sync_every(void **state)
     tn_diskq_close(q);
 }
 
+/* Child: fill the disk (a file size limit) until a put fails; exit with
+ * the number of records that went in, or 250+ when something is wrong. */
+static void fill_until_failure(const char *dir)
+{
+    struct rlimit rl = {1000, 1000};
+    unsigned char buf[256];
+    struct tn_diskq *q = qopen(dir, 0, 1);
+    unsigned i;
+    int rc = 0;
+
+    signal(SIGXFSZ, SIG_IGN);
+    if (setrlimit(RLIMIT_FSIZE, &rl) != 0)
+        _exit(250);
+    for (i = 0; i < 200 && rc == 0; i++)
+        rc = tn_diskq_put(q, buf, make_rec(i, buf));
+    if (rc != -EFBIG)
+        _exit(251);
+    if (tn_diskq_depth(q) != i - 1)
+        _exit(252);
+    _exit((int)i - 1);
+}
+
+static void test_failed_write_leaves_no_partial_record(void **state)
+{
+    const char *dir = *state;
+    struct tn_diskq_stats st;
+    struct tn_diskq *q;
+    char path[512];
+    unsigned k;
+    int status;
+    pid_t pid = fork();
+
+    assert_true(pid >= 0);
+    if (pid == 0)
+        fill_until_failure(dir);
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status));
+    k = (unsigned)WEXITSTATUS(status);
+    assert_true(k > 5 && k < 250);
+    seg_path(path, sizeof(path), dir, QNAME, 0);
+    assert_int_equal(file_size(path), recs_size(0, k)); /* the failed write was cut back */
+
+    q = qopen(dir, 0, 0);
+    tn_diskq_get_stats(q, &st);
+    assert_int_equal(st.corrupt, 0);
+    assert_int_equal(tn_diskq_depth(q), k);
+    expect_range(q, 0, k);
+    expect_empty(q);
+    tn_diskq_close(q);
+}
+
 static void test_100k_round_trip(void **state)
 {
     const char *dir = *state;
@@ -854,6 +923,8 @@ int main(void)
         T(test_record_larger_than_segment),
         T(test_zero_length_and_min_size),
         T(test_sync_every),
+        T(test_truncated_older_segment),
+        T(test_failed_write_leaves_no_partial_record),
         T(test_100k_round_trip),
     };
 #undef T
