@@ -156,12 +156,15 @@ static int rd_get(struct rd *r, uint64_t pos, size_t n, uint64_t limit, const un
     if (pos + n > limit)
         return 0;
     if (n > r->cap) {
-        unsigned char *nb = realloc(r->buf, n);
+        /* Allocated on first use: a queue that is only written to (or
+         * never overflows) costs no read buffer. */
+        size_t cap = n > READ_CHUNK ? n : READ_CHUNK;
+        unsigned char *nb = realloc(r->buf, cap);
 
         if (nb == NULL)
             return TN_ENOMEM;
         r->buf = nb;
-        r->cap = n;
+        r->cap = cap;
     }
     want = limit - pos < r->cap ? (size_t)(limit - pos) : r->cap;
     r->base = pos;
@@ -232,12 +235,6 @@ static uint64_t scan_frames(const struct tn_diskq *q, int fd, uint64_t pos, uint
     int rc;
 
     *err = 0;
-    r.buf = malloc(READ_CHUNK);
-    if (r.buf == NULL) {
-        *err = TN_ENOMEM;
-        return pos;
-    }
-    r.cap = READ_CHUNK;
     while ((rc = read_frame(q, &r, pos, limit, check_crc, &payload, &len, err)) == FR_OK) {
         pos += HDR_SIZE + (uint64_t)len;
         (*count)++;
@@ -265,6 +262,7 @@ static int meta_write(struct tn_diskq *q)
 {
     char text[META_MAX], tmp[FNAME_MAX], fin[FNAME_MAX];
     int fd, n, rc = 0;
+    ssize_t w;
 
     n = meta_format(q, text);
     meta_name(q, tmp, 1);
@@ -272,8 +270,9 @@ static int meta_write(struct tn_diskq *q)
     fd = openat(q->dirfd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
     if (fd < 0)
         return -errno;
-    if (write(fd, text, (size_t)n) != n)
-        rc = errno ? -errno : TN_EIO;
+    w = write(fd, text, (size_t)n);
+    if (w != n)
+        rc = w < 0 ? -errno : TN_EIO;
     if (rc == 0)
         rc = do_fsync(q, fd);
     close(fd);
@@ -286,7 +285,8 @@ static int meta_write(struct tn_diskq *q)
     return rc;
 }
 
-/* Load the metadata: 0, TN_ENOTFOUND (no file) or TN_ECORRUPT. */
+/* Load the metadata: 0, TN_ENOTFOUND (no file), TN_ECORRUPT, or -errno when
+ * it cannot be read (then nothing is rebuilt: the open fails). */
 static int meta_read(struct tn_diskq *q)
 {
     char text[META_MAX + 1], fname[FNAME_MAX], *crcline;
@@ -298,10 +298,14 @@ static int meta_read(struct tn_diskq *q)
     meta_name(q, fname, 0);
     fd = openat(q->dirfd, fname, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
-        return errno == ENOENT ? TN_ENOTFOUND : TN_ECORRUPT;
+        return errno == ENOENT ? TN_ENOTFOUND : -errno; /* unreadable is not damaged */
     n = read(fd, text, META_MAX);
+    if (n < 0)
+        n = -errno;
     close(fd);
-    if (n <= 0)
+    if (n < 0)
+        return (int)n;
+    if (n == 0)
         return TN_ECORRUPT;
     text[n] = '\0';
     crcline = strstr(text, "crc ");
@@ -607,6 +611,11 @@ static int recover(struct tn_diskq *q)
     int rc, found, recount = 0;
 
     rc = meta_read(q);
+    if (rc < 0 && rc != TN_ENOTFOUND && rc != TN_ECORRUPT) {
+        meta_name(q, fname, 0);
+        tn_log_error(LOG_WHO, "disk queue %s: cannot read %s: %s", q->name, fname, tn_strerror(rc));
+        return rc;
+    }
     if (rc != 0) {
         found = scan_dir(q, 0, &lo, &hi);
         if (found < 0)
@@ -685,12 +694,10 @@ struct tn_diskq *tn_diskq_open(const char *dir, const char *name, const struct t
     if (rc < 0)
         goto fail;
     q->name = strdup(name);
-    q->r.buf = malloc(READ_CHUNK);
-    if (q->name == NULL || q->r.buf == NULL) {
+    if (q->name == NULL) {
         rc = TN_ENOMEM;
         goto fail;
     }
-    q->r.cap = READ_CHUNK;
     q->dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (q->dirfd < 0) {
         rc = -errno;

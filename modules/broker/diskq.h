@@ -23,8 +23,10 @@
  *
  * Threading: a queue is used by one thread at a time (the broker's loop
  * thread); nothing here blocks on anything but the disk, and there is no
- * libev inside. The caller drives periodic syncs: tn_diskq_sync_due() on a
- * timer, tn_diskq_sync() when it says so. Puts and advances sync on their
+ * libev inside. A queue may be open only once at a time (no lock file).
+ * Resources: three fds (directory, write and read segment) and, once read
+ * from, a read-ahead buffer of 64 KiB (or the largest record). The caller drives periodic syncs:
+ * tn_diskq_sync_due() on a timer, tn_diskq_sync() when it says so. Puts and advances sync on their
  * own every `sync_every` operations.
  */
 #ifndef TERND_BROKER_DISKQ_H
