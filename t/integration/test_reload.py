@@ -181,14 +181,8 @@ def test_open_connection_survives_many_reloads(ternd):
 # ---- Lua script of the sample module ---------------------------------------
 
 def lua_server(ternd, script_text, **lua):
-    port = tnhelp.free_port()
     t = ternd()
-    script = t.tmp / "sample.lua"
-    script.write_text(script_text)
-    lua_conf = {"script": str(script)}
-    lua_conf.update(lua)
-    t.sections = {"sample": {"listen": "127.0.0.1:%d" % port, "lua": lua_conf}}
-    t.write_conf()
+    port, script = tnhelp.sample_with_lua(t, script_text, **lua)
     return t, port, script
 
 

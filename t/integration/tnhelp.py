@@ -234,6 +234,20 @@ def request(port, method, path, body=None, headers=None, timeout=5.0):
         return resp
 
 
+def sample_with_lua(t, script_text, **lua):
+    """Configure t (not started) to run the sample module on a free port
+    with script_text as its Lua script (sample.lua in t's directory) and
+    the given lua: keys. Returns (port, script path)."""
+    port = free_port()
+    script = t.tmp / "sample.lua"
+    script.write_text(script_text)
+    lua_conf = {"script": str(script)}
+    lua_conf.update(lua)
+    t.sections = {"sample": {"listen": "127.0.0.1:%d" % port, "lua": lua_conf}}
+    t.write_conf()
+    return port, script
+
+
 class LineClient:
     """A client of the sample module's line protocol (text\\n -> answer\\n)."""
 
