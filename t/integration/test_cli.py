@@ -204,7 +204,7 @@ def test_start_with_bad_file_fails_before_listening(tmp_path):
 
 
 def test_address_forms(tmp_path):
-    good = ["127.0.0.1:4171", "[::1]:4171", ":4171", "unix:%s" % (tmp_path / "a.sock"), "~"]
+    good = ["127.0.0.1:4171", '"[::1]:4171"', ":4171", "unix:%s" % (tmp_path / "a.sock"), "~"]
     for i, addr in enumerate(good):
         p = write(tmp_path, "a%d.yaml" % i, "daemon:\n  admin_listen: %s\n" % addr)
         r = tnhelp.run(["-t", "-c", p])
