@@ -209,7 +209,7 @@ def test_address_forms(tmp_path):
         p = write(tmp_path, "a%d.yaml" % i, "daemon:\n  admin_listen: %s\n" % addr)
         r = tnhelp.run(["-t", "-c", p])
         assert r.returncode == 0, (addr, r.stderr)
-    for i, addr in enumerate(["127.0.0.1", "127.0.0.1:99999", "host:port", "unix:"]):
+    for i, addr in enumerate(["127.0.0.1", "127.0.0.1:99999", "host:port", "\"unix:\""]):
         p = write(tmp_path, "b%d.yaml" % i, "daemon:\n  admin_listen: %s\n" % addr)
         r = tnhelp.run(["-t", "-c", p])
         assert r.returncode == 1, addr
