@@ -82,7 +82,6 @@ static struct {
 TN_STAT_DECL(st_accepted, "ternd_conn_accepted_total", TN_STAT_COUNTER, "Connections accepted");
 TN_STAT_DECL(st_refused, "ternd_conn_refused_total", TN_STAT_COUNTER,
              "Connections refused by a connection limit");
-TN_STAT_DECL(st_open, "ternd_conn_open", TN_STAT_GAUGE, "Connections open");
 TN_STAT_DECL(st_bytes_in, "ternd_conn_read_bytes_total", TN_STAT_COUNTER,
              "Bytes read from connections");
 TN_STAT_DECL(st_bytes_out, "ternd_conn_written_bytes_total", TN_STAT_COUNTER,
@@ -109,7 +108,6 @@ static void conns_init(void)
     ev_unref(tn_loop());
     tn_stat_register(&st_accepted);
     tn_stat_register(&st_refused);
-    tn_stat_register(&st_open);
     tn_stat_register(&st_bytes_in);
     tn_stat_register(&st_bytes_out);
     tn_stat_register(&st_overflow);
@@ -468,7 +466,6 @@ static void finish_close(struct conn_impl *ci)
         c->h->on_close(c, ci->close_reason);
     close(c->fd);
     cs.open--;
-    tn_stat_dec(&st_open);
     tn_buf_free(&c->in);
     tn_buf_free(&c->out);
     free(ci);
@@ -602,7 +599,6 @@ static struct conn_impl *conn_new(int fd, const struct tn_conn_limits *lim)
     ev_timer_init(&ci->idle, idle_cb, 0., 0.);
     ci->rio.data = ci->wio.data = ci->idle.data = ci;
     cs.open++;
-    tn_stat_inc(&st_open);
     return ci;
 }
 
@@ -611,7 +607,6 @@ static void conn_discard(struct conn_impl *ci)
 {
     close(ci->c.fd);
     cs.open--;
-    tn_stat_dec(&st_open);
     free(ci);
 }
 
