@@ -408,10 +408,14 @@ static int split_url(struct hreq *q, int is_connect, size_t *path_off, size_t *q
     if (text_nul(q) != 0)
         return -1;
     if (u.field_set & (1 << UF_QUERY)) {
+        size_t qlen = u.field_data[UF_QUERY].len;
+        /* reserve first: the copy comes from the same buffer */
+        if (tn_buf_reserve(&q->text, qlen + 1) != 0)
+            return -1;
         *query_off = q->text.len;
-        if (tn_buf_append(&q->text, q->text.data + u.field_data[UF_QUERY].off,
-                          u.field_data[UF_QUERY].len) != 0 ||
-            text_nul(q) != 0)
+        memcpy(tn_buf_wptr(&q->text), q->text.data + u.field_data[UF_QUERY].off, qlen);
+        q->text.len += qlen;
+        if (text_nul(q) != 0)
             return -1;
     }
     return 0;
