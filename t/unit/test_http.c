@@ -594,6 +594,14 @@ static void test_args(void **state)
     assert_int_equal(nu_send_str(fd, "GET /args HTTP/1.1\r\n\r\n"), 0);
     assert_int_equal(read_resp(fd, &rs, 0), 0);
     assert_string_equal(rs.body, "-1:|-1:");
+    /* a long query: the request's text buffer grows while it is split */
+    {
+        char req[700];
+        snprintf(req, sizeof(req), "GET /args?pad=%0400d&a=Z HTTP/1.1\r\n\r\n", 0);
+        assert_int_equal(nu_send_str(fd, req), 0);
+        assert_int_equal(read_resp(fd, &rs, 0), 0);
+        assert_string_equal(rs.body, "1:Z|-1:");
+    }
     /* the decoded path: %2F-style escapes are decoded, the query is not part of it */
     assert_int_equal(nu_send_str(fd, "GET /items/a%20b?q=1 HTTP/1.1\r\n\r\n"), 0);
     assert_int_equal(read_resp(fd, &rs, 0), 0);
