@@ -240,6 +240,10 @@ static void read_cb(struct ev_loop *loop, ev_io *w, int revents)
     room = have > c->lim.in_max ? 1 : c->lim.in_max + 1 - have;
     if (room > c->lim.read_size)
         room = c->lim.read_size;
+    /* A partial message left over should not double the buffer: read into
+     * the room there is when that is half a read or more. */
+    if (c->in.cap > have && c->in.cap - have >= c->lim.read_size / 2 && room > c->in.cap - have)
+        room = c->in.cap - have;
     if (tn_buf_reserve(&c->in, room) != 0) {
         tn_conn_close(c, TN_ENOMEM);
         return;
