@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -574,6 +575,39 @@ static void test_peer_reset(void **state)
     tn_listener_close(l);
 }
 
+/* Out of descriptors: accept backs off instead of spinning, and picks up
+ * again once descriptors are free. */
+static void test_accept_emfile(void **state)
+{
+    struct rlimit old, low;
+    struct tn_addr a;
+    struct tn_listener *l;
+    char buf[8];
+    int fd, spare, eof;
+
+    reset_seen();
+    l = listen_on(NULL, NULL, &a);
+    spare = dup(0); /* the lowest free descriptor number */
+    assert_true(spare >= 0);
+    close(spare);
+    assert_int_equal(getrlimit(RLIMIT_NOFILE, &old), 0);
+    low = old;
+    low.rlim_cur = (rlim_t)spare + 1; /* room for the client socket only */
+    assert_int_equal(setrlimit(RLIMIT_NOFILE, &low), 0);
+    fd = nu_connect(&a);
+    assert_true(fd >= 0);
+    assert_int_equal(nu_send_str(fd, "x"), 0);
+    nu_spin(50);
+    assert_int_equal(seen.accepted, 0);
+    assert_int_equal(setrlimit(RLIMIT_NOFILE, &old), 0);
+    /* accepted after the back-off, and served */
+    assert_int_equal(nu_recv(fd, buf, 1, 2000, &eof), 1);
+    assert_int_equal(seen.accepted, 1);
+    close(fd);
+    assert_true(nu_until(conns_zero, NULL, 2000));
+    tn_listener_close(l);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -590,6 +624,7 @@ int main(void)
         cmocka_unit_test(test_listener_close_keeps_conns),
         cmocka_unit_test(test_pause_resume),
         cmocka_unit_test(test_peer_reset),
+        cmocka_unit_test(test_accept_emfile),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
