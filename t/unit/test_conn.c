@@ -15,6 +15,8 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -611,6 +613,38 @@ static void test_accept_emfile(void **state)
     tn_listener_close(l);
 }
 
+static void test_ipv6(void **state)
+{
+    struct tn_addr a;
+    struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&a.sa;
+    struct tn_listener *l;
+    char buf[8];
+    int fd, err = 0, eof;
+
+    reset_seen();
+    memset(&a, 0, sizeof(a));
+    in6->sin6_family = AF_INET6;
+    in6->sin6_addr = in6addr_loopback;
+    a.len = sizeof(*in6);
+    snprintf(a.text, sizeof(a.text), "[::1]:0");
+    l = tn_listen(&a, NULL, accept_echo, NULL, &err);
+    if (!l) {
+        /* a host without IPv6 loopback */
+        assert_true(err == -EADDRNOTAVAIL || err == -EAFNOSUPPORT);
+        skip();
+    }
+    assert_true(strncmp(tn_listener_addr(l), "[::1]:", 6) == 0);
+    in6->sin6_port = htons((uint16_t)atoi(tn_listener_addr(l) + 6));
+    fd = nu_connect(&a);
+    assert_true(fd >= 0);
+    assert_int_equal(nu_send_str(fd, "six"), 0);
+    assert_int_equal(nu_recv(fd, buf, 3, 2000, &eof), 3);
+    assert_memory_equal(buf, "six", 3);
+    close(fd);
+    assert_true(nu_until(conns_zero, NULL, 2000));
+    tn_listener_close(l);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -628,6 +662,7 @@ int main(void)
         cmocka_unit_test(test_pause_resume),
         cmocka_unit_test(test_peer_reset),
         cmocka_unit_test(test_accept_emfile),
+        cmocka_unit_test(test_ipv6),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
