@@ -440,14 +440,28 @@ static void test_connect(void **state)
     close(hold);
 }
 
+/* One round trip through an echo listener at a, then the client leaves. */
+static void echo_once(const struct tn_addr *a, const char *msg)
+{
+    char buf[64];
+    size_t n = strlen(msg);
+    int fd = nu_connect(a), eof;
+
+    assert_true(fd >= 0);
+    assert_int_equal(nu_send_str(fd, msg), 0);
+    assert_int_equal(nu_recv(fd, buf, n, 2000, &eof), n);
+    assert_memory_equal(buf, msg, n);
+    close(fd);
+    assert_true(nu_until(conns_zero, NULL, 2000));
+}
+
 static void test_unix(void **state)
 {
     char path[108];
     struct tn_addr a;
     struct tn_listener *l;
     struct stat st;
-    char buf[8];
-    int fd, err = 0, eof;
+    int fd, err = 0;
 
     reset_seen();
     snprintf(path, sizeof(path), "/tmp/tn-test-conn-%d.sock", (int)getpid());
@@ -462,13 +476,7 @@ static void test_unix(void **state)
     /* a second listener on a live socket is refused */
     assert_null(tn_listen(&a, NULL, accept_echo, NULL, &err));
     assert_int_equal(err, -EADDRINUSE);
-    fd = nu_connect(&a);
-    assert_true(fd >= 0);
-    assert_int_equal(nu_send_str(fd, "unix"), 0);
-    assert_int_equal(nu_recv(fd, buf, 4, 2000, &eof), 4);
-    assert_memory_equal(buf, "unix", 4);
-    close(fd);
-    assert_true(nu_until(conns_zero, NULL, 2000));
+    echo_once(&a, "unix");
     tn_listener_close(l);
     assert_int_not_equal(stat(path, &st), 0);
 }
@@ -618,8 +626,7 @@ static void test_ipv6(void **state)
     struct tn_addr a;
     struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&a.sa;
     struct tn_listener *l;
-    char buf[8];
-    int fd, err = 0, eof;
+    int err = 0;
 
     reset_seen();
     memset(&a, 0, sizeof(a));
@@ -635,13 +642,7 @@ static void test_ipv6(void **state)
     }
     assert_true(strncmp(tn_listener_addr(l), "[::1]:", 6) == 0);
     in6->sin6_port = htons((uint16_t)atoi(tn_listener_addr(l) + 6));
-    fd = nu_connect(&a);
-    assert_true(fd >= 0);
-    assert_int_equal(nu_send_str(fd, "six"), 0);
-    assert_int_equal(nu_recv(fd, buf, 3, 2000, &eof), 3);
-    assert_memory_equal(buf, "six", 3);
-    close(fd);
-    assert_true(nu_until(conns_zero, NULL, 2000));
+    echo_once(&a, "six");
     tn_listener_close(l);
 }
 
