@@ -1068,7 +1068,7 @@ void tn_http_server_close(struct tn_http_server *s)
 {
     struct hconn *hc;
 
-    if (s->closed)
+    if (!s || s->closed)
         return;
     s->closed = 1;
     /* tn_listener_addr stays valid for logs only while open. */
