@@ -4,6 +4,7 @@
 fired = {once = 0, rep = 0, cancelled = 0, failing = 0}
 
 ternd.timer(0.01, function() fired.once = fired.once + 1 end)
+once = ternd.timer(0, function() end)
 
 local rep
 rep = ternd.timer(0.005, function()
