@@ -705,6 +705,56 @@ static void test_conf_default(void **state)
     assert_int_equal(c - tn_lua_conf_table, 3);
 }
 
+/* The `lua:` key table through the real config loader. */
+static struct tn_conf *apply_lua_yaml(const char *yaml, struct tn_lua_conf *lc)
+{
+    struct tn_conf *cf = tn_conf_load_string("test.yaml", yaml, strlen(yaml));
+    const struct tn_conf_node *map;
+
+    assert_non_null(cf);
+    assert_int_equal(tn_conf_error_count(cf), 0);
+    map = tn_conf_map_get(tn_conf_root(cf), "lua");
+    assert_non_null(map);
+    tn_lua_conf_default(lc);
+    tn_conf_push_key(cf, "lua");
+    tn_conf_apply(cf, map, tn_lua_conf_table, lc);
+    tn_conf_pop(cf);
+    return cf;
+}
+
+static void test_conf_table(void **state)
+{
+    struct tn_lua_conf lc;
+    struct tn_conf *cf;
+    char cwd[1024];
+
+    cf = apply_lua_yaml("lua: {script: t/unit/lua/basic.lua, memory_limit: 2MiB,\n"
+                        "      instruction_limit: 5000}\n",
+                        &lc);
+    assert_int_equal(tn_conf_error_count(cf), 0);
+    assert_non_null(getcwd(cwd, sizeof(cwd)));
+    assert_non_null(lc.script);
+    assert_memory_equal(lc.script, cwd, strlen(cwd)); /* made absolute */
+    assert_string_equal(lc.script + strlen(cwd), "/t/unit/lua/basic.lua");
+    assert_int_equal(lc.memory_limit, 2 << 20);
+    assert_int_equal(lc.instruction_limit, 5000);
+    tn_conf_free(cf);
+
+    cf = apply_lua_yaml("lua: {memory_limit: 0, instruction_limit: 0}\n", &lc);
+    assert_int_equal(tn_conf_error_count(cf), 0);
+    assert_null(lc.script);
+    assert_int_equal(lc.memory_limit, 0);
+    assert_int_equal(lc.instruction_limit, 0);
+    tn_conf_free(cf);
+
+    cf = apply_lua_yaml("lua:\n  instruction_limit: -1\n  scirpt: x.lua\n", &lc);
+    assert_int_equal(tn_conf_error_count(cf), 2);
+    assert_non_null(strstr(tn_conf_error_text(cf, 0), "test.yaml:2:"));
+    assert_non_null(strstr(tn_conf_error_text(cf, 0), "lua.instruction_limit"));
+    assert_non_null(strstr(tn_conf_error_text(cf, 1), "test.yaml:3:"));
+    tn_conf_free(cf);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -725,6 +775,7 @@ int main(void)
         cmocka_unit_test_setup(test_json_errors, setup),
         cmocka_unit_test_setup(test_check_file, setup),
         cmocka_unit_test_setup(test_conf_default, setup),
+        cmocka_unit_test_setup(test_conf_table, setup),
     };
     int fd = mkstemp(log_path), rc;
 
