@@ -476,8 +476,26 @@ static struct jbox *jbox_new(lua_State *L)
 
 struct jenc {
     struct jbox *box;
-    int seen; /* stack index of the set of tables being encoded */
+    int seen;      /* stack index of the set of tables being encoded */
+    int precision; /* significant digits the floats so far need to read back exactly */
 };
+
+/* jansson prints every real with one precision, 17 digits by default, so
+ * 0.1 would come out as 0.10000000000000001; use the fewest digits that
+ * give every float of the document back unchanged instead. */
+static void jenc_precision(struct jenc *e, double d)
+{
+    char buf[40];
+
+    for (int p = e->precision; p < 17; p++) {
+        snprintf(buf, sizeof(buf), "%.*g", p, d);
+        if (strtod(buf, NULL) == d) {
+            e->precision = p;
+            return;
+        }
+    }
+    e->precision = 17;
+}
 
 static int jenc_fail(lua_State *L, struct jenc *e, const char *what)
 {
@@ -601,6 +619,7 @@ static void jenc_value(lua_State *L, struct jenc *e, int idx, json_t *parent, co
             jenc_fail(L, e, "cannot encode NaN");
         if (isinf(d))
             jenc_fail(L, e, "cannot encode an infinite number");
+        jenc_precision(e, d);
         jenc_attach(L, e, parent, key, json_real(d));
         break;
     case LUA_TSTRING:
@@ -634,11 +653,13 @@ static int l_json_encode(lua_State *L)
     e.box = jbox_new(L);
     lua_newtable(L);
     e.seen = lua_gettop(L);
+    e.precision = 1;
     /* the value goes into a holder array, which the box owns from the start */
     if (!(e.box->root = json_array()))
         jenc_fail(L, &e, "out of memory");
     jenc_value(L, &e, 1, e.box->root, NULL, 0);
-    e.box->text = json_dumps(json_array_get(e.box->root, 0), JSON_ENCODE_ANY | JSON_COMPACT);
+    e.box->text = json_dumps(json_array_get(e.box->root, 0),
+                             JSON_ENCODE_ANY | JSON_COMPACT | JSON_REAL_PRECISION(e.precision));
     if (!e.box->text)
         jenc_fail(L, &e, "out of memory");
     lua_pushstring(L, e.box->text);

@@ -380,6 +380,17 @@ static void test_memory_limit(void **state)
     assert_int_equal(tn_lua_errors(lua), 2);
     assert_int_equal(lua_gettop(L), 0);
 
+    /* JSON work cut short by the limit: the state survives, jansson memory is boxed */
+    assert_int_equal(run(lua,
+                         "local s = ('y'):rep(100000) local t = {} for i = 1, 20 do t[i] = s end "
+                         "return ternd.json.encode(t)",
+                         1),
+                     TN_ELUA);
+    assert_int_equal(run(lua, "return ternd.json.decode('[' .. ('1,'):rep(100000) .. '1]')", 1),
+                     TN_ELUA);
+    assert_int_equal(log_count("not enough memory"), 4);
+    assert_int_equal(tn_lua_errors(lua), 4);
+
     /* and the state goes on working */
     assert_int_equal(tn_lua_getfunc(lua, "add"), 1);
     lua_pushinteger(L, 1);
@@ -389,7 +400,7 @@ static void test_memory_limit(void **state)
     lua_pop(L, 1);
     assert_int_equal(eval_num(lua, "local t = {} for i = 1, 1000 do t[i] = i end return #t"), 1000);
     assert_true(tn_lua_memory(lua) <= limit);
-    assert_int_equal(tn_lua_errors(lua), 2);
+    assert_int_equal(tn_lua_errors(lua), 4);
     tn_lua_destroy(lua);
 
     /* a limit the bare state does not fit in fails cleanly */
@@ -635,6 +646,8 @@ static void test_json_round_trip(void **state)
     assert_eval(lua, "return ternd.json.encode({1, 2, 'x', true, 1.5})", "[1,2,\"x\",true,1.5]");
     assert_eval(lua, "return ternd.json.encode({a = {b = {ternd.json.null}}})",
                 "{\"a\":{\"b\":[null]}}");
+    assert_eval(lua, "return ternd.json.encode({0.1, 2.0, -1e-300})", "[0.1,2.0,-1e-300]");
+    assert_eval(lua, "return tostring(ternd.json.decode(ternd.json.encode(1/3)) == 1/3)", "true");
     assert_eval(lua, "return ternd.json.encode({})", "{}");
     assert_eval(lua, "return ternd.json.encode({[10] = 'ten'})", "{\"10\":\"ten\"}");
     assert_eval(lua, "return ternd.json.encode('quote\" and \\n newline')",

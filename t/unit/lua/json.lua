@@ -24,7 +24,7 @@ end
 function json_round_trips()
     local v = {
         name = "ternd", list = {1, 2, 3, "four"}, nested = {t = true, f = false},
-        n = -5, f = 0.25, big = 9007199254740993, utf8 = "héllo ✓",
+        n = -5, f = 0.25, pi = math.pi, tiny = 1e-310, big = 9007199254740993, utf8 = "héllo ✓",
         empty_list_in_list = {{1}, {2, {3}}},
     }
     assert(deep_equal(json.decode(json.encode(v)), v), "round trip")
