@@ -693,6 +693,27 @@ static void test_check_file(void **state)
     assert_non_null(strstr(err, "cannot open /nonexistent/x.lua"));
 }
 
+/* Precompiled chunks are refused: bytecode is not checked by Lua. */
+static void test_binary_chunk_refused(void **state)
+{
+    char path[] = "/tmp/ternd-test-lua-chunk-XXXXXX", code[256], err[512];
+    struct tn_lua *lua = make(NULL, 0, 0);
+    int fd = mkstemp(path);
+
+    assert_true(fd >= 0);
+    close(fd);
+    snprintf(code, sizeof(code),
+             "local f = assert(io.open('%s', 'wb')) "
+             "f:write(string.dump(function() return 1 end)) f:close()",
+             path);
+    assert_int_equal(run(lua, code, 0), 0);
+    tn_lua_destroy(lua);
+    assert_int_equal(tn_lua_check_file(path, err, sizeof(err)), TN_ELUA);
+    assert_non_null(strstr(err, "binary chunk"));
+    assert_non_null(strstr(create_error(path), "binary chunk"));
+    unlink(path);
+}
+
 static void test_conf_default(void **state)
 {
     struct tn_lua_conf lc = {(char *)"x", 1, 2};
@@ -787,6 +808,7 @@ int main(void)
         cmocka_unit_test_setup(test_json_round_trip, setup),
         cmocka_unit_test_setup(test_json_errors, setup),
         cmocka_unit_test_setup(test_check_file, setup),
+        cmocka_unit_test_setup(test_binary_chunk_refused, setup),
         cmocka_unit_test_setup(test_conf_default, setup),
         cmocka_unit_test_setup(test_conf_table, setup),
     };
