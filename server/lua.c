@@ -941,6 +941,8 @@ int tn_lua_add_opener(const char *name, tn_lua_open_pt open, void *ud)
 {
     int rc = 0;
 
+    if (!open)
+        return TN_EINVAL;
     pthread_mutex_lock(&openers_lock);
     for (size_t i = 0; i < openers_n; i++) {
         if (openers[i].open == open && openers[i].ud == ud) {

@@ -604,6 +604,7 @@ static void test_openers(void **state)
     assert_int_equal(tn_lua_add_opener("one", opener_one, "first"), 0);
     assert_int_equal(tn_lua_add_opener("two", opener_two, NULL), 0);
     assert_int_equal(tn_lua_add_opener("one again", opener_one, "first"), TN_EEXIST);
+    assert_int_equal(tn_lua_add_opener("none", NULL, NULL), TN_EINVAL);
     lua = make(NULL, 0, 0);
     assert_string_equal(order, "12o");
     assert_eval(lua, "return ternd.one .. ' ' .. tostring(ternd.two)", "first true");
