@@ -12,6 +12,7 @@
 #include <ev.h>
 #include <lauxlib.h>
 #include <lua.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -740,6 +741,58 @@ static void test_conf_default(void **state)
     assert_int_equal(c - tn_lua_conf_table, 3);
 }
 
+static int opener_flag(lua_State *L, void *ud)
+{
+    lua_pushboolean(L, 1);
+    lua_setfield(L, -2, "flag");
+    return 0;
+}
+
+/* A pool worker's life: states created, used and destroyed off the loop thread. */
+static void *worker(void *arg)
+{
+    struct tn_lua_conf lc;
+    char err[512];
+    long ok = 0;
+
+    tn_lua_conf_default(&lc);
+    lc.script = SCRIPT("basic.lua");
+    for (int i = 0; i < 40; i++) {
+        struct tn_lua *lua = tn_lua_create("worker", &lc, NULL, NULL, err, sizeof(err));
+        lua_State *L;
+
+        if (!lua)
+            continue;
+        L = tn_lua_state(lua);
+        if (tn_lua_getfunc(lua, "add")) {
+            lua_pushinteger(L, i);
+            lua_pushinteger(L, 1);
+            if (tn_lua_pcall(lua, 2, 1, "add") == 0 && lua_tointeger(L, -1) == i + 1)
+                ok++;
+            lua_settop(L, 0);
+        }
+        tn_lua_destroy(lua);
+    }
+    return (void *)ok;
+}
+
+static void test_threads(void **state)
+{
+    pthread_t th[3];
+    void *ok;
+
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(pthread_create(&th[i], NULL, worker, NULL), 0);
+    for (int i = 0; i < 200; i++) { /* openers come and go meanwhile */
+        assert_int_equal(tn_lua_add_opener("flag", opener_flag, NULL), 0);
+        tn_lua_remove_opener(opener_flag, NULL);
+    }
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(pthread_join(th[i], &ok), 0);
+        assert_int_equal((long)ok, 40);
+    }
+}
+
 /* The `lua:` key table through the real config loader. */
 static struct tn_conf *apply_lua_yaml(const char *yaml, struct tn_lua_conf *lc)
 {
@@ -810,6 +863,7 @@ int main(void)
         cmocka_unit_test_setup(test_json_errors, setup),
         cmocka_unit_test_setup(test_check_file, setup),
         cmocka_unit_test_setup(test_binary_chunk_refused, setup),
+        cmocka_unit_test_setup(test_threads, setup),
         cmocka_unit_test_setup(test_conf_default, setup),
         cmocka_unit_test_setup(test_conf_table, setup),
     };
