@@ -483,42 +483,47 @@ static int pool_reload(struct tn_mod *m, void *new_conf)
     return rc;
 }
 
-static void emit(struct tn_stats_out *out, const char *name, int type, const char *help,
-                 const char *pool, double v)
-{
-    const char *labels[] = {"pool", pool, NULL};
-    tn_stats_emit(out, name, type, help, labels, v);
-}
+/* The metrics of each pool, in the order pool_stats fills their values. */
+static const struct {
+    const char *name;
+    int type;
+    const char *help;
+} pool_metrics[] = {
+    {"ternd_pool_capacity", TN_STAT_GAUGE, "Most workers of the pool"},
+    {"ternd_pool_running", TN_STAT_GAUGE, "Workers alive (busy or idle)"},
+    {"ternd_pool_idle", TN_STAT_GAUGE, "Workers waiting for a task"},
+    {"ternd_pool_waiting", TN_STAT_GAUGE, "Tasks queued for a worker"},
+    {"ternd_pool_submitted_total", TN_STAT_COUNTER, "Tasks accepted"},
+    {"ternd_pool_completed_total", TN_STAT_COUNTER, "Tasks that succeeded"},
+    {"ternd_pool_failed_total", TN_STAT_COUNTER, "Tasks that returned an error"},
+    {"ternd_pool_rejected_total", TN_STAT_COUNTER, "Submits refused (overload or stopped)"},
+    {"ternd_pool_cancelled_total", TN_STAT_COUNTER, "Queued tasks dropped by a release"},
+};
 
 static void pool_stats(struct tn_mod *m, struct tn_stats_out *out)
 {
     struct pool_mod *pm = m->data;
 
     for (struct pool_named *n = pm->pools; n; n = n->next) {
-        const char *name = pool_name(n->core);
+        const char *labels[] = {"pool", pool_name(n->core), NULL};
         struct tn_pool_info i;
+        double v[sizeof(pool_metrics) / sizeof(pool_metrics[0])];
 
         if (n->removed)
             continue;
         pool_info(n->core, &i);
-        emit(out, "ternd_pool_capacity", TN_STAT_GAUGE, "Most workers of the pool", name,
-             (double)i.capacity);
-        emit(out, "ternd_pool_running", TN_STAT_GAUGE, "Workers alive (busy or idle)", name,
-             (double)i.running);
-        emit(out, "ternd_pool_idle", TN_STAT_GAUGE, "Workers waiting for a task", name,
-             (double)i.idle);
-        emit(out, "ternd_pool_waiting", TN_STAT_GAUGE, "Tasks queued for a worker", name,
-             (double)i.waiting);
-        emit(out, "ternd_pool_submitted_total", TN_STAT_COUNTER, "Tasks accepted", name,
-             (double)i.submitted);
-        emit(out, "ternd_pool_completed_total", TN_STAT_COUNTER, "Tasks that succeeded", name,
-             (double)i.completed);
-        emit(out, "ternd_pool_failed_total", TN_STAT_COUNTER, "Tasks that returned an error",
-             name, (double)i.failed);
-        emit(out, "ternd_pool_rejected_total", TN_STAT_COUNTER,
-             "Submits refused (overload or stopped)", name, (double)i.rejected);
-        emit(out, "ternd_pool_cancelled_total", TN_STAT_COUNTER,
-             "Queued tasks dropped by a release", name, (double)i.cancelled);
+        v[0] = (double)i.capacity;
+        v[1] = (double)i.running;
+        v[2] = (double)i.idle;
+        v[3] = (double)i.waiting;
+        v[4] = (double)i.submitted;
+        v[5] = (double)i.completed;
+        v[6] = (double)i.failed;
+        v[7] = (double)i.rejected;
+        v[8] = (double)i.cancelled;
+        for (size_t k = 0; k < sizeof(v) / sizeof(v[0]); k++)
+            tn_stats_emit(out, pool_metrics[k].name, pool_metrics[k].type, pool_metrics[k].help,
+                          labels, v[k]);
     }
 }
 
