@@ -5,11 +5,13 @@
  * that expire), and each idle worker's condition-variable wait is its own
  * purge timer: it exits when it has been idle for `expiry`.
  *
- * One mutex per pool guards everything below. A submit hands the task
- * straight to an idle worker (no queue round trip), starts a new worker
- * when below capacity, and otherwise queues it for the next worker that
- * finishes; the submitter never blocks. Task nodes are recycled through a
- * small free list so steady-state submits do not malloc.
+ * One mutex per pool guards everything below. A submit queues the task
+ * and wakes an idle worker if none is already on its way (woken workers
+ * wake the next one while work is left), starts a new worker when none is
+ * idle and the pool is below capacity, and otherwise queues it for the next
+ * worker that finishes, up to max_waiting; the submitter never blocks.
+ * Task nodes are recycled through a small free list so steady-state
+ * submits do not malloc.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -25,8 +27,9 @@
 struct worker {
     struct worker *prev, *next; /* idle list; head is the most recently idle */
     struct pool *pool;
-    pthread_cond_t cond;        /* signalled when given a task or told to quit */
-    struct pool_task *task;     /* handed over while idle */
+    pthread_cond_t cond;        /* signalled when woken or told to quit */
+    struct pool_task *task;     /* the first task of a new worker */
+    int woken;                  /* taken off the idle list to fetch queued work */
     int quit;                   /* told to exit; already taken off `running` */
     int64_t idle_since;         /* monotonic ms */
 };
@@ -43,6 +46,7 @@ struct pool {
     int64_t nthreads; /* worker threads alive (includes quitting ones) */
     int64_t busy;     /* tasks being run */
     int64_t nidle;
+    int64_t nwaking;  /* woken workers that have not looked at the queue yet */
     struct worker *idle_head, *idle_tail;
     struct pool_task *qhead, *qtail;
     int64_t qlen;
@@ -116,6 +120,19 @@ static void idle_remove(struct pool *p, struct worker *w)
         p->idle_tail = w->prev;
     w->prev = w->next = NULL;
     p->nidle--;
+}
+
+/* Wake the most recently idle worker to fetch from the queue. At most one
+ * is on its way at a time: it wakes the next one if work is left when it
+ * gets there, so a burst of tiny tasks costs a few wake-ups, not one each. */
+static void wake_one(struct pool *p)
+{
+    struct worker *w = p->idle_head;
+
+    idle_remove(p, w);
+    w->woken = 1;
+    p->nwaking++;
+    pthread_cond_signal(&w->cond); /* under the lock: w may expire once it is free */
 }
 
 /* Tell the idle worker w to exit. */
@@ -210,15 +227,15 @@ static void run_task(struct pool *p, struct pool_task *t)
     notify_drained(p);
 }
 
-/* Idle until given a task or told to quit (returns 0), or until the expiry
- * passes (returns 1: the worker has taken itself off the counts). */
+/* Idle until woken or told to quit (returns 0), or until the expiry passes
+ * (returns 1: the worker has taken itself off the counts). */
 static int idle_wait(struct pool *p, struct worker *w)
 {
     w->idle_since = now_ms();
     idle_push(p, w);
-    while (!w->task && !w->quit) {
+    while (!w->woken && !w->quit) {
         int64_t deadline = p->o.disable_purge ? -1 : w->idle_since + p->o.expiry_ms;
-        if (wait_until(&w->cond, &p->lock, deadline) == ETIMEDOUT && !w->task && !w->quit &&
+        if (wait_until(&w->cond, &p->lock, deadline) == ETIMEDOUT && !w->woken && !w->quit &&
             !p->o.disable_purge && now_ms() >= w->idle_since + p->o.expiry_ms) {
             idle_remove(p, w);
             p->running--;
@@ -237,10 +254,17 @@ static void *worker_main(void *arg)
     for (;;) {
         struct pool_task *t = w->task;
         w->task = NULL;
-        if (w->quit) /* never set together with task */
+        if (w->quit) /* never set together with task or woken */
             break;
-        if (!t && (t = queue_pop(p)))
+        if (w->woken) {
+            w->woken = 0;
+            p->nwaking--;
+        }
+        if (!t && (t = queue_pop(p))) {
             p->busy++;
+            if (p->qhead && p->nidle > 0 && p->nwaking == 0)
+                wake_one(p); /* more work than us: bring a helper */
+        }
         if (t) {
             pthread_mutex_unlock(&p->lock);
             run_task(p, t);
@@ -319,7 +343,7 @@ static void adjust(struct pool *p)
         idle_quit(p, p->idle_tail);
     if (p->closed)
         return;
-    while (p->running < p->o.capacity && p->qhead) {
+    while (p->running < p->o.capacity && p->qhead && p->nidle == 0) {
         struct pool_task *t = queue_pop(p);
         if (spawn(p, t) != 0) {
             t->next = p->qhead; /* back at the front */
@@ -406,7 +430,6 @@ int pool_submit(struct pool *p, tn_pool_task_pt fn, void *arg, tn_pool_done_pt d
                 void *udata)
 {
     struct pool_task *t;
-    struct worker *w;
     int rc = TN_EOVERLOAD;
 
     pthread_mutex_lock(&p->lock);
@@ -424,15 +447,11 @@ int pool_submit(struct pool *p, tn_pool_task_pt fn, void *arg, tn_pool_done_pt d
     t->done = done;
     t->udata = udata;
     t->rc = 0;
-    if ((w = p->idle_head)) {
-        idle_remove(p, w);
-        w->task = t;
-        p->busy++;
-        p->submitted++;
-        pthread_mutex_unlock(&p->lock);
-        /* w cannot go away before it has run t, so signal outside the lock */
-        pthread_cond_signal(&w->cond);
-        return 0;
+    if (p->qlen < p->nidle) { /* an idle worker will take it */
+        queue_push(p, t);
+        if (p->nwaking == 0)
+            wake_one(p);
+        goto accepted;
     }
     if (p->running < p->o.capacity && (rc = spawn(p, t)) == 0)
         goto accepted;
