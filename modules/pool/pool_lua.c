@@ -59,7 +59,7 @@ struct lua_job {
     int orphan;         /* its coroutine was resumed by someone else */
     int nargs, nres;
     int failed;         /* res holds the error message */
-    const char *pool, *target, *modname, *func, *dir;
+    const char *pool, *target, *modname, *func;
     struct tn_buf args, res;
     char names[]; /* the strings above */
 };
@@ -268,7 +268,7 @@ static void token_unref(struct token *t)
 static struct lua_job *job_new(const char *pool, const char *target)
 {
     size_t lp = strlen(pool) + 1, lt = strlen(target) + 1;
-    struct lua_job *j = calloc(1, sizeof(*j) + lp + 2 * lt + PATH_MAX);
+    struct lua_job *j = calloc(1, sizeof(*j) + lp + 2 * lt);
     char *s, *dot;
 
     if (!j)
@@ -281,7 +281,6 @@ static struct lua_job *job_new(const char *pool, const char *target)
     dot = strrchr(s + lp + lt, '.');
     *dot = '\0';
     j->func = dot + 1;
-    j->dir = s + lp + 2 * lt; /* PATH_MAX bytes, empty */
     return j;
 }
 
@@ -641,7 +640,7 @@ static int l_submit(lua_State *L)
     struct pool *p = pool_mod_find(lua_pm, pname);
     struct token *tok = state_token(L);
     struct lua_job **bj, *j;
-    char err[192];
+    char err[192], dir[PATH_MAX];
 
     if (!p)
         return luaL_error(L, "ternd.pool.submit: no pool named \"%s\"", pname);
@@ -661,8 +660,8 @@ static int l_submit(lua_State *L)
     j->nargs = top - 2 - cb;
     if (encode_values(L, 3, j->nargs, &j->args, "argument", err, sizeof(err)) != 0)
         return luaL_error(L, "ternd.pool.submit: %s", err);
-    caller_dir(L, (char *)j->dir, PATH_MAX);
-    add_dir(j->dir);
+    caller_dir(L, dir, sizeof(dir));
+    add_dir(dir);
     if (cb)
         lua_pushvalue(L, top);
     else
