@@ -134,7 +134,7 @@ static void test_expiry(void **state)
     struct pool_opts o = opts(8);
     struct pool *p;
 
-    o.expiry_ms = 300;
+    o.expiry_ms = 1000; /* long enough to look at the idle workers first */
     p = make(&o, NULL);
     for (int i = 0; i < 8; i++)
         assert_int_equal(pool_submit(p, gate_task, NULL, NULL, NULL), 0);
@@ -144,7 +144,7 @@ static void test_expiry(void **state)
     assert_int_equal(pool_wait(p, 5000), 0);
     /* idle, but not yet expired */
     assert_int_equal(info_of(p).running, 8);
-    assert_int_equal(wait_for(p, idle_of, 8, 200), 8);
+    assert_int_equal(wait_for(p, idle_of, 8, 500), 8);
     /* each idle worker's wait is its purge timer */
     assert_int_equal(wait_for(p, running_of, 0, 5000), 0);
     assert_int_equal(info_of(p).idle, 0);
