@@ -321,3 +321,28 @@ def test_default_pool(ternd, tmp_path):
     assert m[("ternd_pool_capacity", "default")] == 64
     assert m[("ternd_pool_running", "default")] == 0  # workers start on demand
     t.stop()
+
+
+def test_c_api_through_the_service(ternd, tmp_path):
+    """A module (t/modules/pooluser.c) that depends on pool finds its pool
+    through the "pool" service, submits C tasks and gets every completion
+    back on the loop thread; it is listed first, the dependency orders it."""
+    mdir = pool_modules_dir(tmp_path)
+    if not (mdir / "pooluser.so").exists():
+        pytest.skip("pooluser.so missing: run `make check` first")
+    t = ternd(daemon={"modules_dir": str(mdir)},
+              text="pooluser: { pool: work, tasks: 1000, tune: 2 }\n"
+                   "pool:\n  pools:\n    work: { size: 4 }\n")
+    t.start()
+    log = t.wait_log(r"pooluser: all done")
+    want = sum(i * i for i in range(1, 1001) if i % 10)
+    assert ("all done: 1000 done, 100 failed, 0 refused, sum %d, off the loop 0, "
+            "pool submitted 1000 failed 100" % want) in log, log
+    assert "tuned work to 2" in log
+    m = pool_metrics(t)
+    assert m[("ternd_pool_capacity", "work")] == 2
+    assert m[("ternd_pool_completed_total", "work")] == 900
+    assert m[("ternd_pool_failed_total", "work")] == 100
+    # C task failures are logged through the failure handler, rate-limited
+    assert "[warn] pool: pool work: task failed: invalid argument" in log
+    t.stop()
