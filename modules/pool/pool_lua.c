@@ -51,6 +51,7 @@ struct token {
     int alive;
     int refs;
     lua_State *L; /* the main thread of the state */
+    char *dir;    /* the state's script dir, once known (see caller_dir) */
 };
 
 struct lua_job {
@@ -261,8 +262,10 @@ static int decode_values(lua_State *L, const struct tn_buf *b, int n)
 
 static void token_unref(struct token *t)
 {
-    if (--t->refs == 0)
+    if (--t->refs == 0) {
+        free(t->dir);
         free(t);
+    }
 }
 
 static struct lua_job *job_new(const char *pool, const char *target)
@@ -554,24 +557,70 @@ static void job_done(void *udata, int rc)
     job_free(j);
 }
 
-/* The directory of the nearest Lua function on the call stack that came
- * from a file, into out (empty when none). */
-static void caller_dir(lua_State *L, char *out, size_t len)
+/* Write the directory of a "@path" chunk name into out; 0 or -1. */
+static int source_dir(const char *source, char *out, size_t len)
+{
+    const char *slash;
+
+    if (source[0] != '@')
+        return -1;
+    slash = strrchr(source + 1, '/');
+    if (!slash)
+        snprintf(out, len, ".");
+    else if ((size_t)(slash - source - 1) < len)
+        snprintf(out, len, "%.*s", (int)(slash - source - 1), source + 1);
+    else
+        return -1;
+    return 0;
+}
+
+/* A global Lua function defined in a file (a hook such as on_line): the
+ * state's script, when the call stack has no file to show. */
+static int global_function_dir(lua_State *L, char *out, size_t len)
+{
+    int found = -1;
+    lua_Debug ar;
+
+    lua_pushglobaltable(L);
+    lua_pushnil(L);
+    while (found != 0 && lua_next(L, -2)) {
+        if (lua_type(L, -1) == LUA_TFUNCTION && !lua_iscfunction(L, -1)) {
+            lua_pushvalue(L, -1);
+            if (lua_getinfo(L, ">S", &ar))
+                found = source_dir(ar.source, out, len);
+        }
+        lua_pop(L, 1);
+    }
+    if (found == 0)
+        lua_pop(L, 1); /* the key lua_next left */
+    lua_pop(L, 1);
+    return found;
+}
+
+/* The directory workers should find the caller's modules in: that of the
+ * nearest function on the call stack that came from a file; else (a chunk
+ * from a string, or a tail call that left no frame) the one remembered for
+ * this state, else that of a global function from a file. out is empty
+ * when none is known. */
+static void caller_dir(lua_State *L, struct token *tok, char *out, size_t len)
 {
     lua_Debug ar;
 
     out[0] = '\0';
-    for (int level = 1; level < 16 && lua_getstack(L, level, &ar); level++) {
-        const char *slash;
-        if (!lua_getinfo(L, "S", &ar) || ar.source[0] != '@')
-            continue;
-        slash = strrchr(ar.source + 1, '/');
-        if (!slash)
-            snprintf(out, len, ".");
-        else if ((size_t)(slash - ar.source - 1) < len)
-            snprintf(out, len, "%.*s", (int)(slash - ar.source - 1), ar.source + 1);
+    for (int level = 1; level < 16 && lua_getstack(L, level, &ar); level++)
+        if (lua_getinfo(L, "S", &ar) && source_dir(ar.source, out, len) == 0)
+            goto found;
+    if (tok->dir) {
+        snprintf(out, len, "%s", tok->dir);
         return;
     }
+    if (global_function_dir(L, out, len) != 0) {
+        out[0] = '\0';
+        return;
+    }
+found:
+    if (!tok->dir)
+        tok->dir = strdup(out);
 }
 
 static void add_dir(const char *dir)
@@ -660,7 +709,7 @@ static int l_submit(lua_State *L)
     j->nargs = top - 2 - cb;
     if (encode_values(L, 3, j->nargs, &j->args, "argument", err, sizeof(err)) != 0)
         return luaL_error(L, "ternd.pool.submit: %s", err);
-    caller_dir(L, dir, sizeof(dir));
+    caller_dir(L, tok, dir, sizeof(dir));
     add_dir(dir);
     if (cb)
         lua_pushvalue(L, top);
