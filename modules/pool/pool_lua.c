@@ -518,6 +518,13 @@ static void resume_coroutine(struct lua_job *j, lua_State *L, int n)
     lua_pop(co, 1);
 }
 
+/* Protected: resume the coroutine of job 1 with the values above it. */
+static int resume_job(lua_State *L)
+{
+    resume_coroutine(lua_touserdata(L, 1), L, lua_gettop(L) - 1);
+    return 0;
+}
+
 /* The pool completion (loop thread): hand the results to the callback or
  * the waiting coroutine, unless the submitting state is gone. */
 static void job_done(void *udata, int rc)
@@ -546,13 +553,17 @@ static void job_done(void *udata, int rc)
         return;
     }
     n = lua_gettop(L) - top - (j->cb_ref != LUA_NOREF);
-    if (j->cb_ref == LUA_NOREF) {
-        resume_coroutine(j, L, n);
-    } else if ((lua = tn_lua_from(L))) {
-        tn_lua_pcall(lua, n, 0, "ternd.pool.submit callback");
-    } else if (lua_pcall(L, n, 0, 0) != LUA_OK) {
-        tn_log_error("pool", "ternd.pool.submit callback: %s", lua_tostring(L, -1));
+    if (j->cb_ref == LUA_NOREF) { /* resume_job(j, results...) */
+        lua_pushcfunction(L, resume_job);
+        lua_pushlightuserdata(L, j);
+        lua_rotate(L, top + 1, 2);
+        n++;
     }
+    /* through tn_lua_pcall: a fresh instruction budget, errors logged */
+    if ((lua = tn_lua_from(L)))
+        tn_lua_pcall(lua, n, 0, "ternd.pool.submit completion");
+    else if (lua_pcall(L, n, 0, 0) != LUA_OK)
+        tn_log_error("pool", "ternd.pool.submit completion: %s", lua_tostring(L, -1));
     lua_settop(L, top);
     job_free(j);
 }

@@ -235,13 +235,13 @@ end
 """
 
 
-def sample_server(ternd, tmp_path, pool=POOLS_DICT):
+def sample_server(ternd, tmp_path, pool=POOLS_DICT, **lua):
     """ternd (not started) with the sample module's script (a Lua evaluator
     on a line protocol) in its own directory, not the working one, with
     work.lua beside it, and the pool module loaded first. Returns (t, port)."""
     mdir = pool_modules_dir(tmp_path)
     t = ternd(daemon={"modules_dir": str(mdir)})
-    port, script = tnhelp.sample_with_lua(t, EVAL)
+    port, script = tnhelp.sample_with_lua(t, EVAL, **lua)
     lua_dir = t.tmp / "lua"
     lua_dir.mkdir()
     script = script.rename(lua_dir / "sample.lua")
@@ -323,6 +323,21 @@ def test_worker_limits(ternd, tmp_path):
         assert r.startswith("nil|") and "not enough memory" in r, r
         # the worker's state is still usable after both
         assert ask_result(c, '"work.add", 1, 2') == "3"
+    t.stop()
+
+
+def test_resumed_coroutine_runs_under_the_budget(ternd, tmp_path):
+    """A coroutine the pool resumes gets a fresh instruction budget: a
+    runaway one is stopped and logged, the caller's state goes on."""
+    t, port = sample_server(ternd, tmp_path, instruction_limit=1000000)
+    t.start()
+    with tnhelp.LineClient(port) as c:
+        mark = t.log_size()
+        assert c.ask('coroutine.wrap(function() ternd.pool.submit("default", "work.add", 1, 2) '
+                     'while true do end end)() return "ok"') == "ok"
+        text = t.wait_log(r"instruction limit exceeded \(1000000\)", since=mark)
+        assert "coroutine resumed by ternd.pool.submit failed" in text, text
+        assert c.ask('return "alive"') == "alive"
     t.stop()
 
 
