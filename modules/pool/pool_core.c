@@ -28,11 +28,11 @@ struct worker {
     struct worker *prev, *next; /* idle list (head: most recently idle), or dead list */
     struct pool *pool;
     pthread_t tid;
-    pthread_cond_t cond;        /* signalled when woken or told to quit */
-    struct pool_task *task;     /* the first task of a new worker */
-    int woken;                  /* taken off the idle list to fetch queued work */
-    int quit;                   /* told to exit; already taken off `running` */
-    int64_t idle_since;         /* monotonic ms */
+    pthread_cond_t cond;    /* signalled when woken or told to quit */
+    struct pool_task *task; /* the first task of a new worker */
+    int woken;              /* taken off the idle list to fetch queued work */
+    int quit;               /* told to exit; already taken off `running` */
+    int64_t idle_since;     /* monotonic ms */
 };
 
 struct pool {
@@ -47,14 +47,14 @@ struct pool {
     int64_t nthreads; /* worker threads alive (includes quitting ones) */
     int64_t busy;     /* tasks being run */
     int64_t nidle;
-    int64_t nwaking;  /* woken workers that have not looked at the queue yet */
+    int64_t nwaking; /* woken workers that have not looked at the queue yet */
     struct worker *idle_head, *idle_tail;
     struct pool_task *qhead, *qtail;
     int64_t qlen;
     struct pool_task *free_tasks;
     int nfree;
     struct worker *dead; /* exited workers not joined yet */
-    int waiters; /* threads blocked in wait/release_timeout/destroy */
+    int waiters;         /* threads blocked in wait/release_timeout/destroy */
     uint64_t submitted, completed, failed, rejected, cancelled;
 };
 
@@ -437,14 +437,22 @@ void pool_destroy(struct pool *p)
     free(p);
 }
 
-const char *pool_name(const struct pool *p) { return p->name; }
+const char *pool_name(const struct pool *p)
+{
+    return p->name;
+}
 
-struct tn_pool *pool_handle(struct pool *p) { return &p->pub; }
+struct tn_pool *pool_handle(struct pool *p)
+{
+    return &p->pub;
+}
 
-struct pool *pool_from_handle(struct tn_pool *h) { return (struct pool *)h; }
+struct pool *pool_from_handle(struct tn_pool *h)
+{
+    return (struct pool *)h;
+}
 
-int pool_submit(struct pool *p, tn_pool_task_pt fn, void *arg, tn_pool_done_pt done,
-                void *udata)
+int pool_submit(struct pool *p, tn_pool_task_pt fn, void *arg, tn_pool_done_pt done, void *udata)
 {
     struct pool_task *t;
     int rc = TN_EOVERLOAD;

@@ -19,9 +19,9 @@
 
 #include "pool_module.h"
 
-#define COPY_DEPTH 64              /* nesting of copied tables */
-#define COPY_MAX (64u << 20)       /* bytes of copied arguments or results */
-#define DIRS_MAX 64                /* script dirs added to the workers' package.path */
+#define COPY_DEPTH 64        /* nesting of copied tables */
+#define COPY_MAX (64u << 20) /* bytes of copied arguments or results */
+#define DIRS_MAX 64          /* script dirs added to the workers' package.path */
 #define TOKEN_KEY "ternd.pool.token"
 #define WAITING_KEY "ternd.pool.waiting"
 #define BOX_META "ternd.pool.box"
@@ -59,7 +59,7 @@ struct lua_job {
     int cb_ref, co_ref; /* LUA_NOREF when unused */
     int orphan;         /* its coroutine was resumed by someone else */
     int nargs, nres;
-    int failed;         /* res holds the error message */
+    int failed; /* res holds the error message */
     const char *pool, *target, *modname, *func;
     struct tn_buf args, res;
     char names[]; /* the strings above */
@@ -69,7 +69,7 @@ struct lua_job {
 
 struct copy {
     struct tn_buf *b;
-    int seen;  /* stack index of the table of tables being copied */
+    int seen; /* stack index of the table of tables being copied */
     int depth;
     char err[128];
 };
@@ -89,7 +89,10 @@ static int put(struct copy *c, const void *p, size_t n)
     return 0;
 }
 
-static int put_tag(struct copy *c, char tag) { return put(c, &tag, 1); }
+static int put_tag(struct copy *c, char tag)
+{
+    return put(c, &tag, 1);
+}
 
 static int encode(lua_State *L, int idx, struct copy *c);
 
@@ -211,9 +214,15 @@ static int decode(lua_State *L, struct reader *r)
     if (!lua_checkstack(L, 3) || take(r, &tag, 1) != 0)
         return -1;
     switch (tag) {
-    case 'n': lua_pushnil(L); return 0;
-    case 't': lua_pushboolean(L, 1); return 0;
-    case 'f': lua_pushboolean(L, 0); return 0;
+    case 'n':
+        lua_pushnil(L);
+        return 0;
+    case 't':
+        lua_pushboolean(L, 1);
+        return 0;
+    case 'f':
+        lua_pushboolean(L, 0);
+        return 0;
     case 'i': {
         lua_Integer i;
         if (take(r, &i, sizeof(i)) != 0)
@@ -465,7 +474,10 @@ static int job_run(void *arg)
     return TN_ELUA;
 }
 
-void pool_lua_worker_exit(struct pool *p, void *ud) { wstate_free(); }
+void pool_lua_worker_exit(struct pool *p, void *ud)
+{
+    wstate_free();
+}
 
 /* ---- the loop side ------------------------------------------------------------------ */
 
@@ -732,7 +744,7 @@ static int l_submit(lua_State *L)
         j->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     if ((rc = pool_submit(p, job_run, j, job_done, j)) != 0) {
         lua_pushnil(L);
-        lua_pushstring(L, rc == TN_EOVERLOAD ? "pool overloaded"
+        lua_pushstring(L, rc == TN_EOVERLOAD  ? "pool overloaded"
                           : rc == TN_ESTOPPED ? "pool stopped"
                                               : tn_strerror(rc));
         return 2; /* the box frees j */

@@ -34,8 +34,7 @@ static const struct tn_conf_cmd pooluser_table[] = {
     {"pool", TN_CONF_STRING, offsetof(struct pooluser_conf, pool), NULL, NULL, NULL},
     {"tasks", TN_CONF_INT, offsetof(struct pooluser_conf, tasks), &pooluser_tasks_range, NULL,
      NULL},
-    {"tune", TN_CONF_INT, offsetof(struct pooluser_conf, tune), &pooluser_tune_range, NULL,
-     NULL},
+    {"tune", TN_CONF_INT, offsetof(struct pooluser_conf, tune), &pooluser_tune_range, NULL, NULL},
     TN_CONF_END};
 
 static const char *const pooluser_deps[] = {"pool", NULL};
@@ -75,11 +74,12 @@ static void square_done(void *udata, int rc)
     if (++pu->done + pu->refused < pu->want)
         return;
     tn_pool_info(pu->pool, &info);
-    tn_log_info("pooluser", "all done: %lld done, %lld failed, %lld refused, sum %lld, "
+    tn_log_info("pooluser",
+                "all done: %lld done, %lld failed, %lld refused, sum %lld, "
                 "off the loop %lld, pool submitted %llu failed %llu",
                 (long long)pu->done, (long long)pu->failed, (long long)pu->refused,
-                (long long)pu->sum, (long long)pu->off_loop,
-                (unsigned long long)info.submitted, (unsigned long long)info.failed);
+                (long long)pu->sum, (long long)pu->off_loop, (unsigned long long)info.submitted,
+                (unsigned long long)info.failed);
 }
 
 static int pooluser_start(struct tn_mod *m)

@@ -90,9 +90,18 @@ static int64_t wait_for(struct pool *p, int64_t (*what)(struct pool *), int64_t 
     return v;
 }
 
-static int64_t running_of(struct pool *p) { return info_of(p).running; }
-static int64_t idle_of(struct pool *p) { return info_of(p).idle; }
-static int64_t started_of(struct pool *p) { return gate_get(&gate.started); }
+static int64_t running_of(struct pool *p)
+{
+    return info_of(p).running;
+}
+static int64_t idle_of(struct pool *p)
+{
+    return info_of(p).idle;
+}
+static int64_t started_of(struct pool *p)
+{
+    return gate_get(&gate.started);
+}
 
 static struct pool_opts opts(int64_t capacity)
 {
@@ -519,12 +528,12 @@ static void test_deliver(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_bad_opts),     cmocka_unit_test(test_expiry),
+        cmocka_unit_test(test_bad_opts),      cmocka_unit_test(test_expiry),
         cmocka_unit_test(test_disable_purge), cmocka_unit_test(test_tune),
-        cmocka_unit_test(test_nonblocking),  cmocka_unit_test(test_max_waiting),
+        cmocka_unit_test(test_nonblocking),   cmocka_unit_test(test_max_waiting),
         cmocka_unit_test(test_drain_timeout), cmocka_unit_test(test_million),
-        cmocka_unit_test(test_failures),     cmocka_unit_test(test_release_reboot),
-        cmocka_unit_test(test_prealloc),     cmocka_unit_test(test_deliver),
+        cmocka_unit_test(test_failures),      cmocka_unit_test(test_release_reboot),
+        cmocka_unit_test(test_prealloc),      cmocka_unit_test(test_deliver),
     };
     pthread_mutex_init(&gate.m, NULL);
     pthread_cond_init(&gate.c, NULL);
