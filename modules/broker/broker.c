@@ -301,6 +301,9 @@ static int broker_start(struct tn_mod *m)
     bk->scan.data = bk;
     ev_timer_again(tn_loop(), &bk->scan);
     ev_prepare_init(&bk->prepare, prepare_cb);
+    /* before the connection layer's own prepare watcher, which writes
+     * what this one compresses in the same iteration */
+    ev_set_priority(&bk->prepare, EV_MAXPRI);
     bk->prepare.data = bk;
     ev_prepare_start(tn_loop(), &bk->prepare);
     return tn_service_register(TN_BROKER_SERVICE, (void *)&broker_service);
