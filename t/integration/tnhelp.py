@@ -1,0 +1,481 @@
+"""tnhelp -- run the real ternd from $TERND_BUILD in integration tests.
+
+Every test gets a fresh ternd on free loopback ports, with its own YAML
+file, data directory and (empty) plugins directory under the test's temp
+directory. Its stderr goes to a file (a pipe could fill up and block the
+server). Readiness is GET /ping on admin_listen answering 200. Every wait
+is bounded; a server still running at the end of a test is killed.
+
+Importable from any test below t/integration (the root conftest puts this
+directory on sys.path): `import tnhelp`.
+"""
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SRCDIR = HERE.parent.parent
+BUILD = Path(os.environ["TERND_BUILD"]).resolve() if os.environ.get("TERND_BUILD") else None
+
+START_TIMEOUT = 15.0   # seconds for a server to answer /ping
+STOP_TIMEOUT = 15.0    # seconds for a graceful stop
+RUN_TIMEOUT = 20.0     # seconds for a one-shot run (-t, -V)
+
+LOG_LINE = re.compile(
+    r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z \[(error|warn|info|debug)\] ([^:]*): (.*)$")
+
+
+def ternd_bin():
+    return BUILD / "server" / "ternd"
+
+
+def test_modules_dir():
+    """Where `make check` leaves sample.so, sampledep.so and badabi.so."""
+    return BUILD / "t" / "modules" / ".libs"
+
+
+def header_define(header, name):
+    """A #define's value from a public header, e.g. TN_VERSION_STRING."""
+    text = (SRCDIR / "server" / "include" / "ternd" / header).read_text()
+    m = re.search(r"^#define\s+%s\s+(.+?)\s*$" % re.escape(name), text, re.M)
+    assert m, "%s not in %s" % (name, header)
+    return m.group(1).strip('"')
+
+
+def free_port():
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(args, timeout=RUN_TIMEOUT, env=None, cwd=None):
+    """Run ternd to completion (e.g. -t, -V): a CompletedProcess with text."""
+    return subprocess.run([str(ternd_bin())] + [str(a) for a in args],
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=cwd)
+
+
+def yaml_scalar(v):
+    if v is None:
+        return "~"
+    if v is True:
+        return "true"
+    if v is False:
+        return "false"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(yaml_scalar(x) for x in v) + "]"
+    return str(v)
+
+
+def to_yaml(d, indent=0):
+    """A small YAML writer for nested dicts of scalars and flat lists; a
+    dict value {} or None is written as `key: ~`."""
+    out = []
+    pad = "  " * indent
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.append("%s%s:" % (pad, k))
+            out.append(to_yaml(v, indent + 1))
+        elif isinstance(v, dict):
+            out.append("%s%s: ~" % (pad, k))
+        else:
+            out.append("%s%s: %s" % (pad, k, yaml_scalar(v)))
+    return "\n".join(out)
+
+
+def wait_for(pred, timeout, interval=0.02, what="condition"):
+    """Poll pred() until it returns a true value (returned) or time runs out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() >= deadline:
+            raise AssertionError("timed out after %.1fs waiting for %s" % (timeout, what))
+        time.sleep(interval)
+
+
+def http_raw(port, data, timeout=5.0, host="127.0.0.1"):
+    """Send raw bytes, read until the server closes (or timeout): bytes."""
+    with socket.create_connection((host, port), timeout=timeout) as s:
+        s.sendall(data)
+        return recv_all(s, timeout)
+
+
+def recv_all(s, timeout=5.0):
+    chunks = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        s.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            b = s.recv(65536)
+        except socket.timeout:
+            break
+        except ConnectionResetError:
+            break
+        if not b:
+            break
+        chunks.append(b)
+    return b"".join(chunks)
+
+
+def closed_by_peer(sock, timeout=3.0):
+    """True when the peer closes the connection (EOF or reset) within
+    timeout without sending anything; False on timeout or data."""
+    sock.settimeout(timeout)
+    try:
+        return sock.recv(1) == b""
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    except socket.timeout:
+        return False
+
+
+def pid_alive(pid):
+    """Is pid a live (not zombie) process?"""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+class Response:
+    def __init__(self, status, reason, headers, body):
+        self.status = status
+        self.reason = reason
+        self.headers = headers  # dict, lower-case names
+        self.body = body
+
+    def header(self, name):
+        return self.headers.get(name.lower())
+
+    def text(self):
+        return self.body.decode()
+
+    def json(self):
+        return json.loads(self.body)
+
+
+def read_response(sock, buf=b"", head=False, timeout=5.0):
+    """Read one HTTP/1.1 response (Content-Length or chunked) from sock.
+    Returns (Response, leftover bytes). head: no body follows."""
+    deadline = time.monotonic() + timeout
+
+    def more():
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        b = sock.recv(65536)
+        if not b:
+            raise EOFError("connection closed mid-response")
+        return b
+
+    while b"\r\n\r\n" not in buf:
+        buf += more()
+    head_bytes, buf = buf.split(b"\r\n\r\n", 1)
+    lines = head_bytes.decode("latin-1").split("\r\n")
+    m = re.match(r"^HTTP/1\.[01] (\d{3}) ?(.*)$", lines[0])
+    assert m, "bad status line %r" % lines[0]
+    headers = {}
+    for line in lines[1:]:
+        k, _, v = line.partition(":")
+        headers[k.strip().lower()] = v.strip()
+    status = int(m.group(1))
+    body = b""
+    if head or status in (204, 304) or 100 <= status < 200:
+        pass
+    elif headers.get("transfer-encoding", "").lower() == "chunked":
+        while True:
+            while b"\r\n" not in buf:
+                buf += more()
+            size_line, buf = buf.split(b"\r\n", 1)
+            size = int(size_line.split(b";")[0], 16)
+            while len(buf) < size + 2:
+                buf += more()
+            body += buf[:size]
+            buf = buf[size + 2:]
+            if size == 0:
+                break
+    elif "content-length" in headers:
+        n = int(headers["content-length"])
+        while len(buf) < n:
+            buf += more()
+        body, buf = buf[:n], buf[n:]
+    else:
+        # body until close
+        while True:
+            try:
+                buf += more()
+            except EOFError:
+                break
+        body, buf = buf, b""
+    return Response(status, m.group(2), headers, body), buf
+
+
+def request(port, method, path, body=None, headers=None, timeout=5.0):
+    """One request on a fresh connection (closed after): a Response."""
+    hdrs = {"Host": "127.0.0.1", "Connection": "close"}
+    hdrs.update(headers or {})
+    data = body if isinstance(body, (bytes, type(None))) else body.encode()
+    if data is not None:
+        hdrs["Content-Length"] = str(len(data))
+    req = "%s %s HTTP/1.1\r\n" % (method, path)
+    req += "".join("%s: %s\r\n" % kv for kv in hdrs.items()) + "\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(req.encode() + (data or b""))
+        resp, _ = read_response(s, head=(method == "HEAD"), timeout=timeout)
+        return resp
+
+
+def sample_with_lua(t, script_text, **lua):
+    """Configure t (not started) to run the sample module on a free port
+    with script_text as its Lua script (sample.lua in t's directory) and
+    the given lua: keys. Returns (port, script path)."""
+    port = free_port()
+    script = t.tmp / "sample.lua"
+    script.write_text(script_text)
+    lua_conf = {"script": str(script)}
+    lua_conf.update(lua)
+    t.sections = {"sample": {"listen": "127.0.0.1:%d" % port, "lua": lua_conf}}
+    t.write_conf()
+    return port, script
+
+
+class LineClient:
+    """A client of the sample module's line protocol (text\\n -> answer\\n)."""
+
+    def __init__(self, port, timeout=5.0):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.buf = b""
+        self.timeout = timeout
+
+    def ask(self, line):
+        self.sock.sendall(line.encode() + b"\n")
+        return self.readline()
+
+    def readline(self):
+        deadline = time.monotonic() + self.timeout
+        while b"\n" not in self.buf:
+            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+            b = self.sock.recv(65536)
+            if not b:
+                raise EOFError("closed by the server")
+            self.buf += b
+        line, self.buf = self.buf.split(b"\n", 1)
+        return line.decode()
+
+    def close(self):
+        self.sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class Ternd:
+    """One ternd process.
+
+    daemon: overrides for the daemon section (merged into the defaults:
+    log_level info, data_dir, an empty plugins_dir, modules_dir the test
+    modules, admin_listen on a free port, shutdown_timeout 3s).
+    sections: dict of module sections (written with to_yaml), or
+    text: extra YAML text appended verbatim after the daemon section.
+    """
+
+    def __init__(self, tmp, daemon=None, sections=None, text=None, env=None, args=None):
+        self.tmp = Path(tmp)
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        self.conf_path = self.tmp / "ternd.yaml"
+        self.stderr_path = self.tmp / "stderr.log"
+        self.admin_port = free_port()
+        (self.tmp / "plugins").mkdir(exist_ok=True)
+        self.daemon = {
+            "log_level": "info",
+            "data_dir": str(self.tmp / "data"),
+            "modules_dir": str(test_modules_dir()),
+            "plugins_dir": str(self.tmp / "plugins"),
+            "admin_listen": "127.0.0.1:%d" % self.admin_port,
+            "shutdown_timeout": "3s",
+        }
+        self.daemon.update(daemon or {})
+        if self.daemon.get("admin_listen") is None:
+            self.admin_port = None
+        self.sections = sections or {}
+        self.text = text
+        # only what a test asks for reaches the server of systemd's variables
+        self.env = {k: v for k, v in os.environ.items()
+                    if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
+        self.env.update(env or {})
+        self.args = list(args or [])
+        self.proc = None
+        self.returncode = None
+        self.write_conf()
+
+    # ---- configuration ----------------------------------------------------
+
+    def conf_text(self):
+        parts = [to_yaml({"daemon": self.daemon})]
+        if self.sections:
+            parts.append(to_yaml(self.sections))
+        if self.text:
+            parts.append(self.text.rstrip("\n"))
+        return "\n".join(parts) + "\n"
+
+    def write_conf(self, text=None):
+        """Write the file (atomically, so a SIGHUP never reads half of it)."""
+        tmp = self.conf_path.with_suffix(".tmp")
+        tmp.write_text(text if text is not None else self.conf_text())
+        os.replace(tmp, self.conf_path)
+
+    def check(self):
+        """ternd -t on this file."""
+        return run(["-t", "-c", self.conf_path], env=self.env)
+
+    # ---- process ----------------------------------------------------------
+
+    def start(self, wait=True):
+        self.stderr_file = open(self.stderr_path, "ab")
+        self.proc = subprocess.Popen([str(ternd_bin()), "-c", str(self.conf_path)] + self.args,
+                                     stdin=subprocess.DEVNULL, stdout=self.stderr_file,
+                                     stderr=self.stderr_file, env=self.env, cwd=str(self.tmp))
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout=START_TIMEOUT):
+        def ready():
+            if self.proc.poll() is not None:
+                raise AssertionError("ternd exited with %s before it was ready:\n%s"
+                                     % (self.proc.returncode, self.stderr()))
+            if self.admin_port is None:
+                return "] core: ready" in self.stderr()
+            try:
+                return request(self.admin_port, "GET", "/ping", timeout=1.0).status == 200
+            except (OSError, EOFError):
+                return False
+        wait_for(ready, timeout, what="ternd to answer /ping")
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def send_signal(self, sig):
+        self.proc.send_signal(sig)
+
+    def wait_exit(self, timeout=STOP_TIMEOUT):
+        """The exit status; kills the process (and fails) on timeout."""
+        try:
+            self.returncode = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError("ternd did not exit within %.1fs:\n%s"
+                                 % (timeout, self.stderr()))
+        finally:
+            if not self.alive():
+                self.stderr_file.close()
+        return self.returncode
+
+    def stop(self, sig=signal.SIGTERM, timeout=STOP_TIMEOUT):
+        """Graceful stop; asserts exit status 0."""
+        self.send_signal(sig)
+        rc = self.wait_exit(timeout)
+        assert rc == 0, "ternd exited with %d after %s:\n%s" % (rc, sig, self.stderr())
+        return rc
+
+    def kill(self):
+        if self.alive():
+            self.proc.kill()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+
+    def reload(self, text=None, timeout=10.0):
+        """Write the new file (text, or from daemon/sections), SIGHUP, and
+        wait until the reload finished (done or rejected). Returns the log
+        written since the SIGHUP."""
+        mark = self.log_size()
+        self.write_conf(text)
+        self.send_signal(signal.SIGHUP)
+        return self.wait_log(r"\] core: (reload done|reload rejected)", since=mark,
+                             timeout=timeout)
+
+    # ---- logs ---------------------------------------------------------------
+
+    def stderr(self):
+        try:
+            return self.stderr_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_path(self):
+        """Where log lines go: daemon.log_file, else stderr."""
+        lf = self.daemon.get("log_file")
+        if lf and lf != "stderr":
+            return Path(lf) if os.path.isabs(lf) else self.tmp / lf
+        return self.stderr_path
+
+    def log(self):
+        try:
+            return self.log_path().read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_size(self):
+        return len(self.log())
+
+    def wait_log(self, pattern, since=0, timeout=10.0):
+        """Wait until regex pattern matches the log after offset since;
+        returns the log text from since."""
+        rx = re.compile(pattern, re.M)
+
+        def found():
+            text = self.log()[since:]
+            if rx.search(text):
+                return text
+            if not self.alive():
+                raise AssertionError("ternd exited while waiting for /%s/:\n%s"
+                                     % (pattern, self.log()))
+            return None
+        return wait_for(found, timeout, what="log line /%s/" % pattern)
+
+    def log_lines(self, who=None):
+        """Parsed log lines (level, who, text), optionally for one subsystem."""
+        out = []
+        for line in self.log().splitlines():
+            m = LOG_LINE.match(line)
+            if m and (who is None or m.group(2) == who):
+                out.append((m.group(1), m.group(2), m.group(3)))
+        return out
+
+    # ---- admin HTTP ---------------------------------------------------------
+
+    def get(self, path, **kw):
+        return request(self.admin_port, "GET", path, **kw)
+
+    def metrics(self):
+        """The /metrics samples as {name or name{labels}: value}."""
+        out = {}
+        for line in self.get("/metrics").text().splitlines():
+            if line and not line.startswith("#"):
+                key, _, value = line.rpartition(" ")
+                out[key] = float(value)
+        return out
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.kill()
