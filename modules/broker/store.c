@@ -369,7 +369,10 @@ static struct tn_diskq *dq_open(struct broker *bk, const char *name, int *err)
 
     o.max_bytes_per_file = bc->max_bytes_per_file;
     o.min_msg_size = BROKER_REC_HEADER;
-    o.max_msg_size = (uint32_t)(bc->max_msg_size + BROKER_REC_HEADER);
+    /* the queue's hard cap, not broker.max_msg_size: publishes are checked
+     * against that already, and a smaller limit would make records stored
+     * under an earlier, larger max_msg_size unreadable */
+    o.max_msg_size = TN_DISKQ_MSG_LIMIT;
     o.sync_every = (uint32_t)bc->sync_every;
     o.sync_timeout_ms = (uint32_t)bc->sync_timeout;
     return tn_diskq_open(bk->dir, name, &o, err);
