@@ -14,11 +14,22 @@ static const struct tn_conf_range r_deflate = {1, 9};
 static const struct tn_conf_range r_node = {0, 1023};
 static const struct tn_conf_range r_attempts = {0, 65535};
 
+/* A dead_letter_topic must be a valid topic name. */
+static int check_topic(struct tn_conf *cf, const struct tn_conf_node *node,
+                       const struct tn_conf_cmd *cmd, void *conf)
+{
+    const char *name = *(char **)((char *)conf + cmd->offset);
+
+    if (name && !broker_name_valid(name, strlen(name)))
+        return tn_conf_error(cf, node, "not a valid topic name ([.a-zA-Z0-9_-], 1..64)");
+    return 0;
+}
+
 static const struct tn_conf_cmd policy_table[] = {
     {"max_attempts", TN_CONF_INT, offsetof(struct broker_policy, max_attempts), &r_attempts, NULL,
      NULL},
     {"dead_letter_topic", TN_CONF_STRING, offsetof(struct broker_policy, dead_letter_topic), NULL,
-     NULL, NULL},
+     NULL, check_topic},
     TN_CONF_END};
 
 static int policy_name_ok(const char *name)
@@ -60,9 +71,6 @@ static int set_policies(struct tn_conf *cf, const struct tn_conf_node *node,
         } else if (!tn_conf_is_null(v)) {
             rc = tn_conf_error(cf, v, "expected a mapping (max_attempts, dead_letter_topic)");
         }
-        if (p->dead_letter_topic &&
-            !broker_name_valid(p->dead_letter_topic, strlen(p->dead_letter_topic)))
-            rc = tn_conf_error(cf, v, "dead_letter_topic: not a valid topic name");
         tn_conf_pop(cf);
     }
     return rc;
@@ -96,7 +104,7 @@ const struct tn_conf_cmd broker_conf_table[] = {
     {"node_id", TN_CONF_INT, OFF(node_id), &r_node, NULL, NULL},
     {"auth", TN_CONF_BOOL, OFF(auth), NULL, NULL, NULL},
     {"max_attempts", TN_CONF_INT, OFF(max_attempts), &r_attempts, NULL, NULL},
-    {"dead_letter_topic", TN_CONF_STRING, OFF(dead_letter_topic), NULL, NULL, NULL},
+    {"dead_letter_topic", TN_CONF_STRING, OFF(dead_letter_topic), NULL, NULL, check_topic},
     {"channels", TN_CONF_CUSTOM, OFF(channels), NULL, set_policies, NULL},
     {"lua", TN_CONF_SECTION, OFF(lua), tn_lua_conf_table, NULL, NULL},
     TN_CONF_END};
@@ -160,9 +168,6 @@ int broker_conf_check(struct tn_conf *cf, struct broker_conf *bc)
         tn_conf_error_key(cf, "queue_scan_interval", "must be 1ms .. 60s");
     if (bc->sync_every > UINT32_MAX)
         tn_conf_error_key(cf, "sync_every", "too large");
-    if (bc->dead_letter_topic &&
-        !broker_name_valid(bc->dead_letter_topic, strlen(bc->dead_letter_topic)))
-        tn_conf_error_key(cf, "dead_letter_topic", "not a valid topic name");
     if (bc->lua.script && tn_lua_check_file(bc->lua.script, err, sizeof(err)) != 0)
         tn_conf_error_key(cf, "lua.script", "%s", err);
     return tn_conf_errors(cf) ? TN_ECONF : 0;
