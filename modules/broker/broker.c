@@ -290,7 +290,9 @@ static int broker_start(struct tn_mod *m)
     }
     if (bc->http_listen.len) {
         struct tn_http_limits lim = {0};
-        lim.max_body_size = (size_t)bc->max_body_size;
+        /* room above max_body_size so the handlers, not the core, refuse
+         * slightly larger bodies with nsqd's codes (BODY_TOO_BIG, ...) */
+        lim.max_body_size = 2 * (size_t)bc->max_body_size;
         if (!(bk->http = tn_http_server_create("broker.http", &bc->http_listen, &lim, &err)))
             return err;
         if ((err = broker_http_routes(bk, bk->http)) != 0)
