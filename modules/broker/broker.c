@@ -28,9 +28,10 @@ static json_t *meta_build(struct broker *bk)
     json_t *topics = json_array();
 
     for (struct broker_topic *t = broker_topic_first(bk); t; t = broker_topic_next(bk, t)) {
-        json_t *chans = json_array();
+        json_t *chans;
         if (t->ephemeral)
             continue;
+        chans = json_array();
         for (struct broker_channel *ch = t->channels; ch; ch = ch->next)
             if (!ch->ephemeral)
                 json_array_append_new(chans,

@@ -456,7 +456,8 @@ static void test_dead_letter(void **state)
     dlq = broker_topic_find(bk, "dlq");
     assert_non_null(dlq);
     assert_int_equal(broker_topic_depth(dlq), 1);
-    assert_string_equal(dlq->mem.head->msg->body, "poison");
+    assert_int_equal(dlq->mem.head->msg->len, 6);
+    assert_memory_equal(dlq->mem.head->msg->body, "poison", 6);
     (void)err;
     broker_client_unsub(&c, 1000);
 }
