@@ -21,5 +21,3 @@ t_unit_test_broker_store_SOURCES = t/unit/test_broker_store.c modules/broker/sto
 t_unit_test_broker_store_CFLAGS = $(UNIT_CFLAGS) -I$(top_srcdir)/modules/broker
 t_unit_test_broker_store_LDADD = $(UNIT_LIBS)
 endif
-
-EXTRA_DIST += t/integration/broker
