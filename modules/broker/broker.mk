@@ -21,3 +21,9 @@ t_unit_test_broker_store_SOURCES = t/unit/test_broker_store.c modules/broker/sto
 t_unit_test_broker_store_CFLAGS = $(UNIT_CFLAGS) -I$(top_srcdir)/modules/broker
 t_unit_test_broker_store_LDADD = $(UNIT_LIBS)
 endif
+
+# A test plugin using the broker's service and events (check only).
+check_LTLIBRARIES += t/modules/brokerplug.la
+t_modules_brokerplug_la_SOURCES = t/modules/brokerplug.c
+t_modules_brokerplug_la_CFLAGS = $(AM_CFLAGS) -I$(top_srcdir)/modules/broker
+t_modules_brokerplug_la_LDFLAGS = $(TEST_MODULE_LDFLAGS)
