@@ -19,7 +19,10 @@
 
 struct broker *broker_self;
 
-int64_t broker_now(void) { return tn_wall_ns() / 1000000; }
+int64_t broker_now(void)
+{
+    return tn_wall_ns() / 1000000;
+}
 
 /* ---- metadata (topics, channels, paused) ------------------------------------ */
 
@@ -34,8 +37,8 @@ static json_t *meta_build(struct broker *bk)
         chans = json_array();
         for (struct broker_channel *ch = t->channels; ch; ch = ch->next)
             if (!ch->ephemeral)
-                json_array_append_new(chans,
-                                      json_pack("{s:s, s:b}", "name", ch->name, "paused", ch->paused));
+                json_array_append_new(
+                    chans, json_pack("{s:s, s:b}", "name", ch->name, "paused", ch->paused));
         json_array_append_new(topics, json_pack("{s:s, s:b, s:o}", "name", t->name, "paused",
                                                 t->paused, "channels", chans));
     }
@@ -90,7 +93,8 @@ static void meta_load_topic(struct broker *bk, json_t *jt, int64_t now)
         return;
     }
     t->paused = json_is_true(json_object_get(jt, "paused"));
-    json_array_foreach(chans, i, jc) {
+    json_array_foreach(chans, i, jc)
+    {
         const char *cn = json_string_value(json_object_get(jc, "name"));
         struct broker_channel *ch;
         if (!cn || !(ch = broker_channel_get(t, cn, now, &err))) {
@@ -114,16 +118,15 @@ static int meta_load(struct broker *bk)
         return 0;
     j = json_load_file(path, 0, &jerr);
     if (!j) {
-        tn_log_error(BROKER_LOG, "%s:%d: %s (topics start empty; the file is kept as .bad)",
-                     path, jerr.line, jerr.text);
+        tn_log_error(BROKER_LOG, "%s:%d: %s (topics start empty; the file is kept as .bad)", path,
+                     jerr.line, jerr.text);
         char bad[4300];
         snprintf(bad, sizeof(bad), "%s.bad", path);
         rename(path, bad);
         return 0;
     }
     topics = json_object_get(j, "topics");
-    json_array_foreach(topics, i, jt)
-        meta_load_topic(bk, jt, now);
+    json_array_foreach(topics, i, jt) meta_load_topic(bk, jt, now);
     json_decref(j);
     /* what waited in paused state or on disk starts flowing again */
     for (struct broker_topic *t = broker_topic_first(bk); t; t = broker_topic_next(bk, t))
@@ -133,7 +136,10 @@ static int meta_load(struct broker *bk)
     return 0;
 }
 
-void broker_meta_changed(struct broker *bk) { bk->meta_dirty = 1; }
+void broker_meta_changed(struct broker *bk)
+{
+    bk->meta_dirty = 1;
+}
 
 /* ---- publishing ------------------------------------------------------------------ */
 
@@ -336,8 +342,7 @@ static int broker_stop(struct tn_mod *m)
     n = broker_store_persist(bk, broker_now());
     meta_save(bk);
     ev_prepare_stop(tn_loop(), &bk->prepare);
-    tn_log_info(BROKER_LOG, "stopped: %llu messages written to %s", (unsigned long long)n,
-                bk->dir);
+    tn_log_info(BROKER_LOG, "stopped: %llu messages written to %s", (unsigned long long)n, bk->dir);
     return 0;
 }
 
@@ -413,8 +418,8 @@ static void broker_stats(struct tn_mod *m, struct tn_stats_out *out)
 
     if (!bk)
         return;
-    tn_stats_emit(out, "ternd_broker_published_total", TN_STAT_COUNTER, "Messages published",
-                  NULL, (double)bk->published);
+    tn_stats_emit(out, "ternd_broker_published_total", TN_STAT_COUNTER, "Messages published", NULL,
+                  (double)bk->published);
     tn_stats_emit(out, "ternd_broker_hook_dropped_total", TN_STAT_COUNTER,
                   "Messages dropped by on_publish or a broker.publish subscriber", NULL,
                   (double)bk->dropped_by_hook);
@@ -422,12 +427,11 @@ static void broker_stats(struct tn_mod *m, struct tn_stats_out *out)
                   "Messages that used up max_attempts", NULL, (double)bk->dead_lettered);
     tn_stats_emit(out, "ternd_broker_clients", TN_STAT_GAUGE, "Open TCP clients", NULL,
                   (double)bk->nclients);
-    tn_stats_emit(out, "ternd_broker_topics", TN_STAT_GAUGE, "Topics", NULL,
-                  (double)bk->ntopics);
+    tn_stats_emit(out, "ternd_broker_topics", TN_STAT_GAUGE, "Topics", NULL, (double)bk->ntopics);
     for (struct broker_topic *t = broker_topic_first(bk); t; t = broker_topic_next(bk, t)) {
         const char *tl[] = {"topic", t->name, NULL};
-        tn_stats_emit(out, "ternd_broker_topic_depth", TN_STAT_GAUGE,
-                      "Messages waiting in a topic", tl, (double)broker_topic_depth(t));
+        tn_stats_emit(out, "ternd_broker_topic_depth", TN_STAT_GAUGE, "Messages waiting in a topic",
+                      tl, (double)broker_topic_depth(t));
         tn_stats_emit(out, "ternd_broker_topic_messages_total", TN_STAT_COUNTER,
                       "Messages published to a topic", tl, (double)t->message_count);
         for (struct broker_channel *ch = t->channels; ch; ch = ch->next) {
@@ -436,8 +440,8 @@ static void broker_stats(struct tn_mod *m, struct tn_stats_out *out)
                           "Messages waiting in a channel", cl, (double)broker_channel_depth(ch));
             tn_stats_emit(out, "ternd_broker_channel_in_flight", TN_STAT_GAUGE,
                           "Messages in flight", cl, (double)ch->inflight.n);
-            tn_stats_emit(out, "ternd_broker_channel_deferred", TN_STAT_GAUGE,
-                          "Deferred messages", cl, (double)ch->deferred.n);
+            tn_stats_emit(out, "ternd_broker_channel_deferred", TN_STAT_GAUGE, "Deferred messages",
+                          cl, (double)ch->deferred.n);
             tn_stats_emit(out, "ternd_broker_channel_requeued_total", TN_STAT_COUNTER,
                           "Messages requeued", cl, (double)ch->requeue_count);
             tn_stats_emit(out, "ternd_broker_channel_timeouts_total", TN_STAT_COUNTER,

@@ -42,31 +42,31 @@ struct broker_policies {
 struct broker_conf {
     struct tn_addr tcp_listen;
     struct tn_addr http_listen;
-    char *data_dir;                  /* NULL: <daemon.data_dir>/broker */
-    int64_t mem_queue_size;          /* messages in memory per topic and per channel */
-    uint64_t max_msg_size;           /* bytes */
-    uint64_t max_body_size;          /* bytes (MPUB, IDENTIFY, AUTH bodies) */
+    char *data_dir;         /* NULL: <daemon.data_dir>/broker */
+    int64_t mem_queue_size; /* messages in memory per topic and per channel */
+    uint64_t max_msg_size;  /* bytes */
+    uint64_t max_body_size; /* bytes (MPUB, IDENTIFY, AUTH bodies) */
     int64_t max_rdy_count;
-    int64_t msg_timeout;             /* ms */
-    int64_t max_msg_timeout;         /* ms */
-    int64_t max_req_timeout;         /* ms; also the largest DPUB / defer */
-    int64_t heartbeat_interval;      /* ms, the default a client gets */
-    int64_t max_heartbeat_interval;  /* ms */
-    uint64_t max_output_buffer_size; /* bytes */
+    int64_t msg_timeout;               /* ms */
+    int64_t max_msg_timeout;           /* ms */
+    int64_t max_req_timeout;           /* ms; also the largest DPUB / defer */
+    int64_t heartbeat_interval;        /* ms, the default a client gets */
+    int64_t max_heartbeat_interval;    /* ms */
+    uint64_t max_output_buffer_size;   /* bytes */
     int64_t max_output_buffer_timeout; /* ms */
-    int64_t sync_every;              /* disk queue operations between fsyncs */
-    int64_t sync_timeout;            /* ms */
-    uint64_t max_bytes_per_file;     /* disk queue segment size */
-    int64_t max_channel_consumers;   /* 0: unlimited */
-    int deflate;                     /* offer deflate in IDENTIFY */
-    int64_t max_deflate_level;       /* 1..9 */
-    int64_t queue_scan_interval;     /* ms between in-flight/deferred scans */
-    int64_t max_connections;         /* TCP consumers+producers, 0: unlimited */
-    int64_t node_id;                 /* 0..1023, part of every message ID */
-    int auth;                        /* AUTH checked through the "auth.check" event */
-    int64_t max_attempts;            /* default per-channel policy; 0: unlimited */
-    char *dead_letter_topic;         /* default per-channel policy */
-    struct broker_policies channels; /* per-channel policies */
+    int64_t sync_every;                /* disk queue operations between fsyncs */
+    int64_t sync_timeout;              /* ms */
+    uint64_t max_bytes_per_file;       /* disk queue segment size */
+    int64_t max_channel_consumers;     /* 0: unlimited */
+    int deflate;                       /* offer deflate in IDENTIFY */
+    int64_t max_deflate_level;         /* 1..9 */
+    int64_t queue_scan_interval;       /* ms between in-flight/deferred scans */
+    int64_t max_connections;           /* TCP consumers+producers, 0: unlimited */
+    int64_t node_id;                   /* 0..1023, part of every message ID */
+    int auth;                          /* AUTH checked through the "auth.check" event */
+    int64_t max_attempts;              /* default per-channel policy; 0: unlimited */
+    char *dead_letter_topic;           /* default per-channel policy */
+    struct broker_policies channels;   /* per-channel policies */
     struct tn_lua_conf lua;
 };
 
@@ -102,7 +102,7 @@ struct broker_ent {
     int64_t delivered;                /* ms: last delivery (TOUCH's cap) */
     uint32_t hidx;                    /* position in the heap it is in */
     uint16_t attempts;
-    uint8_t state;                    /* BROKER_ENT_* */
+    uint8_t state; /* BROKER_ENT_* */
 };
 
 struct broker_fifo {
@@ -167,9 +167,9 @@ enum { BROKER_CLIENT_INIT = 0, BROKER_CLIENT_SUBSCRIBED, BROKER_CLIENT_CLOSING }
 
 struct broker_client {
     struct broker *bk;
-    struct tn_conn *conn;          /* NULL once the connection is gone */
+    struct tn_conn *conn;              /* NULL once the connection is gone */
     struct broker_client *prev, *next; /* the broker's client list */
-    struct broker_client *dnext;   /* deflate flush list */
+    struct broker_client *dnext;       /* deflate flush list */
     uint64_t id;
     int state;
     int magic_ok;
@@ -177,21 +177,21 @@ struct broker_client {
     struct broker_channel *ch;
     int64_t rdy;
     uint64_t inflight;
-    struct broker_ent *ifl;        /* in-flight entries owned by this client */
-    int64_t msg_timeout;           /* ms */
-    int64_t heartbeat;             /* ms, 0: off */
+    struct broker_ent *ifl; /* in-flight entries owned by this client */
+    int64_t msg_timeout;    /* ms */
+    int64_t heartbeat;      /* ms, 0: off */
     int64_t obuf_size, obuf_timeout;
     int sample_rate;
     int feature_negotiation;
     int deflate, deflate_level, dirty;
     z_stream zin, zout;
-    struct tn_buf plain_in;        /* inflated input (deflate) */
-    struct tn_buf plain_out;       /* frames waiting to be deflated */
+    struct tn_buf plain_in;  /* inflated input (deflate) */
+    struct tn_buf plain_out; /* frames waiting to be deflated */
     ev_timer hb;
     char client_id[256], hostname[256], user_agent[256];
     char auth_identity[256];
     int authed;
-    int64_t connect_ts;            /* seconds since the epoch */
+    int64_t connect_ts; /* seconds since the epoch */
     uint64_t message_count, finish_count, requeue_count, pub_count;
 };
 
@@ -248,8 +248,8 @@ struct broker_msg *broker_msg_new(uint64_t id, int64_t ts, const void *body, siz
 void broker_msg_unref(struct broker_msg *m);
 
 /* Records in the disk queues. encode writes the header into hdr. */
-void broker_rec_header(char hdr[BROKER_REC_HEADER], const struct broker_msg *m,
-                       uint16_t attempts, int64_t defer_until);
+void broker_rec_header(char hdr[BROKER_REC_HEADER], const struct broker_msg *m, uint16_t attempts,
+                       int64_t defer_until);
 /* Decode a record: a new message, its attempts and deferral; NULL when the
  * record is malformed (or out of memory). */
 struct broker_msg *broker_rec_decode(const void *p, size_t len, uint16_t *attempts,

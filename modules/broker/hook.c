@@ -16,8 +16,8 @@
 struct broker_lua {
     struct broker *bk;
     struct tn_lua *lua;
-    int in_hook;                          /* publishes from inside on_publish skip it */
-    char topic[BROKER_NAME_MAX + 1];      /* the hook's answers, valid until the next call */
+    int in_hook;                     /* publishes from inside on_publish skip it */
+    char topic[BROKER_NAME_MAX + 1]; /* the hook's answers, valid until the next call */
     struct tn_buf body;
 };
 
@@ -100,7 +100,10 @@ void broker_hook_destroy(struct broker_lua *h)
     free(h);
 }
 
-uint64_t broker_hook_errors(const struct broker_lua *h) { return tn_lua_errors(h->lua); }
+uint64_t broker_hook_errors(const struct broker_lua *h)
+{
+    return tn_lua_errors(h->lua);
+}
 
 /* Read on_publish's answers (at -2, -1). 1 = drop. */
 static int hook_answer(struct broker_lua *h, lua_State *L, const char **topic_out,

@@ -81,7 +81,10 @@ static int name_arg(struct tn_http_req *r, const char *key, char *out)
     return 0;
 }
 
-static int topic_arg(struct tn_http_req *r, char *topic) { return name_arg(r, "topic", topic); }
+static int topic_arg(struct tn_http_req *r, char *topic)
+{
+    return name_arg(r, "topic", topic);
+}
 
 static int channel_arg(struct tn_http_req *r, char *channel)
 {
@@ -111,15 +114,15 @@ static int h_info(struct tn_http_req *r, void *ud)
 
     gethostname(host, sizeof(host) - 1);
     return reply_json(
-        r, json_pack("{s:s, s:s, s:s, s:i, s:i, s:I, s:I, s:I, s:I, s:I, s:s, s:s}", "version",
-                     BROKER_VERSION, "broadcast_address", host, "hostname", host, "http_port",
-                     addr_port(&bc->http_listen), "tcp_port", addr_port(&bc->tcp_listen),
-                     "start_time", (json_int_t)bk->start_time, "max_heartbeat_interval",
-                     (json_int_t)bc->max_heartbeat_interval * 1000000, "max_output_buffer_size",
-                     (json_int_t)bc->max_output_buffer_size, "max_output_buffer_timeout",
-                     (json_int_t)bc->max_output_buffer_timeout * 1000000, "max_deflate_level",
-                     (json_int_t)bc->max_deflate_level, "topology_zone", "", "topology_region",
-                     ""));
+        r,
+        json_pack("{s:s, s:s, s:s, s:i, s:i, s:I, s:I, s:I, s:I, s:I, s:s, s:s}", "version",
+                  BROKER_VERSION, "broadcast_address", host, "hostname", host, "http_port",
+                  addr_port(&bc->http_listen), "tcp_port", addr_port(&bc->tcp_listen), "start_time",
+                  (json_int_t)bk->start_time, "max_heartbeat_interval",
+                  (json_int_t)bc->max_heartbeat_interval * 1000000, "max_output_buffer_size",
+                  (json_int_t)bc->max_output_buffer_size, "max_output_buffer_timeout",
+                  (json_int_t)bc->max_output_buffer_timeout * 1000000, "max_deflate_level",
+                  (json_int_t)bc->max_deflate_level, "topology_zone", "", "topology_region", ""));
 }
 
 static int h_pub(struct tn_http_req *r, void *ud)
@@ -289,13 +292,22 @@ static int admin(struct tn_http_req *r, struct broker *bk, int with_channel)
     return reply_text(r, "");
 }
 
-static int h_topic(struct tn_http_req *r, void *ud) { return admin(r, ud, 0); }
+static int h_topic(struct tn_http_req *r, void *ud)
+{
+    return admin(r, ud, 0);
+}
 
-static int h_channel(struct tn_http_req *r, void *ud) { return admin(r, ud, 1); }
+static int h_channel(struct tn_http_req *r, void *ud)
+{
+    return admin(r, ud, 1);
+}
 
 /* ---- /stats ------------------------------------------------------------------------- */
 
-static const char *client_version(void) { return "V2"; }
+static const char *client_version(void)
+{
+    return "V2";
+}
 
 static json_t *client_json(const struct broker_client *cl)
 {
@@ -303,13 +315,15 @@ static json_t *client_json(const struct broker_client *cl)
     json_t *o;
 
     if (cl->pub_count && cl->ch == NULL)
-        json_array_append_new(pubs, json_pack("{s:s, s:I}", "topic", "", "count",
-                                              (json_int_t)cl->pub_count));
+        json_array_append_new(
+            pubs, json_pack("{s:s, s:I}", "topic", "", "count", (json_int_t)cl->pub_count));
     o = json_pack("{s:s, s:s, s:s, s:s, s:i, s:I, s:I, s:I, s:I, s:I, s:I, s:i, s:b, s:b, s:s, "
                   "s:b, s:s, s:s, s:o, s:b, s:s, s:s, s:s, s:b}",
-                  "client_id", cl->client_id, "hostname", cl->hostname, "version",
-                  client_version(), "remote_address", cl->conn ? cl->conn->peer : "", "state",
-                  cl->state == BROKER_CLIENT_INIT ? 1 : cl->state == BROKER_CLIENT_SUBSCRIBED ? 3 : 4,
+                  "client_id", cl->client_id, "hostname", cl->hostname, "version", client_version(),
+                  "remote_address", cl->conn ? cl->conn->peer : "", "state",
+                  cl->state == BROKER_CLIENT_INIT         ? 1
+                  : cl->state == BROKER_CLIENT_SUBSCRIBED ? 3
+                                                          : 4,
                   "ready_count", (json_int_t)cl->rdy, "in_flight_count", (json_int_t)cl->inflight,
                   "message_count", (json_int_t)cl->message_count, "finish_count",
                   (json_int_t)cl->finish_count, "requeue_count", (json_int_t)cl->requeue_count,
@@ -332,14 +346,14 @@ static json_t *channel_json(const struct broker_channel *ch, int clients)
 
     for (size_t i = 0; clients && i < ch->nclients; i++)
         json_array_append_new(cl, client_json(ch->clients[i]));
-    return json_pack("{s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:i, s:o, s:b, s:o}",
-                     "channel_name", ch->name, "depth", (json_int_t)broker_channel_depth(ch),
-                     "backend_depth", (json_int_t)(ch->dq ? tn_diskq_depth(ch->dq) : 0),
-                     "in_flight_count", (json_int_t)ch->inflight.n, "deferred_count",
-                     (json_int_t)ch->deferred.n, "message_count", (json_int_t)ch->message_count,
-                     "requeue_count", (json_int_t)ch->requeue_count, "timeout_count",
-                     (json_int_t)ch->timeout_count, "client_count", (int)ch->nclients, "clients",
-                     cl, "paused", ch->paused, "e2e_processing_latency", latency_json());
+    return json_pack("{s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:i, s:o, s:b, s:o}", "channel_name",
+                     ch->name, "depth", (json_int_t)broker_channel_depth(ch), "backend_depth",
+                     (json_int_t)(ch->dq ? tn_diskq_depth(ch->dq) : 0), "in_flight_count",
+                     (json_int_t)ch->inflight.n, "deferred_count", (json_int_t)ch->deferred.n,
+                     "message_count", (json_int_t)ch->message_count, "requeue_count",
+                     (json_int_t)ch->requeue_count, "timeout_count", (json_int_t)ch->timeout_count,
+                     "client_count", (int)ch->nclients, "clients", cl, "paused", ch->paused,
+                     "e2e_processing_latency", latency_json());
 }
 
 static json_t *topic_json(const struct broker_topic *t, const char *channel, int clients)
@@ -349,12 +363,11 @@ static json_t *topic_json(const struct broker_topic *t, const char *channel, int
     for (const struct broker_channel *ch = t->channels; ch; ch = ch->next)
         if (!channel || strcmp(channel, ch->name) == 0)
             json_array_append_new(chans, channel_json(ch, clients));
-    return json_pack("{s:s, s:o, s:I, s:I, s:I, s:I, s:b, s:o}", "topic_name", t->name,
-                     "channels", chans, "depth", (json_int_t)broker_topic_depth(t),
-                     "backend_depth", (json_int_t)(t->dq ? tn_diskq_depth(t->dq) : 0),
-                     "message_count", (json_int_t)t->message_count, "message_bytes",
-                     (json_int_t)t->message_bytes, "paused", t->paused, "e2e_processing_latency",
-                     latency_json());
+    return json_pack("{s:s, s:o, s:I, s:I, s:I, s:I, s:b, s:o}", "topic_name", t->name, "channels",
+                     chans, "depth", (json_int_t)broker_topic_depth(t), "backend_depth",
+                     (json_int_t)(t->dq ? tn_diskq_depth(t->dq) : 0), "message_count",
+                     (json_int_t)t->message_count, "message_bytes", (json_int_t)t->message_bytes,
+                     "paused", t->paused, "e2e_processing_latency", latency_json());
 }
 
 static int bool_arg(struct tn_http_req *r, const char *name, int def)
@@ -378,21 +391,21 @@ static json_t *stats_json(struct broker *bk, const char *topic, const char *chan
         if (!cl->ch && cl->pub_count)
             json_array_append_new(producers, client_json(cl));
     o = json_pack("{s:s, s:s, s:I, s:o}", "version", BROKER_VERSION, "health",
-                  bk->stopping ? "NOK - exiting" : "OK", "start_time",
-                  (json_int_t)bk->start_time, "topics", topics);
+                  bk->stopping ? "NOK - exiting" : "OK", "start_time", (json_int_t)bk->start_time,
+                  "topics", topics);
     if (mem)
         json_object_set_new(o, "memory",
                             json_pack("{s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i}",
                                       "heap_objects", 0, "heap_idle_bytes", 0, "heap_in_use_bytes",
                                       0, "heap_released_bytes", 0, "gc_pause_usec_100", 0,
-                                      "gc_pause_usec_99", 0, "gc_pause_usec_95", 0,
-                                      "next_gc_bytes", 0, "gc_total_runs", 0));
+                                      "gc_pause_usec_99", 0, "gc_pause_usec_95", 0, "next_gc_bytes",
+                                      0, "gc_total_runs", 0));
     json_object_set_new(o, "producers", producers);
     return o;
 }
 
-static void stats_text(struct tn_buf *b, struct broker *bk, const char *topic,
-                       const char *channel, int clients)
+static void stats_text(struct tn_buf *b, struct broker *bk, const char *topic, const char *channel,
+                       int clients)
 {
     int64_t up = broker_now() / 1000 - bk->start_time;
 
@@ -418,22 +431,21 @@ static void stats_text(struct tn_buf *b, struct broker *bk, const char *topic,
                           "      [%-15s] depth: %-5llu be-depth: %-5llu inflt: %-4zu def: %-4zu "
                           "re-q: %-5llu timeout: %-5llu msgs: %-8llu e2e%%: %s\n",
                           ch->name, (unsigned long long)broker_channel_depth(ch),
-                          (unsigned long long)(ch->dq ? tn_diskq_depth(ch->dq) : 0),
-                          ch->inflight.n, ch->deferred.n, (unsigned long long)ch->requeue_count,
+                          (unsigned long long)(ch->dq ? tn_diskq_depth(ch->dq) : 0), ch->inflight.n,
+                          ch->deferred.n, (unsigned long long)ch->requeue_count,
                           (unsigned long long)ch->timeout_count,
                           (unsigned long long)ch->message_count, ch->paused ? "(paused)" : "");
             for (size_t i = 0; clients && i < ch->nclients; i++) {
                 const struct broker_client *cl = ch->clients[i];
-                tn_buf_printf(b,
-                              "        [V2 %-21s] state: %d inflt: %-4llu rdy: %-4lld fin: %-8llu "
-                              "re-q: %-8llu msgs: %-8llu connected: %llds\n",
-                              cl->hostname[0] ? cl->hostname : (cl->conn ? cl->conn->peer : ""),
-                              cl->state == BROKER_CLIENT_SUBSCRIBED ? 3 : 4,
-                              (unsigned long long)cl->inflight, (long long)cl->rdy,
-                              (unsigned long long)cl->finish_count,
-                              (unsigned long long)cl->requeue_count,
-                              (unsigned long long)cl->message_count,
-                              (long long)(broker_now() / 1000 - cl->connect_ts));
+                tn_buf_printf(
+                    b,
+                    "        [V2 %-21s] state: %d inflt: %-4llu rdy: %-4lld fin: %-8llu "
+                    "re-q: %-8llu msgs: %-8llu connected: %llds\n",
+                    cl->hostname[0] ? cl->hostname : (cl->conn ? cl->conn->peer : ""),
+                    cl->state == BROKER_CLIENT_SUBSCRIBED ? 3 : 4, (unsigned long long)cl->inflight,
+                    (long long)cl->rdy, (unsigned long long)cl->finish_count,
+                    (unsigned long long)cl->requeue_count, (unsigned long long)cl->message_count,
+                    (long long)(broker_now() / 1000 - cl->connect_ts));
             }
         }
     }

@@ -15,10 +15,10 @@
 
 #include "broker.h"
 
-#define LINE_MAX_LEN 4096          /* longest command line */
-#define OBUF_DEFAULT 16384         /* output_buffer_size reported by default */
-#define OBUF_TIMEOUT_DEFAULT 250   /* ms */
-#define OBUF_TIMEOUT_MIN 25        /* ms */
+#define LINE_MAX_LEN 4096        /* longest command line */
+#define OBUF_DEFAULT 16384       /* output_buffer_size reported by default */
+#define OBUF_TIMEOUT_DEFAULT 250 /* ms */
+#define OBUF_TIMEOUT_MIN 25      /* ms */
 #define DEFLATE_CHUNK 16384
 
 enum { NEED_MORE = 0, DONE = 1, STOP = -1 };
@@ -115,10 +115,9 @@ void broker_proto_send_msg(struct broker_client *cl, const struct broker_ent *e)
 
 /* An error frame "CODE text"; fatal ones end the connection (nsqd's
  * FatalClientErr), and the rest of the input is ignored. */
-static int client_error(struct broker_client *cl, int fatal, const char *code, const char *fmt,
-                        ...) TN_PRINTF(4, 5);
-static int client_error(struct broker_client *cl, int fatal, const char *code, const char *fmt,
-                        ...)
+static int client_error(struct broker_client *cl, int fatal, const char *code, const char *fmt, ...)
+    TN_PRINTF(4, 5);
+static int client_error(struct broker_client *cl, int fatal, const char *code, const char *fmt, ...)
 {
     char text[1024];
     int n = snprintf(text, sizeof(text), "%s ", code);
@@ -377,7 +376,8 @@ static int ident_apply(struct broker_client *cl, const struct ident *id, char *w
     if (id->obuf_timeout == -1)
         obuf_timeout = 0;
     else if (id->obuf_timeout != 0) {
-        if (id->obuf_timeout < OBUF_TIMEOUT_MIN || id->obuf_timeout > bc->max_output_buffer_timeout) {
+        if (id->obuf_timeout < OBUF_TIMEOUT_MIN ||
+            id->obuf_timeout > bc->max_output_buffer_timeout) {
             snprintf(why, whylen, "output buffer timeout (%lld) is invalid",
                      (long long)id->obuf_timeout);
             return -1;
@@ -474,7 +474,10 @@ static int do_identify(struct broker_client *cl, const char *body, size_t len)
 
 /* ---- commands ----------------------------------------------------------------------------- */
 
-static int64_t now_ms(void) { return broker_now(); }
+static int64_t now_ms(void)
+{
+    return broker_now();
+}
 
 /* Body commands: wait for [4B size][body], after checking the size. The
  * checks and texts follow nsqd's for each command. `min1` rejects 0. */
@@ -568,8 +571,8 @@ static int cmd_dpub(struct broker_client *cl, struct tn_buf *in, const struct cm
     if ((rc = topic_param(cl, c, "DPUB", topic)) != DONE)
         return rc;
     if ((defer = base10(c->p[2], c->n[2])) < 0)
-        return client_error(cl, 1, "E_INVALID", "DPUB could not parse timeout %.*s",
-                            (int)c->n[2], c->p[2]);
+        return client_error(cl, 1, "E_INVALID", "DPUB could not parse timeout %.*s", (int)c->n[2],
+                            c->p[2]);
     if (defer > bc->max_req_timeout)
         return client_error(cl, 1, "E_INVALID", "DPUB timeout %lld out of range 0-%lld",
                             (long long)defer, (long long)bc->max_req_timeout);
@@ -768,8 +771,8 @@ static int cmd_touch(struct broker_client *cl, const struct cmd *c)
     if (rc != DONE)
         return rc;
     if ((rc = broker_touch(cl, id, now_ms())) != 0)
-        return client_error(cl, 0, "E_TOUCH_FAILED", "TOUCH %.*s failed %s", BROKER_ID_LEN,
-                            c->p[1], lookup_error(rc));
+        return client_error(cl, 0, "E_TOUCH_FAILED", "TOUCH %.*s failed %s", BROKER_ID_LEN, c->p[1],
+                            lookup_error(rc));
     return DONE;
 }
 

@@ -779,8 +779,7 @@ static void topic_fanout(struct broker_topic *t, struct broker_msg *m, uint16_t 
     broker_msg_unref(m);
 }
 
-int broker_topic_put(struct broker_topic *t, struct broker_msg *m, int64_t defer_until,
-                     int64_t now)
+int broker_topic_put(struct broker_topic *t, struct broker_msg *m, int64_t defer_until, int64_t now)
 {
     struct broker *bk = t->bk;
     struct broker_ent *e;
@@ -1031,8 +1030,8 @@ static void dead_letter(struct broker_channel *ch, struct broker_ent *e, int64_t
     if (ch->dead_letter_topic && strcmp(ch->dead_letter_topic, ch->topic->name) != 0)
         dlq = broker_topic_get(bk, ch->dead_letter_topic, &err);
     if (dlq) {
-        struct broker_msg *m = broker_msg_new(broker_next_id(bk, now), e->msg->ts, e->msg->body,
-                                              e->msg->len);
+        struct broker_msg *m =
+            broker_msg_new(broker_next_id(bk, now), e->msg->ts, e->msg->body, e->msg->len);
         if (m) {
             tn_log_info(BROKER_LOG, "channel %s/%s: message failed %u attempts, moved to %s",
                         ch->topic->name, ch->name, e->attempts, dlq->name);
@@ -1207,8 +1206,7 @@ static uint64_t persist_ent(struct broker *bk, struct tn_diskq *dq, struct broke
     int rc = dq_put(dq, e->msg, e->attempts, defer_until);
 
     if (rc != 0)
-        tn_log_error(BROKER_LOG, "%s: cannot write a message to disk: %s", what,
-                     tn_strerror(rc));
+        tn_log_error(BROKER_LOG, "%s: cannot write a message to disk: %s", what, tn_strerror(rc));
     ent_free(bk, e);
     return rc == 0;
 }

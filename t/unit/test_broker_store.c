@@ -40,7 +40,10 @@ static void record_msg(struct broker_client *c, const struct broker_ent *e)
     nseen++;
 }
 
-static void record_kick(struct broker_client *c) { nkicked++; }
+static void record_kick(struct broker_client *c)
+{
+    nkicked++;
+}
 
 struct fixture {
     struct broker bk;
@@ -108,10 +111,11 @@ static void publish(struct broker *bk, const char *topic, const char *body, int6
     struct broker_topic *t = broker_topic_get(bk, topic, &err);
 
     assert_non_null(t);
-    assert_int_equal(broker_topic_put(t, broker_msg_new(broker_next_id(bk, now), now * 1000000,
-                                                        body, strlen(body)),
-                                      defer_until, now),
-                     0);
+    assert_int_equal(
+        broker_topic_put(t,
+                         broker_msg_new(broker_next_id(bk, now), now * 1000000, body, strlen(body)),
+                         defer_until, now),
+        0);
 }
 
 static struct broker_channel *chan(struct broker *bk, const char *topic, const char *name)
