@@ -184,6 +184,7 @@ struct broker_client {
     int sample_rate;
     int feature_negotiation;
     int deflate, deflate_level, dirty;
+    int zpending; /* zlib may hold inflated bytes not yet handed out */
     z_stream zin, zout;
     struct tn_buf plain_in;  /* inflated input (deflate) */
     struct tn_buf plain_out; /* frames waiting to be deflated */

@@ -231,32 +231,35 @@ static void deflate_end(struct broker_client *cl)
     cl->deflate = 0;
 }
 
-/* Inflate everything read so far into plain_in. -1 on a corrupt stream or
- * when the plain input grows past the body limit. */
-static int inflate_input(struct broker_client *cl)
+/* Inflate at most one chunk of c->in into plain_in: 1 when it produced
+ * bytes, 0 when there is nothing more for now, -1 on a corrupt stream or
+ * a plain input larger than any command may be. Commands are run between
+ * chunks, so plain_in only ever holds one incomplete command plus a chunk,
+ * however well the peer's data compresses. */
+static int inflate_some(struct broker_client *cl)
 {
     struct tn_conn *c = cl->conn;
-    size_t limit = (size_t)cl->bk->conf->max_body_size + LINE_MAX_LEN + 8;
+    size_t limit = (size_t)cl->bk->conf->max_body_size + LINE_MAX_LEN + 8 + DEFLATE_CHUNK;
+    size_t avail = tn_buf_rlen(&c->in), produced;
+    int rc;
 
+    if (avail == 0 && !cl->zpending)
+        return 0;
+    if (tn_buf_reserve(&cl->plain_in, DEFLATE_CHUNK) != 0)
+        return -1;
     cl->zin.next_in = (Bytef *)tn_buf_rptr(&c->in);
-    cl->zin.avail_in = (uInt)tn_buf_rlen(&c->in);
-    while (cl->zin.avail_in > 0) {
-        int rc;
-        if (tn_buf_reserve(&cl->plain_in, DEFLATE_CHUNK) != 0)
-            return -1;
-        cl->zin.next_out = (Bytef *)tn_buf_wptr(&cl->plain_in);
-        cl->zin.avail_out = (uInt)tn_buf_wlen(&cl->plain_in);
-        rc = inflate(&cl->zin, Z_SYNC_FLUSH);
-        tn_buf_commit(&cl->plain_in, tn_buf_wlen(&cl->plain_in) - cl->zin.avail_out);
-        if (rc == Z_BUF_ERROR && cl->zin.avail_in == 0)
-            break;
-        if (rc != Z_OK && rc != Z_BUF_ERROR)
-            return -1;
-        if (tn_buf_rlen(&cl->plain_in) > limit)
-            return -1;
-    }
-    tn_buf_consume(&c->in, tn_buf_rlen(&c->in));
-    return 0;
+    cl->zin.avail_in = (uInt)avail;
+    cl->zin.next_out = (Bytef *)tn_buf_wptr(&cl->plain_in);
+    cl->zin.avail_out = DEFLATE_CHUNK;
+    rc = inflate(&cl->zin, Z_SYNC_FLUSH);
+    produced = DEFLATE_CHUNK - cl->zin.avail_out;
+    tn_buf_commit(&cl->plain_in, produced);
+    tn_buf_consume(&c->in, avail - cl->zin.avail_in);
+    /* a full output chunk may leave more inside zlib with no input left */
+    cl->zpending = cl->zin.avail_out == 0;
+    if ((rc != Z_OK && rc != Z_BUF_ERROR) || tn_buf_rlen(&cl->plain_in) > limit)
+        return -1;
+    return produced > 0;
 }
 
 static void deflate_flush_one(struct broker_client *cl)
@@ -928,20 +931,23 @@ static int check_magic(struct broker_client *cl, struct tn_buf *in)
 static void on_read(struct tn_conn *c)
 {
     struct broker_client *cl = c->data;
-    int rc = DONE;
 
-    while (rc == DONE && !tn_conn_closing(c)) {
-        struct tn_buf *in = &c->in;
-        if (cl->deflate) {
-            if (inflate_input(cl) != 0) {
-                client_error(cl, 1, "E_INVALID", "deflate stream corrupt");
-                break;
-            }
-            in = &cl->plain_in;
-        }
-        if (tn_buf_rlen(in) == 0)
+    while (!tn_conn_closing(c)) {
+        struct tn_buf *in = cl->deflate ? &cl->plain_in : &c->in;
+        int rc = NEED_MORE;
+
+        if (tn_buf_rlen(in))
+            rc = cl->magic_ok ? run_one(cl, in) : check_magic(cl, in);
+        if (rc == DONE)
+            continue;
+        if (rc == STOP || !cl->deflate)
             break;
-        rc = cl->magic_ok ? run_one(cl, in) : check_magic(cl, in);
+        /* deflate: decompress more only when the commands need it */
+        rc = inflate_some(cl);
+        if (rc < 0)
+            client_error(cl, 1, "E_INVALID", "deflate stream corrupt");
+        if (rc <= 0)
+            break;
     }
     if (tn_conn_closing(c))
         tn_buf_consume(&c->in, tn_buf_rlen(&c->in));
