@@ -1,7 +1,8 @@
 """Fixtures of the broker's integration tests: `broker(**section)` starts
 the real ternd with a broker section on free loopback ports (TCP and HTTP)
 and waits until the TCP port accepts. Extra keys go into the section as
-given (nested dicts become YAML mappings)."""
+given (nested dicts become YAML mappings). A server still running at the
+end of a test is stopped with SIGTERM and must exit 0."""
 
 import sys
 from pathlib import Path
@@ -18,6 +19,8 @@ def broker(ternd):
     if not (modules_dir() / "broker.so").exists():
         pytest.skip("broker.so missing in %s: build first" % modules_dir())
 
+    made = []
+
     def make(http=True, start=True, daemon=None, **section):
         tcp = tnhelp.free_port()
         hport = tnhelp.free_port() if http else None
@@ -28,8 +31,14 @@ def broker(ternd):
         d.update(daemon or {})
         t = ternd(daemon=d, sections={"broker": sec})
         t.tcp_port, t.http_port = tcp, hport
+        made.append(t)
         if start:
             t.start()
             tnhelp.wait_for(lambda: tcp_open(tcp), 10, what="broker TCP port")
         return t
-    return make
+    yield make
+    # every test ends with a graceful stop: exit 0 (no crash on the stop
+    # path, and no leak under the sanitizers' leak checker)
+    for t in made:
+        if t.alive():
+            t.stop()
