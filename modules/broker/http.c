@@ -463,7 +463,8 @@ static int h_stats(struct tn_http_req *r, void *ud)
         tp = topic;
     if (tp && tn_http_arg(r, "channel", channel, sizeof(channel)) >= 0)
         cp = channel;
-    if (strcmp(format, "text") == 0) {
+    /* text unless format=json, as nsqd (nsqadmin asks for json) */
+    if (strcmp(format, "json") != 0) {
         struct tn_buf b = TN_BUF_INIT;
         stats_text(&b, bk, tp, cp, clients);
         nsq_header(r);

@@ -148,6 +148,8 @@ def test_stats_shape(broker):
     assert "memory" not in http(b, "GET", "/stats?format=json&include_mem=false").json()
     text = http(b, "GET", "/stats?format=text").text()
     assert "Health: OK" in text and "[s" in text and "inflt: 1" in text
+    plain = http(b, "GET", "/stats")  # text is the default, as nsqd
+    assert plain.text().startswith("ternd broker") and "inflt: 1" in plain.text()
 
 
 def test_config(broker):
