@@ -3,7 +3,8 @@
  * (ternd's broker, nsqd): publishers (PUB, or MPUB for batches), consumers
  * (SUB, RDY, FIN of every message) or both at once, all on one poll() loop.
  * Prints msg/s and MB/s per role and, for consumers, end-to-end latency
- * percentiles read from a timestamp that publishers write into each body.
+ * percentiles read from a timestamp that publishers write into each body,
+ * with a sequence number by which consumers count duplicates (-n runs).
  *
  * Standalone on purpose: it shares no code with ternd, so a bug in ternd's
  * framing cannot hide behind the same bug here. Run with -h for usage.
@@ -36,8 +37,10 @@
 #define MSG_ID_LEN 16
 #define MAX_FRAME (64u << 20) /* larger frames are a protocol error */
 #define MAX_PIPELINE 64       /* unanswered PUB/MPUB per connection */
-#define STAMP_MAGIC "NSQB"    /* body prefix: magic, then 8-byte BE ns */
-#define STAMP_LEN 12
+/* Stamped bodies start with the magic, the send time (8-byte BE ns) and a
+ * sequence number (8-byte BE, 0..N-1 over all publishers of a -n run). */
+#define STAMP_MAGIC "NSQB"
+#define STAMP_LEN 20
 #define READ_CHUNK (256u << 10) /* bytes asked of each read() */
 
 /* Latency histogram in microseconds: exact below 64, then 32 buckets per
@@ -82,6 +85,7 @@ struct stats {
     double start, end;
     uint64_t hist[HIST_BUCKETS];
     uint64_t lat_n, lat_sum_us, lat_max_us;
+    uint64_t dups; /* consumers: sequence numbers seen before */
 };
 
 struct options {
@@ -96,7 +100,7 @@ struct options {
     unsigned pipeline;
     long heartbeat_ms; /* 0: server default */
     double idle;       /* seconds without progress that count as a stall */
-    int stamp;         /* write/read body timestamps */
+    int stamp;         /* write/read body stamps */
     int pub, sub;
 };
 
@@ -120,7 +124,8 @@ static int nconns;
 static uint64_t pub_sent;    /* messages handed to publishers so far */
 static double last_progress; /* time of the last ack or message */
 static volatile sig_atomic_t interrupted;
-static char *body_template; /* one message body, opt.size bytes */
+static char *body_template;     /* one message body, opt.size bytes */
+static unsigned char *seq_seen; /* consumers in -n runs: one bit a sequence number */
 
 /* ---- small helpers ------------------------------------------------------ */
 
@@ -331,26 +336,29 @@ static void send_identify(struct conn *c)
     buf_add(&c->out, json, (size_t)n);
 }
 
-/* One message body: the template, stamped with the send time. */
-static void add_body(struct buf *b, uint64_t stamp)
+/* One message body: the template, stamped with the send time and seq. */
+static void add_body(struct buf *b, uint64_t stamp, uint64_t seq)
 {
     char *p = buf_reserve(b, 4 + opt.size);
 
     put_be32(p, (uint32_t)opt.size);
     memcpy(p + 4, body_template, opt.size);
-    if (opt.stamp)
+    if (opt.stamp) {
         put_be64(p + 4 + 4, stamp);
+        put_be64(p + 4 + 12, seq);
+    }
     b->len += 4 + opt.size;
 }
 
-/* PUB for a batch of 1, else MPUB; n is at most opt.batch. */
-static void send_publish(struct conn *c, uint32_t n)
+/* PUB for a batch of 1, else MPUB; n is at most opt.batch, numbered from
+ * seq on. */
+static void send_publish(struct conn *c, uint32_t n, uint64_t seq)
 {
     uint64_t stamp = opt.stamp ? now_real_ns() : 0;
 
     if (opt.batch == 1) {
         buf_printf(&c->out, "PUB %s\n", opt.topic);
-        add_body(&c->out, stamp);
+        add_body(&c->out, stamp, seq);
     } else {
         size_t body = 4 + (size_t)n * (4 + opt.size);
 
@@ -359,7 +367,7 @@ static void send_publish(struct conn *c, uint32_t n)
         put_be32(c->out.data + c->out.len + 4, n);
         c->out.len += 8;
         for (uint32_t i = 0; i < n; i++)
-            add_body(&c->out, stamp);
+            add_body(&c->out, stamp, seq + i);
     }
     c->pending[(c->pending_head + c->pending_n) % MAX_PIPELINE] = n;
     c->pending_n++;
@@ -382,8 +390,8 @@ static void fill_pipeline(struct conn *c)
 
         if (opt.count && opt.count - pub_sent < n)
             n = opt.count - pub_sent;
+        send_publish(c, (uint32_t)n, pub_sent);
         pub_sent += n;
-        send_publish(c, (uint32_t)n);
     }
     if (c->state == ST_RUNNING && c->pending_n == 0 && publishing_over())
         conn_close(c); /* everything answered */
@@ -501,6 +509,20 @@ static void on_error(struct conn *c, const char *data, size_t len)
         conn_close(c); /* failed during set-up: no point going on */
 }
 
+/* A sequence number delivered again is a duplicate (at-least-once allows
+ * them after timeouts and requeues; a clean run should have none). */
+static void note_seq(struct stats *st, uint64_t seq)
+{
+    unsigned char bit;
+
+    if (!seq_seen || seq >= opt.count)
+        return;
+    bit = (unsigned char)(1u << (seq & 7));
+    if (seq_seen[seq >> 3] & bit)
+        st->dups++;
+    seq_seen[seq >> 3] |= bit;
+}
+
 static void on_message(struct conn *c, const char *data, size_t len)
 {
     struct stats *st = &sub_st;
@@ -522,6 +544,7 @@ static void on_message(struct conn *c, const char *data, size_t len)
     if (opt.stamp && body_len >= STAMP_LEN && memcmp(body, STAMP_MAGIC, 4) == 0) {
         uint64_t sent = get_be64(body + 4), now = now_real_ns();
         hist_add(st, now > sent ? (now - sent) / 1000 : 0);
+        note_seq(st, get_be64(body + 12));
     }
 }
 
@@ -795,6 +818,8 @@ static void report(const char *name, const struct stats *st)
     printf("%s msgs=%llu secs=%.3f msg_per_s=%.0f mb_per_s=%.2f errors=%llu", name,
            (unsigned long long)st->msgs, secs, (double)st->msgs / secs,
            (double)st->bytes / secs / 1e6, (unsigned long long)st->errors);
+    if (st->lat_n && seq_seen)
+        printf(" dups=%llu", (unsigned long long)st->dups);
     if (st->lat_n)
         printf(" p50_us=%llu p99_us=%llu max_us=%llu avg_us=%.0f",
                (unsigned long long)hist_percentile(st, 50.0),
@@ -821,9 +846,10 @@ static void usage(FILE *f)
             "  -p N          unanswered publish commands per connection, 1..%d (1)\n"
             "  -H MS         heartbeat_interval asked in IDENTIFY (server default)\n"
             "  -i SECONDS    give up after this long without progress (10)\n"
-            "  -T            no timestamps in bodies (no latency figures)\n"
+            "  -T            no stamps in bodies (no latency or duplicate figures)\n"
             "Prints one line per role: msgs, secs, msg_per_s, mb_per_s (10^6 bytes of\n"
-            "bodies per second), errors and, for sub, latency percentiles in us.\n"
+            "bodies per second), errors and, for sub with stamped bodies, latency\n"
+            "percentiles in us and dups (with -n: messages received twice).\n"
             "Exit status: 0 ok, 1 errors or a stall, 2 bad usage or set-up failure.\n",
             MAX_PIPELINE);
 }
@@ -938,6 +964,11 @@ static void make_body_template(void)
         body_template[i] = (char)('a' + i % 26);
     if (opt.stamp)
         memcpy(body_template, STAMP_MAGIC, 4);
+    if (opt.stamp && opt.sub && opt.count) {
+        seq_seen = calloc((size_t)(opt.count / 8 + 1), 1);
+        if (!seq_seen)
+            die("out of memory (-n too large for the duplicate map)");
+    }
 }
 
 static void on_signal(int sig)
