@@ -839,7 +839,7 @@ static void usage(FILE *f)
             "  -C CHANNEL    channel (ch)\n"
             "  -c N          connections per role (the number of CPUs)\n"
             "  -b N          messages per publish: 1 sends PUB, more MPUB (200)\n"
-            "  -s BYTES      message size (200)\n"
+            "  -s BYTES      message size (200); 20 or more carry a stamp (see -T)\n"
             "  -n N          stop after N messages per role (default: run -d)\n"
             "  -d SECONDS    run this long when no -n (10)\n"
             "  -r N          consumers' RDY count (2500)\n"
