@@ -199,6 +199,23 @@ static int vm_msgh(lua_State *L)
     return 1;
 }
 
+/* Around running Lua code: the outermost entry starts a fresh budget, and
+ * the memory limit applies until the matching leave. */
+static void vm_enter(struct vm *vm)
+{
+    if (vm->depth++ == 0) {
+        vm->mem_hit = 0;
+        budget_reset(vm);
+    }
+    vm->enforce++;
+}
+
+static void vm_leave(struct vm *vm)
+{
+    vm->enforce--;
+    vm->depth--;
+}
+
 /*
  * Call the function below nargs arguments with the message handler and,
  * for the outermost call, a fresh instruction budget. Returns the Lua
@@ -218,14 +235,9 @@ static int vm_call(struct vm *vm, int nargs, int nresults)
     }
     lua_pushcfunction(L, vm_msgh);
     lua_insert(L, base);
-    if (vm->depth++ == 0) {
-        vm->mem_hit = 0;
-        budget_reset(vm);
-    }
-    vm->enforce++;
+    vm_enter(vm);
     st = lua_pcall(L, nargs, nresults, base);
-    vm->enforce--;
-    vm->depth--;
+    vm_leave(vm);
     lua_remove(L, base);
     return st;
 }
@@ -244,11 +256,11 @@ static int vm_protected(struct vm *vm, lua_CFunction f, void *arg, int nresults)
     return st;
 }
 
-/* The error on top of the stack as text, with what a refused allocation
+/* The error on top of L's stack as text, with what a refused allocation
  * means spelled out (Lua's own message is just "not enough memory"). */
-static void error_text(struct vm *vm, int st, char *buf, size_t len)
+static void error_text(struct vm *vm, lua_State *L, int st, char *buf, size_t len)
 {
-    const char *msg = lua_tostring(vm->L, -1);
+    const char *msg = lua_tostring(L, -1);
 
     if (!msg)
         msg = "(error object is not a string)";
@@ -269,7 +281,7 @@ static int vm_pcall_logged(struct vm *vm, int nargs, int nresults, const char *w
     if (st == LUA_OK)
         return 0;
     __atomic_add_fetch(&lua->errors, 1, __ATOMIC_RELAXED);
-    error_text(vm, st, msg, sizeof(msg));
+    error_text(vm, vm->L, st, msg, sizeof(msg));
     lua_pop(vm->L, 1);
     tn_log_error(lua->owner, "%s: %s", what ? what : "call", msg);
     return TN_ELUA;
@@ -278,6 +290,41 @@ static int vm_pcall_logged(struct vm *vm, int nargs, int nresults, const char *w
 int tn_lua_pcall(struct tn_lua *lua, int nargs, int nresults, const char *what)
 {
     return vm_pcall_logged(lua->vm, nargs, nresults, what);
+}
+
+/*
+ * A coroutine runs under the same rules as a call. Its own hook is set
+ * here: it may have been created before the current budget, and a thread
+ * created while no limit applied has none.
+ */
+int tn_lua_resume(struct tn_lua *lua, lua_State *co, int nargs, int *nresults, const char *what)
+{
+    struct vm *vm = lua->vm;
+    char msg[3072];
+    int st, n = 0;
+
+    __atomic_add_fetch(&lua->calls, 1, __ATOMIC_RELAXED);
+    vm_enter(vm);
+    if (vm->instr_limit > 0)
+        lua_sethook(co, vm_hook, LUA_MASKCOUNT, hook_step(vm->budget));
+    st = lua_resume(co, vm->L, nargs, &n);
+    vm_leave(vm);
+    *nresults = 0;
+    if (st == LUA_OK || st == LUA_YIELD) {
+        *nresults = n;
+        return st == LUA_YIELD;
+    }
+    __atomic_add_fetch(&lua->errors, 1, __ATOMIC_RELAXED);
+    error_text(vm, co, st, msg, sizeof(msg));
+    /* the dead coroutine's stack is not unwound: its traceback is still there */
+    if (st != LUA_ERRMEM && lua_checkstack(vm->L, 1)) {
+        luaL_traceback(vm->L, co, msg, 0);
+        snprintf(msg, sizeof(msg), "%s", lua_tostring(vm->L, -1));
+        lua_pop(vm->L, 1);
+    }
+    lua_settop(co, 0);
+    tn_log_error(lua->owner, "%s: %s", what ? what : "resume", msg);
+    return TN_ELUA;
 }
 
 /* ---- ternd.log, ternd.now, ternd.monotonic -------------------------------- */
@@ -875,7 +922,7 @@ static int vm_run_script(struct vm *vm, const char *path, char *err, size_t errl
         st = vm_call(vm, 0, 0);
     if (st == LUA_OK)
         return 0;
-    error_text(vm, st, msg, sizeof(msg));
+    error_text(vm, vm->L, st, msg, sizeof(msg));
     lua_pop(vm->L, 1);
     format_script_error(err, errlen, path, msg);
     return TN_ELUA;
@@ -920,7 +967,7 @@ static struct vm *vm_build(struct tn_lua *lua, const struct tn_lua_conf *conf, c
     st = vm_protected(vm, vm_setup, &s, 0);
     free((void *)s.openers);
     if (st != LUA_OK) {
-        error_text(vm, st, msg, sizeof(msg));
+        error_text(vm, vm->L, st, msg, sizeof(msg));
         snprintf(err, errlen, "cannot set up the Lua state: %s", msg);
         goto fail;
     }
