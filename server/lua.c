@@ -20,20 +20,21 @@
 #include "core.h"
 
 #ifdef PACKAGE_VERSION
-#define LUA_TERND_VERSION PACKAGE_VERSION
+#define HOST_VERSION PACKAGE_VERSION
 #else
-#define LUA_TERND_VERSION TN_VERSION_STRING
+#define HOST_VERSION TN_VERSION_STRING
 #endif
 
-#define LUA_DEFAULT_MEMORY (64ULL << 20)
-#define LUA_DEFAULT_INSTRUCTIONS 100000000
+#define DEFAULT_MEMORY (64ULL << 20)
+#define DEFAULT_INSTRUCTIONS 100000000
 /* The count hook fires at most this many instructions apart, so budgets
- * larger than an int still work and the check costs next to nothing. */
-#define LUA_HOOK_CHUNK (1 << 20)
-#define LUA_TIMER_MT "ternd.timer"
-#define LUA_JBOX_MT "ternd.jsonbox"
-#define LUA_JSON_MAX_DEPTH 1000
-#define LUA_OPENER_NAME 64
+ * larger than an int still work. (Any hook makes Lua 5.4 check on every
+ * instruction; the firing itself is rare.) */
+#define HOOK_CHUNK (1 << 20)
+#define TIMER_MT "ternd.timer"
+#define JBOX_MT "ternd.jsonbox"
+#define JSON_MAX_DEPTH 1000
+#define OPENER_NAME_MAX 64
 
 /*
  * One lua_State and what hangs off it. A tn_lua owns one vm at a time;
@@ -72,7 +73,7 @@ struct timer {
 };
 
 struct opener {
-    char name[LUA_OPENER_NAME];
+    char name[OPENER_NAME_MAX];
     tn_lua_open_pt open;
     void *ud;
 };
@@ -95,8 +96,8 @@ const struct tn_conf_cmd tn_lua_conf_table[] = {
 void tn_lua_conf_default(struct tn_lua_conf *lc)
 {
     lc->script = NULL;
-    lc->memory_limit = LUA_DEFAULT_MEMORY;
-    lc->instruction_limit = LUA_DEFAULT_INSTRUCTIONS;
+    lc->memory_limit = DEFAULT_MEMORY;
+    lc->instruction_limit = DEFAULT_INSTRUCTIONS;
 }
 
 /* ---- allocator ------------------------------------------------------------ */
@@ -153,7 +154,7 @@ static int vm_panic(lua_State *L)
 
 static int hook_step(int64_t budget)
 {
-    return budget > LUA_HOOK_CHUNK ? LUA_HOOK_CHUNK : (int)(budget > 0 ? budget : 1);
+    return budget > HOOK_CHUNK ? HOOK_CHUNK : (int)(budget > 0 ? budget : 1);
 }
 
 /* Each firing means `count` instructions of this thread ran. Once the budget
@@ -424,7 +425,7 @@ static int l_timer(lua_State *L)
     memset(t, 0, sizeof(*t));
     t->vm = vm;
     t->ref = LUA_NOREF;
-    luaL_setmetatable(L, LUA_TIMER_MT);
+    luaL_setmetatable(L, TIMER_MT);
     lua_pushvalue(L, 2);
     lua_setiuservalue(L, -2, 1);
     lua_pushvalue(L, -1);
@@ -441,7 +442,7 @@ static int l_timer(lua_State *L)
 /* handle:cancel() -> true if the timer was still pending */
 static int l_timer_cancel(lua_State *L)
 {
-    struct timer *t = luaL_checkudata(L, 1, LUA_TIMER_MT);
+    struct timer *t = luaL_checkudata(L, 1, TIMER_MT);
     int active = t->ref != LUA_NOREF;
 
     if (active)
@@ -453,7 +454,7 @@ static int l_timer_cancel(lua_State *L)
 /* handle:active() -> true while the timer will still fire */
 static int l_timer_active(lua_State *L)
 {
-    struct timer *t = luaL_checkudata(L, 1, LUA_TIMER_MT);
+    struct timer *t = luaL_checkudata(L, 1, TIMER_MT);
 
     lua_pushboolean(L, t->ref != LUA_NOREF);
     return 1;
@@ -461,7 +462,7 @@ static int l_timer_active(lua_State *L)
 
 static int l_timer_gc(lua_State *L)
 {
-    struct timer *t = luaL_checkudata(L, 1, LUA_TIMER_MT);
+    struct timer *t = luaL_checkudata(L, 1, TIMER_MT);
 
     if (t->ref != LUA_NOREF)
         timer_stop(L, t);
@@ -481,7 +482,7 @@ static void open_timer_mt(lua_State *L)
     static const luaL_Reg methods[] = {
         {"cancel", l_timer_cancel}, {"active", l_timer_active}, {NULL, NULL}};
 
-    new_gc_metatable(L, LUA_TIMER_MT, l_timer_gc);
+    new_gc_metatable(L, TIMER_MT, l_timer_gc);
     luaL_newlib(L, methods);
     lua_setfield(L, -2, "__index");
     lua_pop(L, 1);
@@ -507,7 +508,7 @@ static void jbox_clear(struct jbox *box)
 
 static int jbox_gc(lua_State *L)
 {
-    jbox_clear(luaL_checkudata(L, 1, LUA_JBOX_MT));
+    jbox_clear(luaL_checkudata(L, 1, JBOX_MT));
     return 0;
 }
 
@@ -517,7 +518,7 @@ static struct jbox *jbox_new(lua_State *L)
 
     box->root = NULL;
     box->text = NULL;
-    luaL_setmetatable(L, LUA_JBOX_MT);
+    luaL_setmetatable(L, JBOX_MT);
     return box;
 }
 
@@ -608,7 +609,7 @@ static void jenc_table(lua_State *L, struct jenc *e, int idx, json_t *parent, co
     lua_Integer n;
     json_t *v;
 
-    if (depth > LUA_JSON_MAX_DEPTH)
+    if (depth > JSON_MAX_DEPTH)
         jenc_fail(L, e, "tables nested too deeply");
     luaL_checkstack(L, 6, "json.encode");
     lua_pushvalue(L, idx);
@@ -778,7 +779,7 @@ static void open_json(lua_State *L)
     static const luaL_Reg funcs[] = {
         {"encode", l_json_encode}, {"decode", l_json_decode}, {NULL, NULL}};
 
-    new_gc_metatable(L, LUA_JBOX_MT, jbox_gc);
+    new_gc_metatable(L, JBOX_MT, jbox_gc);
     lua_pop(L, 1);
     luaL_newlib(L, funcs);
     lua_pushlightuserdata(L, NULL);
@@ -817,7 +818,7 @@ static void open_ternd(lua_State *L)
 
     open_timer_mt(L);
     luaL_newlib(L, funcs);
-    lua_pushstring(L, LUA_TERND_VERSION);
+    lua_pushstring(L, HOST_VERSION);
     lua_setfield(L, -2, "version");
     open_json(L);
     lua_setglobal(L, "ternd");
@@ -1007,7 +1008,7 @@ int tn_lua_add_opener(const char *name, tn_lua_open_pt open, void *ud)
         openers = v;
         openers_cap = cap;
     }
-    snprintf(openers[openers_n].name, LUA_OPENER_NAME, "%s", name ? name : "?");
+    snprintf(openers[openers_n].name, OPENER_NAME_MAX, "%s", name ? name : "?");
     openers[openers_n].open = open;
     openers[openers_n].ud = ud;
     openers_n++;
