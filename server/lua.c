@@ -946,10 +946,15 @@ static struct vm *vm_build(struct tn_lua *lua, const struct tn_lua_conf *conf, c
                            size_t errlen)
 {
     struct setup s = {lua, NULL, 0, err, errlen, 0};
+    struct tn_lua_conf defaults;
     struct vm *vm = calloc(1, sizeof(*vm));
     char msg[1024];
     int st;
 
+    if (!conf) { /* NULL: the defaults, no script */
+        tn_lua_conf_default(&defaults);
+        conf = &defaults;
+    }
     if (!vm || !(vm->L = lua_newstate(vm_alloc, vm))) {
         snprintf(err, errlen, "cannot create a Lua state: out of memory");
         free(vm);
@@ -1038,13 +1043,8 @@ void tn_lua_remove_opener(tn_lua_open_pt open, void *ud)
 struct tn_lua *tn_lua_create(const char *owner, const struct tn_lua_conf *conf, tn_lua_open_pt open,
                              void *ud, char *err, size_t errlen)
 {
-    struct tn_lua_conf defaults;
     struct tn_lua *lua = calloc(1, sizeof(*lua));
 
-    if (!conf) {
-        tn_lua_conf_default(&defaults);
-        conf = &defaults;
-    }
     if (!lua || !(lua->owner = strdup(owner ? owner : "lua"))) {
         snprintf(err, errlen, "cannot create a Lua state: out of memory");
         free(lua);

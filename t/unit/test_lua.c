@@ -666,7 +666,6 @@ static void test_openers(void **state)
 {
     struct tn_lua *lua;
     char err[256];
-    struct tn_lua_conf lc;
 
     assert_int_equal(tn_lua_add_opener("one", opener_one, "first"), 0);
     assert_int_equal(tn_lua_add_opener("two", opener_two, NULL), 0);
@@ -677,10 +676,9 @@ static void test_openers(void **state)
     assert_eval(lua, "return ternd.one .. ' ' .. tostring(ternd.two)", "first true");
     assert_int_equal(lua_gettop(tn_lua_state(lua)), 0);
 
-    /* openers run on reloaded states too */
+    /* openers run on reloaded states too (NULL conf: the defaults) */
     order[0] = '\0';
-    tn_lua_conf_default(&lc);
-    assert_int_equal(tn_lua_reload(lua, &lc, err, sizeof(err)), 0);
+    assert_int_equal(tn_lua_reload(lua, NULL, err, sizeof(err)), 0);
     assert_string_equal(order, "12o");
     tn_lua_destroy(lua);
 
@@ -694,7 +692,7 @@ static void test_openers(void **state)
     /* a failing opener fails the create, naming it */
     assert_int_equal(tn_lua_add_opener("bad", opener_bad, NULL), 0);
     order[0] = '\0';
-    assert_null(tn_lua_create("test", &lc, owner_open, NULL, err, sizeof(err)));
+    assert_null(tn_lua_create("test", NULL, owner_open, NULL, err, sizeof(err)));
     assert_string_equal(order, "2x");
     assert_non_null(strstr(err, "opener 'bad'"));
     tn_lua_remove_opener(opener_bad, NULL);
