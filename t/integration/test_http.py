@@ -134,7 +134,7 @@ def test_not_found(srv):
 def test_method_not_allowed(srv):
     r = tnhelp.request(srv.admin_port, "POST", "/ping", body="x")
     assert r.status == 405
-    assert "GET" in r.header("allow")
+    assert "GET" in (r.header("allow") or "")
     r = tnhelp.request(srv.admin_port, "DELETE", "/stats")
     assert r.status == 405
 
