@@ -5,6 +5,7 @@ badabi (built for another ABI major)."""
 import os
 import re
 import shutil
+import time
 
 import pytest
 
@@ -267,4 +268,21 @@ def test_sample_http_route_and_stats(ternd):
         m = t.metrics()
         assert m["ternd_sample_lines_total"] == 3
         assert m['ternd_sample_connections{listener="sample.tcp"}'] == 1
+    t.stop()
+
+
+def test_sample_idle_timeout_closes_quiet_connections(ternd):
+    # the sample's idle_timeout goes to tn_conn_set_idle_timeout
+    port = tnhelp.free_port()
+    t = ternd(sections={"sample": {"listen": "127.0.0.1:%d" % port, "idle_timeout": "300ms"}})
+    t.start()
+    with tnhelp.LineClient(port) as c:
+        assert c.ask("x") == "hello x"
+        t0 = time.monotonic()
+        assert tnhelp.closed_by_peer(c.sock, 5)
+        assert 0.2 <= time.monotonic() - t0 < 3
+    with tnhelp.LineClient(port) as busy:
+        for i in range(6):  # activity keeps it open past the timeout
+            time.sleep(0.1)
+            assert busy.ask("n%d" % i) == "hello n%d" % i
     t.stop()
