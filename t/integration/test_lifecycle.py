@@ -50,10 +50,7 @@ def test_stop_without_modules(ternd):
 def sample_with_client(ternd, shutdown_timeout):
     """A running ternd with the sample module, and one client that has
     been answered."""
-    port = tnhelp.free_port()
-    t = ternd(daemon={"shutdown_timeout": shutdown_timeout},
-              sections={"sample": {"listen": "127.0.0.1:%d" % port}})
-    t.start()
+    t, port = tnhelp.start_sample(ternd, daemon={"shutdown_timeout": shutdown_timeout})
     c = tnhelp.LineClient(port)
     assert c.ask("before") == "hello before"
     return t, port, c
@@ -319,10 +316,7 @@ def assert_refused(port):
 
 
 def test_max_connections_refuses_the_extra(ternd, sample_modules):
-    port = tnhelp.free_port()
-    t = ternd(daemon={"max_connections": 3},
-              sections={"sample": {"listen": "127.0.0.1:%d" % port}})
-    t.start()
+    t, port = tnhelp.start_sample(ternd, daemon={"max_connections": 3})
     # readiness probes must be gone before we count
     tnhelp.wait_for(lambda: t.metrics()["ternd_connections_open"] == 1, 5,
                     what="only the /metrics request open")
@@ -347,10 +341,7 @@ def test_max_connections_refuses_the_extra(ternd, sample_modules):
 
 
 def test_max_connections_changes_on_reload(ternd, sample_modules):
-    port = tnhelp.free_port()
-    t = ternd(daemon={"max_connections": 100},
-              sections={"sample": {"listen": "127.0.0.1:%d" % port}})
-    t.start()
+    t, port = tnhelp.start_sample(ternd, daemon={"max_connections": 100})
     t.daemon["max_connections"] = 2
     t.reload()
     time.sleep(0.2)

@@ -42,9 +42,7 @@ def index_of(lines, pattern, start=0):
 
 
 def test_sample_module_serves(ternd):
-    port = tnhelp.free_port()
-    t = ternd(sections={"sample": {"listen": "127.0.0.1:%d" % port, "greeting": "hi"}})
-    t.start()
+    t, port = tnhelp.start_sample(ternd, greeting="hi")
     with tnhelp.LineClient(port) as c:
         assert c.ask("abc") == "hi abc"
         assert c.ask("two words") == "hi two words"
@@ -273,9 +271,7 @@ def test_sample_http_route_and_stats(ternd):
 
 def test_sample_idle_timeout_closes_quiet_connections(ternd):
     # the sample's idle_timeout goes to tn_conn_set_idle_timeout
-    port = tnhelp.free_port()
-    t = ternd(sections={"sample": {"listen": "127.0.0.1:%d" % port, "idle_timeout": "300ms"}})
-    t.start()
+    t, port = tnhelp.start_sample(ternd, idle_timeout="300ms")
     with tnhelp.LineClient(port) as c:
         assert c.ask("x") == "hello x"
         t0 = time.monotonic()

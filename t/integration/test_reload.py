@@ -12,13 +12,8 @@ import tnhelp
 pytestmark = pytest.mark.usefixtures("sample_modules")
 
 
-def sample_server(ternd, greeting="hello", **extra):
-    port = tnhelp.free_port()
-    sect = {"listen": "127.0.0.1:%d" % port, "greeting": greeting}
-    sect.update(extra)
-    t = ternd(sections={"sample": sect})
-    t.start()
-    return t, port
+def sample_server(ternd, greeting="hello"):
+    return tnhelp.start_sample(ternd, greeting=greeting)
 
 
 def test_reload_applies_new_module_settings(ternd):

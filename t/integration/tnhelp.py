@@ -234,6 +234,18 @@ def request(port, method, path, body=None, headers=None, timeout=5.0):
         return resp
 
 
+def start_sample(make, daemon=None, start=True, **keys):
+    """With the `ternd` fixture's factory: a ternd running the sample
+    module on a free port with the given sample keys. Returns (t, port)."""
+    port = free_port()
+    section = {"listen": "127.0.0.1:%d" % port}
+    section.update(keys)
+    t = make(daemon=daemon, sections={"sample": section})
+    if start:
+        t.start()
+    return t, port
+
+
 def sample_with_lua(t, script_text, **lua):
     """Configure t (not started) to run the sample module on a free port
     with script_text as its Lua script (sample.lua in t's directory) and
