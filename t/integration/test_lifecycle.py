@@ -151,13 +151,15 @@ def stale_pid():
     return p.pid
 
 
-@pytest.mark.parametrize("before", [None, "stale"])
+@pytest.mark.parametrize("before", [None, "stale", "garbage"])
 def test_pid_file_written_and_removed(ternd, before):
     t = ternd(daemon={"pid_file": "run/ternd.pid"})
     (t.tmp / "run").mkdir()
     pidf = t.tmp / "run" / "ternd.pid"
     if before == "stale":  # a pid file left by a process that is gone
         pidf.write_text("%d\n" % stale_pid())
+    elif before == "garbage":
+        pidf.write_text("not a pid\n")
     t.start()
     assert pidf.read_text() == "%d\n" % t.pid
     t.stop()
@@ -380,3 +382,10 @@ def _ping(port):
         return tnhelp.request(port, "GET", "/ping", timeout=1).status == 200
     except (OSError, EOFError):
         return False
+
+
+def test_pid_file_in_missing_directory_fails_start(ternd):
+    t = ternd(daemon={"pid_file": "no/such/dir/ternd.pid"})
+    t.start(wait=False)
+    assert t.wait_exit() == 1
+    assert re.search(r"cannot write pid file .*no/such/dir/ternd\.pid", t.stderr()), t.stderr()

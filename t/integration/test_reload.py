@@ -231,3 +231,45 @@ def test_lua_state_is_fresh_after_reload(ternd):
         t.reload()
         assert c.ask("x") == "1"
     t.stop()
+
+
+def test_reload_moves_the_log_file(ternd):
+    t = ternd(daemon={"log_file": "a.log"})
+    t.start()
+    t.daemon["log_file"] = "b.log"
+    t.write_conf()
+    t.send_signal(signal.SIGHUP)
+    # the rest of the reload is written to the new file
+    t.wait_log(r"core: reload done")  # log_path() follows daemon.log_file: b.log
+    t.stop()
+    a, b = (t.tmp / "a.log").read_text(), (t.tmp / "b.log").read_text()
+    assert "core: ready" in a and "core: reloading" in a
+    assert "core: stopped" in b and "core: stopped" not in a
+
+
+def test_reload_rescans_plugins_dir(ternd, sample_modules):
+    t = ternd()
+    plugin = t.tmp / "plugins" / "sample.so"
+    plugin.symlink_to(sample_modules / "sample.so")
+    t.start()
+    assert re.search(r"core: module sample 1\.0 started", t.log())
+    plugin.unlink()
+    log = t.reload()
+    assert "module sample removed by the new configuration" in log
+    assert "sample: fini" in log
+    plugin.symlink_to(sample_modules / "sample.so")
+    log = t.reload()
+    assert re.search(r"core: module sample 1\.0 started", log), log
+    t.stop()
+
+
+def test_sighup_during_stop_is_ignored(ternd):
+    t, port = sample_server(ternd)
+    with tnhelp.LineClient(port):  # keeps the drain going
+        t.daemon["shutdown_timeout"] = "1s"
+        t.send_signal(signal.SIGTERM)
+        t.wait_log(r"stopping gracefully")
+        mark = t.log_size()
+        t.send_signal(signal.SIGHUP)
+        assert t.wait_exit(10) == 0
+    assert "reloading" not in t.log()[mark:]
