@@ -273,3 +273,21 @@ def test_sighup_during_stop_is_ignored(ternd):
         t.send_signal(signal.SIGHUP)
         assert t.wait_exit(10) == 0
     assert "reloading" not in t.log()[mark:]
+
+
+def test_module_that_failed_on_reload_can_be_fixed_by_another(ternd):
+    # a module whose init failed during a reload is not running: the next
+    # reload must start it, not hand it a new configuration as if it ran
+    t = ternd()
+    t.start()
+    port = tnhelp.free_port()
+    t.sections = {"sample": {"listen": "127.0.0.1:%d" % port, "fail_init": True}}
+    log = t.reload()
+    assert "init refused (fail_init is set)" in log
+    t.sections["sample"]["fail_init"] = False
+    log = t.reload()
+    assert t.alive(), t.log()
+    assert re.search(r"core: module sample 1\.0 started", log), log
+    with tnhelp.LineClient(port) as c:
+        assert c.ask("fixed") == "hello fixed"
+    t.stop()
