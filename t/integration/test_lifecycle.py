@@ -389,3 +389,17 @@ def test_pid_file_in_missing_directory_fails_start(ternd):
     t.start(wait=False)
     assert t.wait_exit() == 1
     assert re.search(r"cannot write pid file .*no/such/dir/ternd\.pid", t.stderr()), t.stderr()
+
+
+def test_idle_keepalive_admin_connection_does_not_hold_the_stop(ternd):
+    t = ternd(daemon={"shutdown_timeout": "10s"})
+    t.start()
+    with socket.create_connection(("127.0.0.1", t.admin_port), timeout=5) as s:
+        s.sendall(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+        r, _ = tnhelp.read_response(s)
+        assert r.status == 200
+        t0 = time.monotonic()
+        t.stop()
+        assert time.monotonic() - t0 < 3.0
+        assert tnhelp.closed_by_peer(s, 1)
+    assert "shutdown timeout" not in t.log()
