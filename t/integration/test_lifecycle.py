@@ -366,7 +366,8 @@ def test_max_connections_changes_on_reload(ternd, sample_modules):
 # ---- background mode -----------------------------------------------------------
 
 def test_daemonize(ternd):
-    t = ternd(daemon={"pid_file": "ternd.pid", "log_file": "ternd.log"})
+    t = ternd(daemon={"pid_file": "ternd.pid", "log_file": "ternd.log",
+                      "admin_listen": "127.0.0.1:%d" % tnhelp.free_port()})
     pidf = t.tmp / "ternd.pid"
     r = tnhelp.run(["-d", "-c", t.conf_path], cwd=t.tmp, timeout=10)
     assert r.returncode == 0, r.stderr

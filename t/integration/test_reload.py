@@ -176,9 +176,11 @@ def test_open_connection_survives_many_reloads(ternd):
 # ---- Lua script of the sample module ---------------------------------------
 
 def lua_server(ternd, script_text, **lua):
+    """A started ternd whose sample module runs script_text: (t, port, script)."""
     t = ternd()
-    port, script = tnhelp.sample_with_lua(t, script_text, **lua)
-    return t, port, script
+    script = tnhelp.sample_with_lua(t, script_text, **lua)
+    t.start()
+    return t, tnhelp.sample_port(t), script
 
 
 V1 = 'function on_line(s) return "v1:" .. s end\n'
@@ -196,7 +198,6 @@ V1 = 'function on_line(s) return "v1:" .. s end\n'
 ], ids=["valid", "syntax-error", "error-at-load"])
 def test_lua_script_reload(ternd, new_script, expect_log, answer):
     t, port, script = lua_server(ternd, V1)
-    t.start()
     with tnhelp.LineClient(port) as c:
         assert c.ask("a") == "v1:a"
         script.write_text(new_script)
@@ -209,7 +210,6 @@ def test_lua_script_reload(ternd, new_script, expect_log, answer):
 
 def test_lua_script_removed_on_reload(ternd):
     t, port, script = lua_server(ternd, 'function on_line(s) return "lua:" .. s end\n')
-    t.start()
     with tnhelp.LineClient(port) as c:
         assert c.ask("a") == "lua:a"
         del t.sections["sample"]["lua"]
@@ -225,7 +225,6 @@ def test_lua_state_is_fresh_after_reload(ternd):
     src = ("n = n or 0\n"
            "function on_line(s) n = n + 1; return tostring(n) end\n")
     t, port, script = lua_server(ternd, src)
-    t.start()
     with tnhelp.LineClient(port) as c:
         assert [c.ask("x") for _ in range(3)] == ["1", "2", "3"]
         t.reload()
