@@ -46,8 +46,10 @@ TN_API int tn_conf_is_null(const struct tn_conf_node *n);
 enum tn_conf_type {
     TN_CONF_BOOL = 1, /* int: true/false yes/no on/off */
     TN_CONF_INT,      /* int64_t; arg: const struct tn_conf_range * or NULL */
-    TN_CONF_SIZE,     /* uint64_t bytes: 512, 64KiB, 1MiB, 2GiB, 10KB (=10000), 4k (=4096) */
-    TN_CONF_DURATION, /* int64_t milliseconds: 250ms, 10s, 5m, 2h, 1d; 0 needs no unit */
+    TN_CONF_SIZE,     /* uint64_t bytes: 512, 64KiB, 1MiB, 2GiB, 10KB (=10000), 4k (=4096);
+                         arg: const struct tn_conf_range * (bytes) or NULL */
+    TN_CONF_DURATION, /* int64_t milliseconds: 250ms, 10s, 5m, 2h, 1d; 0 needs no unit;
+                         arg: const struct tn_conf_range * (ms) or NULL */
     TN_CONF_STRING,   /* char * (NULL when null) */
     TN_CONF_PATH,     /* char *: like STRING, made absolute against the working directory at load */
     TN_CONF_ENUM,     /* int; arg: const struct tn_conf_enum[] ending in {NULL, 0} */

@@ -1,0 +1,140 @@
+/*
+ * diskq.h -- the crash-safe disk queue a broker topic or channel overflows
+ * to once its memory queue is full (the model is nsqd's go-diskqueue).
+ *
+ * A queue is a FIFO of opaque records stored in DIR as segment files
+ *   <name>.diskqueue.NNNNNN.dat   records: [4B BE length][4B BE crc][payload]
+ * plus one metadata file
+ *   <name>.diskqueue.meta.dat     depth, read file/pos, write file/pos
+ * which is replaced atomically (tmp file, fsync, rename, fsync dir). The crc
+ * is zlib's crc32 over the 4 length bytes followed by the payload: covering
+ * the length means a zero-filled region (a common crash leftover) never
+ * parses as a run of valid empty records.
+ *
+ * Crash safety: tn_diskq_sync() fsyncs the data before it writes the
+ * metadata, so everything the metadata counts is on disk. On open, records
+ * found beyond the recorded write position (written but not yet synced when
+ * the process or machine died) are checked and kept; a torn or corrupt tail
+ * is cut off; corrupt records met while reading are skipped and counted; a
+ * missing segment is skipped. All of this is logged (tn_log_warn, naming
+ * the file and offset) and never returns garbage: every record handed out
+ * passed its length and crc checks. Delivery is at least once: records read
+ * after the last sync come back after a crash.
+ *
+ * Threading: a queue is used by one thread at a time (the broker's loop
+ * thread); nothing here blocks on anything but the disk, and there is no
+ * libev inside. A queue may be open only once at a time (no lock file).
+ * Resources: three fds (directory, write and read segment) and, once read
+ * from, a read-ahead buffer of 64 KiB (or the largest record). The caller drives periodic syncs:
+ * tn_diskq_sync_due() on a timer, tn_diskq_sync() when it says so. Puts and advances sync on their
+ * own every `sync_every` operations.
+ */
+#ifndef TERND_BROKER_DISKQ_H
+#define TERND_BROKER_DISKQ_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/uio.h>
+
+#define TN_DISKQ_DEFAULT_FILE_SIZE (100u * 1024 * 1024) /* max_bytes_per_file */
+#define TN_DISKQ_DEFAULT_MAX_MSG (1024u * 1024)         /* max_msg_size */
+#define TN_DISKQ_DEFAULT_SYNC_EVERY 2500u
+#define TN_DISKQ_DEFAULT_SYNC_TIMEOUT_MS 2000u
+#define TN_DISKQ_MSG_LIMIT (256u * 1024 * 1024) /* hard cap on max_msg_size */
+#define TN_DISKQ_NAME_MAX 200                   /* longest queue name */
+#define TN_DISKQ_IOV_MAX 16                     /* most iovecs tn_diskq_putv takes */
+
+/* Options; zero fields take the defaults above (so sync_every 0 means
+ * 2500: pass 1 to sync after every operation). The file size may change
+ * between runs. The message limits also bound what a read accepts as a
+ * record: lowering max_msg_size (or raising min_msg_size) past a stored
+ * record makes it undelimitable, and the rest of its segment is skipped as
+ * corrupt; change them only on a drained queue. */
+struct tn_diskq_opts {
+    uint64_t max_bytes_per_file; /* roll to a new segment past this (100 MiB) */
+    uint32_t min_msg_size;       /* smallest payload accepted (0: empty allowed) */
+    uint32_t max_msg_size;       /* largest payload accepted (1 MiB, <= MSG_LIMIT) */
+    uint32_t sync_every;         /* sync after this many puts+advances (2500; 1: each) */
+    uint32_t sync_timeout_ms;    /* tn_diskq_sync_due() once dirty this long (2000) */
+};
+
+/* Counters since open (depth and positions are current values). */
+struct tn_diskq_stats {
+    uint64_t depth;         /* records queued (put, not yet advanced past) */
+    uint64_t puts;          /* records written */
+    uint64_t bytes_written; /* bytes appended to segments, framing included */
+    uint64_t reads;         /* records handed out and advanced past */
+    uint64_t bytes_read;    /* payload bytes of those */
+    uint64_t corrupt;       /* corrupt records / torn tails skipped */
+    uint64_t missing_files; /* segment files found missing and skipped */
+    uint64_t recovered;     /* records kept from beyond the metadata at open */
+    uint64_t syncs;         /* tn_diskq_sync rounds that wrote metadata */
+    uint64_t fsyncs;        /* fsync(2) calls made (data, metadata, dir) */
+    uint64_t sync_errors;   /* automatic syncs that failed (retried later) */
+    uint32_t read_file;     /* current read segment number */
+    uint32_t write_file;    /* current write segment number */
+    uint64_t read_pos;      /* byte offset in read_file */
+    uint64_t write_pos;     /* byte offset in write_file */
+    uint32_t files;         /* segment files the queue spans (write - read + 1) */
+};
+
+struct tn_diskq;
+
+/* Open (or create) the queue `name` in the existing directory `dir` and
+ * recover it as described above. `o` may be NULL (all defaults). Returns
+ * NULL and sets *err (TN_EINVAL for a bad name or options, TN_ENOMEM,
+ * -errno) on failure. The queue owns copies of dir and name. */
+struct tn_diskq *tn_diskq_open(const char *dir, const char *name, const struct tn_diskq_opts *o,
+                               int *err);
+
+/* Append one record. The data is copied to the file before returning.
+ * 0, TN_ETOOBIG (len > max_msg_size), TN_EINVAL (len < min_msg_size, or too
+ * many iovecs), -errno when the write failed (nothing partial is left in
+ * the file then). A failed automatic sync does not fail the put: it is
+ * logged, counted in sync_errors and retried by the next sync. */
+int tn_diskq_put(struct tn_diskq *q, const void *data, size_t len);
+int tn_diskq_putv(struct tn_diskq *q, const struct iovec *iov, int iovcnt);
+
+/* The oldest record, without removing it: *data points into the queue's
+ * read buffer and stays valid until the next tn_diskq_peek, advance, empty,
+ * close or delete on q (puts, syncs and stats do not disturb it). Peeking
+ * twice returns the same record. Corrupt records are skipped (and counted)
+ * on the way. 0; TN_EAGAIN when the queue is empty; -errno on a read error
+ * (the record stays; try again later). */
+int tn_diskq_peek(struct tn_diskq *q, const void **data, size_t *len);
+
+/* Remove the record the last successful peek returned (the caller has
+ * taken it). A segment file fully read is deleted at the next sync, after
+ * the metadata no longer points into it. 0, or TN_EINVAL when no record is
+ * peeked. */
+int tn_diskq_advance(struct tn_diskq *q);
+
+uint64_t tn_diskq_depth(const struct tn_diskq *q);
+
+/* Make everything put and advanced so far durable: fsync the write segment
+ * (when written to), write the metadata atomically, delete fully read
+ * segments. 0 or -errno. Cheap when nothing changed. */
+int tn_diskq_sync(struct tn_diskq *q);
+
+/* Non-zero when there are unsynced changes older than sync_timeout_ms
+ * (CLOCK_MONOTONIC); the caller then calls tn_diskq_sync(). */
+int tn_diskq_sync_due(const struct tn_diskq *q);
+
+/* Drop every record: delete all segment files and start a fresh one. 0 or
+ * -errno. */
+int tn_diskq_empty(struct tn_diskq *q);
+
+/* Sync and free. Returns the sync's result; q is freed either way. NULL ok. */
+int tn_diskq_close(struct tn_diskq *q);
+
+/* Free q and remove all its files (segments and metadata). 0 or -errno of
+ * the first removal that failed; q is freed either way. NULL ok. */
+int tn_diskq_delete(struct tn_diskq *q);
+
+void tn_diskq_get_stats(const struct tn_diskq *q, struct tn_diskq_stats *out);
+
+/* Non-zero when name is acceptable as a queue name: 1..TN_DISKQ_NAME_MAX
+ * bytes, no '/', no control characters, not "." or "..". */
+int tn_diskq_name_ok(const char *name);
+
+#endif

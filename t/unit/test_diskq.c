@@ -1,0 +1,962 @@
+/*
+ * test_diskq.c -- the broker's disk queue: order across segment roll-overs,
+ * reopening, crash recovery (a child process that dies without closing),
+ * torn and corrupt data, damaged metadata, missing segments, limits, syncs.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <ternd/error.h>
+
+#include "../../modules/broker/diskq.h"
+
+#define QNAME "topic1"
+
+/* ---- helpers ------------------------------------------------------------- */
+
+static int setup_dir(void **state)
+{
+    char *dir = strdup("/tmp/test_diskq.XXXXXX");
+
+    if (dir == NULL || mkdtemp(dir) == NULL)
+        return -1;
+    *state = dir;
+    return 0;
+}
+
+static int teardown_dir(void **state)
+{
+    char *dir = *state, path[512];
+    struct dirent *de;
+    DIR *d = opendir(dir);
+
+    while (d != NULL && (de = readdir(d)) != NULL) {
+        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+            continue;
+        snprintf(path, sizeof(path), "%s/%s", dir, de->d_name);
+        unlink(path);
+    }
+    if (d != NULL)
+        closedir(d);
+    rmdir(dir);
+    free(dir);
+    return 0;
+}
+
+static void seg_path(char *buf, size_t n, const char *dir, const char *name, unsigned num)
+{
+    snprintf(buf, n, "%s/%s.diskqueue.%06u.dat", dir, name, num);
+}
+
+static void meta_path(char *buf, size_t n, const char *dir, const char *name)
+{
+    snprintf(buf, n, "%s/%s.diskqueue.meta.dat", dir, name);
+}
+
+static int count_files(const char *dir)
+{
+    struct dirent *de;
+    DIR *d = opendir(dir);
+    int n = 0;
+
+    assert_non_null(d);
+    while ((de = readdir(d)) != NULL)
+        if (strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0)
+            n++;
+    closedir(d);
+    return n;
+}
+
+static off_t file_size(const char *path)
+{
+    struct stat sb;
+
+    return stat(path, &sb) == 0 ? sb.st_size : -1;
+}
+
+/* Record i: its number (4 bytes) then a pattern; 4..123 bytes long. */
+static size_t make_rec(unsigned i, unsigned char *buf)
+{
+    size_t len = 4 + (i * 7) % 120, j;
+
+    buf[0] = (unsigned char)(i >> 24);
+    buf[1] = (unsigned char)(i >> 16);
+    buf[2] = (unsigned char)(i >> 8);
+    buf[3] = (unsigned char)i;
+    for (j = 4; j < len; j++)
+        buf[j] = (unsigned char)(i * 31 + j);
+    return len;
+}
+
+/* Size of records from..to-1 on disk, framing included. */
+static off_t recs_size(unsigned from, unsigned to)
+{
+    unsigned char buf[256];
+    off_t n = 0;
+
+    for (; from < to; from++)
+        n += 8 + (off_t)make_rec(from, buf);
+    return n;
+}
+
+/* The first record that does not fit in a segment of seg_max bytes
+ * starting with record `first` (what put_range into such segments does). */
+static unsigned seg_next(unsigned first, off_t seg_max)
+{
+    unsigned i = first;
+
+    while (recs_size(first, i + 1) <= seg_max)
+        i++;
+    return i;
+}
+
+static struct tn_diskq *qopen(const char *dir, uint64_t file_size_max, uint32_t sync_every)
+{
+    struct tn_diskq_opts o = {0};
+    struct tn_diskq *q;
+    int err = 0;
+
+    o.max_bytes_per_file = file_size_max;
+    o.max_msg_size = 4096;
+    o.sync_every = sync_every;
+    q = tn_diskq_open(dir, QNAME, &o, &err);
+    assert_non_null(q);
+    assert_int_equal(err, 0);
+    return q;
+}
+
+static void put_range(struct tn_diskq *q, unsigned from, unsigned to)
+{
+    unsigned char buf[256];
+    unsigned i;
+
+    for (i = from; i < to; i++)
+        assert_int_equal(tn_diskq_put(q, buf, make_rec(i, buf)), 0);
+}
+
+/* Read one record and check it is record i. */
+static void expect_rec(struct tn_diskq *q, unsigned i)
+{
+    unsigned char want[256];
+    const void *data;
+    size_t len, wlen = make_rec(i, want);
+
+    assert_int_equal(tn_diskq_peek(q, &data, &len), 0);
+    assert_int_equal(len, wlen);
+    assert_memory_equal(data, want, wlen);
+    assert_int_equal(tn_diskq_advance(q), 0);
+}
+
+static void expect_range(struct tn_diskq *q, unsigned from, unsigned to)
+{
+    unsigned i;
+
+    for (i = from; i < to; i++)
+        expect_rec(q, i);
+}
+
+static void expect_empty(struct tn_diskq *q)
+{
+    const void *data;
+    size_t len;
+
+    assert_int_equal(tn_diskq_peek(q, &data, &len), TN_EAGAIN);
+    assert_int_equal(tn_diskq_depth(q), 0);
+}
+
+/* The queue holds records first..end-1 for some first <= max_first:
+ * check the depth and read them all. */
+static void expect_from_first(struct tn_diskq *q, unsigned max_first, unsigned end)
+{
+    const unsigned char *p;
+    const void *data;
+    size_t len;
+    unsigned first;
+
+    assert_int_equal(tn_diskq_peek(q, &data, &len), 0);
+    p = data;
+    first = (unsigned)p[0] << 24 | (unsigned)p[1] << 16 | (unsigned)p[2] << 8 | p[3];
+    assert_true(first <= max_first);
+    assert_int_equal(tn_diskq_depth(q), end - first);
+    expect_range(q, first, end);
+    expect_empty(q);
+}
+
+/* Run fn in a child that then dies without closing the queue: what a
+ * crash of the process leaves behind. */
+static void in_crashing_child(void (*fn)(const char *dir), const char *dir)
+{
+    int status;
+    pid_t pid = fork();
+
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        fn(dir);
+        _exit(0);
+    }
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
+
+static void flip_byte(const char *path, off_t off)
+{
+    unsigned char c;
+    int fd = open(path, O_RDWR);
+
+    assert_true(fd >= 0);
+    assert_int_equal(pread(fd, &c, 1, off), 1);
+    c ^= 0x5a;
+    assert_int_equal(pwrite(fd, &c, 1, off), 1);
+    close(fd);
+}
+
+/* ---- tests ----------------------------------------------------------------- */
+
+static void test_names_and_options(void **state)
+{
+    static const char *bad[] = {"", "a/b", ".", "..", "tab\there", "/abs"};
+    struct tn_diskq_opts o = {0};
+    char longname[TN_DISKQ_NAME_MAX + 2];
+    const char *dir = *state;
+    struct tn_diskq *q;
+    size_t i;
+    int err;
+
+    for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        err = 0;
+        assert_null(tn_diskq_open(dir, bad[i], NULL, &err));
+        assert_int_equal(err, TN_EINVAL);
+    }
+    memset(longname, 'x', sizeof(longname) - 1);
+    longname[sizeof(longname) - 1] = '\0';
+    assert_null(tn_diskq_open(dir, longname, NULL, &err));
+    assert_int_equal(err, TN_EINVAL);
+    longname[TN_DISKQ_NAME_MAX] = '\0';
+    assert_true(tn_diskq_name_ok(longname));
+    assert_true(tn_diskq_name_ok("topic:chan#ephemeral"));
+
+    o.min_msg_size = 10;
+    o.max_msg_size = 5;
+    assert_null(tn_diskq_open(dir, "q", &o, &err));
+    assert_int_equal(err, TN_EINVAL);
+    o.min_msg_size = 0;
+    o.max_msg_size = TN_DISKQ_MSG_LIMIT + 1;
+    assert_null(tn_diskq_open(dir, "q", &o, &err));
+    assert_int_equal(err, TN_EINVAL);
+    assert_null(tn_diskq_open("/nonexistent/dir/x", "q", NULL, &err));
+    assert_int_equal(err, -ENOENT);
+    assert_int_equal(count_files(dir), 0);
+
+    q = tn_diskq_open(dir, "q", NULL, &err); /* all defaults */
+    assert_non_null(q);
+    assert_int_equal(tn_diskq_close(q), 0);
+}
+
+static void test_order_across_rollovers(void **state)
+{
+    const char *dir = *state;
+    struct tn_diskq *q = qopen(dir, 1024, 100000); /* no automatic sync */
+    struct tn_diskq_stats st;
+    char path[512];
+
+    put_range(q, 0, 2000);
+    assert_int_equal(tn_diskq_depth(q), 2000);
+    tn_diskq_get_stats(q, &st);
+    assert_true(st.write_file >= 100); /* ~70 bytes a record, 1 KiB files */
+    assert_int_equal(st.read_file, 0);
+    assert_int_equal(st.files, st.write_file + 1);
+    /* No segment grows past the limit (every record is far smaller). */
+    seg_path(path, sizeof(path), dir, QNAME, 3);
+    assert_true(file_size(path) <= 1024 && file_size(path) > 900);
+
+    expect_range(q, 0, 1000);
+    assert_int_equal(tn_diskq_depth(q), 1000);
+    /* Read segments go away at the next sync, not before. */
+    seg_path(path, sizeof(path), dir, QNAME, 0);
+    assert_true(file_size(path) > 0);
+    assert_int_equal(tn_diskq_sync(q), 0);
+    assert_int_equal(file_size(path), -1);
+    tn_diskq_get_stats(q, &st);
+    assert_int_equal(count_files(dir), st.files + 1); /* + metadata */
+
+    expect_range(q, 1000, 2000);
+    expect_empty(q);
+    tn_diskq_get_stats(q, &st);
+    assert_int_equal(st.reads, 2000);
+    assert_int_equal(st.puts, 2000);
+    assert_int_equal(st.corrupt, 0);
+    assert_int_equal(tn_diskq_close(q), 0);
+    assert_int_equal(count_files(dir), 2); /* the last segment + metadata */
+}
+
+static void test_depth_peek_advance(void **state)
+{
+    const char *dir = *state;
+    struct tn_diskq *q = qopen(dir, 0, 0);
+    const void *d1, *d2;
+    size_t l1, l2;
+
+    expect_empty(q);
+    assert_int_equal(tn_diskq_advance(q), TN_EINVAL);
+    put_range(q, 0, 3);
+    assert_int_equal(tn_diskq_depth(q), 3);
+    assert_int_equal(tn_diskq_peek(q, &d1, &l1), 0);
+    assert_int_equal(tn_diskq_peek(q, &d2, &l2), 0); /* same record again */
+    assert_ptr_equal(d1, d2);
+    assert_int_equal(l1, l2);
+    put_range(q, 3, 5); /* puts leave the peeked record alone */
+    assert_int_equal(tn_diskq_depth(q), 5);
+    expect_rec(q, 0);
+    assert_int_equal(tn_diskq_depth(q), 4);
+    assert_int_equal(tn_diskq_advance(q), TN_EINVAL); /* nothing peeked */
+    assert_int_equal(tn_diskq_depth(q), 4);
+    expect_range(q, 1, 5);
+    expect_empty(q);
+    tn_diskq_close(q);
+}
+
+static void test_interleaved_reader(void **state)
+{
+    const char *dir = *state;
+    struct tn_diskq *q = qopen(dir, 512, 0);
+    unsigned i;
+
+    /* A reader that keeps up with the writer, through roll-overs. */
+    for (i = 0; i < 500; i++) {
+        put_range(q, 2 * i, 2 * i + 2);
+        expect_rec(q, i);
+    }
+    assert_int_equal(tn_diskq_depth(q), 500);
+    expect_range(q, 500, 1000);
+    expect_empty(q);
+    tn_diskq_close(q);
+}
+
+static void test_reopen_keeps_everything(void **state)
+{
+    const char *dir = *state;
+    struct tn_diskq *q = qopen(dir, 4096, 0);
+    struct tn_diskq_stats st;
+
+    put_range(q, 0, 500);
+    expect_range(q, 0, 120);
+    assert_int_equal(tn_diskq_close(q), 0);
+
+    q = qopen(dir, 4096, 0);
+    assert_int_equal(tn_diskq_depth(q), 380);
+    tn_diskq_get_stats(q, &st);
+    assert_int_equal(st.recovered, 0);
+    assert_int_equal(st.corrupt, 0);
+    put_range(q, 500, 600);
+    expect_range(q, 120, 300);
+    assert_int_equal(tn_diskq_close(q), 0);
+
+    q = qopen(dir, 4096, 0);
+    assert_int_equal(tn_diskq_depth(q), 300);
+    expect_range(q, 300, 600);
+    expect_empty(q);
+    tn_diskq_close(q);
+}
+
+/* Child: 300 records synced, then 700 more (several roll-overs) never
+ * synced, then death. */
+static void crash_after_unsynced_puts(const char *dir)
+{
+    struct tn_diskq *q = qopen(dir, 2048, 100000);
+
+    put_range(q, 0, 300);
+    if (tn_diskq_sync(q) != 0)
+        _exit(1);
+    put_range(q, 300, 1000);
+}
+
+static void test_crash_meta_older_than_data(void **state)
+{
+    const char *dir = *state;
+    struct tn_diskq_stats st;
+    struct tn_diskq *q;
+
+    in_crashing_child(crash_after_unsynced_puts, dir);
+    q = qopen(dir, 2048, 0);
+    tn_diskq_get_stats(q, &st);
+    assert_int_equal(st.recovered, 700);
+    assert_int_equal(st.corrupt, 0);
+    assert_int_equal(tn_diskq_depth(q), 1000);
+    expect_range(q, 0, 1000); /* each exactly once, in order */
+    expect_empty(q);
+    assert_int_equal(tn_diskq_close(q), 0);
+
+    /* The recovery was made durable: a second open finds nothing new. */
+    q = qopen(dir, 2048, 0);
+    tn_diskq_get_stats(q, &st);
+    assert_int_equal(st.recovered, 0);
+    expect_empty(q);
+    tn_diskq_close(q);
+}
+
+/* Child: 50 records, a read of 10 never synced, death. */
+static void crash_after_unsynced_reads(const char *dir)
+{
+    struct tn_diskq *q = qopen(dir, 0, 100000);
+
+    put_range(q, 0, 50);
+    tn_diskq_sync(q);
+    expect_range(q, 0, 10);
+}
+
+static void test_crash_redelivers_unsynced_reads(void **state)
+{
+    const char *dir = *state;
+    struct tn_diskq *q;
+
+    in_crashing_child(crash_after_unsynced_reads, dir);
+    q = qopen(dir, 0, 0);
+    assert_int_equal(tn_diskq_depth(q), 50); /* at least once */
+    expect_range(q, 0, 50);
+    tn_diskq_close(q);
+}
+
+/* Child: 20 records of 4 + 7i % 120 bytes, unsynced, death. */
+static void crash_with_20(const char *dir)
+{
+    struct tn_diskq *q = qopen(dir, 0, 100000);
+
+    put_range(q, 0, 20);
+}
+
+static void test_torn_tail(void **state)
+{
+    const char *dir = *state;
+    struct tn_diskq_stats st;
+    struct tn_diskq *q;
+    off_t full = recs_size(0, 20), last = recs_size(0, 19);
+    char path[512];
+
+    in_crashing_child(crash_with_20, dir);
+    seg_path(path, sizeof(path), dir, QNAME, 0);
+    assert_int_equal(file_size(path), full);
+    assert_int_equal(truncate(path, full - 3), 0); /* the last write was torn */
+
+    q = qopen(dir, 0, 0);
+    tn_diskq_get_stats(q, &st);
+    assert_int_equal(st.corrupt, 1);
+    assert_int_equal(st.recovered, 19);
+    assert_int_equal(file_size(path), last); /* cut back to the last whole record */
+    assert_int_equal(tn_diskq_depth(q), 19);
+    expect_range(q, 0, 19);
+    expect_empty(q);
+    /* New records follow the cut cleanly. */
+    put_range(q, 100, 102);
+    expect_range(q, 100, 102);
+    tn_diskq_close(q);
+}
+
+static void test_zero_filled_tail_is_not_records(void **state)
+{
+    const char *dir = *state;
+    static const unsigned char zeros[4096];
+    struct tn_diskq_opts o = {0};
+    struct tn_diskq_stats st;
+    struct tn_diskq *q;
+    char path[512];
+    int fd, err = 0;
+
+    /* Zero-length records allowed: zeros would parse as empty records if
+     * the checksum did not cover the length. */
+    q = tn_diskq_open(dir, QNAME, &o, &err);
+    assert_non_null(q);
+    put_range(q, 0, 5);
+    tn_diskq_close(q);
+    seg_path(path, sizeof(path), dir, QNAME, 0);
+    fd = open(path, O_WRONLY | O_APPEND);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, zeros, sizeof(zeros)), (ssize_t)sizeof(zeros));
+    close(fd);
+
+    q = tn_diskq_open(dir, QNAME, &o, &err);
+    assert_non_null(q);
+    tn_diskq_get_stats(q, &st);
+    assert_int_equal(st.recovered, 0);
+    assert_int_equal(st.corrupt, 1);
+    assert_int_equal(tn_diskq_depth(q), 5);
+    expect_range(q, 0, 5);
+    expect_empty(q);
+    tn_diskq_close(q);
+}
+
+static void test_corrupt_middle_record(void **state)
+{
+    const char *dir = *state;
+    struct tn_diskq_stats st;
+    struct tn_diskq *q;
+    char path[512];
+
+    q = qopen(dir, 0, 0);
+    put_range(q, 0, 10);
+    tn_diskq_close(q);
+    seg_path(path, sizeof(path), dir, QNAME, 0);
+    flip_byte(path, recs_size(0, 5) + 8 + 2); /* inside record 5's payload */
+
+    q = qopen(dir, 0, 0);
+    assert_int_equal(tn_diskq_depth(q), 10); /* not known until read */
+    expect_range(q, 0, 5);
+    expect_range(q, 6, 10); /* 5 skipped, the later ones delivered */
+    expect_empty(q);
+    tn_diskq_get_stats(q, &st);
+    assert_int_equal(st.corrupt, 1);
+    assert_int_equal(st.reads, 9);
+    tn_diskq_close(q);
+}
+
+/* 100 records in 1 KiB segments, closed; returns segment 0's path. */
+static void fill_segments(const char *dir, char *path, size_t n)
+{
+    struct tn_diskq *q = qopen(dir, 1024, 0);
+
+    put_range(q, 0, 100);
+    assert_int_equal(tn_diskq_close(q), 0);
+    seg_path(path, n, dir, QNAME, 0);
+}
+
+/* Segment 0 was damaged at record `bad` so that the records after it
+ * cannot be delimited: those before come, then segment 1 on. */
+static void expect_segment0_cut(const char *dir, unsigned bad)
+{
+    unsigned n0 = seg_next(0, 1024);
+    struct tn_diskq_stats st;
+    struct tn_diskq *q = qopen(dir, 1024, 0);
+
+    expect_range(q, 0, bad);
+    expect_rec(q, n0);
+    assert_int_equal(tn_diskq_depth(q), 100 - n0 - 1); /* recounted */
+    expect_range(q, n0 + 1, 100);
+    expect_empty(q);
+    tn_diskq_get_stats(q, &st);
+    assert_int_equal(st.corrupt, 1);
+    tn_diskq_close(q);
+}
+
+static void test_corrupt_length_skips_rest_of_segment(void **state)
+{
+    char path[512];
+
+    fill_segments(*state, path, sizeof(path));
+    flip_byte(path, recs_size(0, 3)); /* record 3's length: now huge */
+    expect_segment0_cut(*state, 3);
+}
+
+static void test_truncated_older_segment(void **state)
+{
+    char path[512];
+
+    fill_segments(*state, path, sizeof(path));
+    assert_int_equal(truncate(path, recs_size(0, 4) + 5), 0); /* record 4 cut short */
+    expect_segment0_cut(*state, 4);
+}
+
+static void test_garbage_meta(void **state)
+{
+    const char *dir = *state;
+    struct tn_diskq *q;
+    char path[512];
+    FILE *f;
+
+    q = qopen(dir, 1024, 0);
+    put_range(q, 0, 300);
+    tn_diskq_close(q);
+
+    meta_path(path, sizeof(path), dir, QNAME);
+    f = fopen(path, "w");
+    assert_non_null(f);
+    fputs("\x01\x02 not a metadata file \xff\n", f);
+    fclose(f);
+    q = qopen(dir, 1024, 0); /* rebuilt from the segments */
+    assert_int_equal(tn_diskq_depth(q), 300);
+    expect_range(q, 0, 150);
+    tn_diskq_close(q);
+
+    /* Well-formed text whose checksum does not match is just as bad. */
+    f = fopen(path, "w");
+    assert_non_null(f);
+    fputs("ternd-diskq 1\n5\n0,0\n0,0\ncrc 00000000\n", f);
+    fclose(f);
+    q = qopen(dir, 1024, 0);
+    /* The read position is lost with it: delivery restarts at the oldest
+     * segment left (at least once), never with garbage. */
+    expect_from_first(q, 150, 300);
+    tn_diskq_close(q);
+
+    /* An empty metadata file and a missing one: the same, and what was
+     * read from the last segment comes again. */
+    f = fopen(path, "w");
+    assert_non_null(f);
+    fclose(f);
+    q = qopen(dir, 1024, 0);
+    expect_from_first(q, 299, 300);
+    tn_diskq_close(q);
+    unlink(path);
+    q = qopen(dir, 1024, 0);
+    expect_from_first(q, 299, 300);
+    tn_diskq_close(q);
+}
+
+static void test_missing_segment(void **state)
+{
+    const char *dir = *state;
+    struct tn_diskq_stats st;
+    struct tn_diskq *q;
+    /* Segment boundaries: records [0, n0) in 0, [n0, n1) in 1. */
+    unsigned n0 = seg_next(0, 1024), n1 = seg_next(n0, 1024);
+    char path[512];
+
+    q = qopen(dir, 1024, 0);
+    put_range(q, 0, 100);
+    tn_diskq_close(q);
+    seg_path(path, sizeof(path), dir, QNAME, 1);
+    assert_int_equal(unlink(path), 0);
+
+    q = qopen(dir, 1024, 0);
+    assert_int_equal(tn_diskq_depth(q), 100 - (n1 - n0)); /* recounted at open */
+    expect_range(q, 0, n0);
+    expect_range(q, n1, 100);
+    expect_empty(q);
+    tn_diskq_get_stats(q, &st);
+    assert_int_equal(st.missing_files, 1);
+    tn_diskq_close(q);
+}
+
+static void test_empty(void **state)
+{
+    const char *dir = *state;
+    struct tn_diskq_stats st;
+    struct tn_diskq *q = qopen(dir, 1024, 0);
+
+    put_range(q, 0, 200);
+    expect_range(q, 0, 10);
+    assert_int_equal(tn_diskq_empty(q), 0);
+    expect_empty(q);
+    assert_int_equal(count_files(dir), 2); /* a fresh segment + metadata */
+    put_range(q, 500, 510);
+    tn_diskq_get_stats(q, &st);
+    assert_int_equal(st.read_file, st.write_file);
+    tn_diskq_close(q);
+
+    q = qopen(dir, 1024, 0);
+    assert_int_equal(tn_diskq_depth(q), 10);
+    expect_range(q, 500, 510);
+    expect_empty(q);
+    tn_diskq_close(q);
+}
+
+static void test_delete_removes_files(void **state)
+{
+    const char *dir = *state;
+    struct tn_diskq *other, *q = qopen(dir, 1024, 0);
+    char path[512];
+    int err;
+
+    /* "topic1x" shares a prefix with "topic1": its files must survive. */
+    other = tn_diskq_open(dir, QNAME "x", NULL, &err);
+    assert_non_null(other);
+    assert_int_equal(tn_diskq_put(other, "abc", 3), 0);
+    put_range(q, 0, 300);
+    expect_range(q, 0, 100);
+    assert_true(count_files(dir) > 10);
+    assert_int_equal(tn_diskq_delete(q), 0);
+    assert_int_equal(count_files(dir), 2);
+    seg_path(path, sizeof(path), dir, QNAME "x", 0);
+    assert_true(file_size(path) > 0);
+    assert_int_equal(tn_diskq_delete(other), 0);
+    assert_int_equal(count_files(dir), 0);
+}
+
+static void test_oversize_and_putv(void **state)
+{
+    const char *dir = *state;
+    static unsigned char big[4097];
+    struct tn_diskq *q = qopen(dir, 0, 0); /* max_msg_size 4096 */
+    struct iovec v[TN_DISKQ_IOV_MAX + 1];
+    const void *data;
+    size_t len;
+    int i;
+
+    assert_int_equal(tn_diskq_put(q, big, 4097), TN_ETOOBIG);
+    assert_int_equal(tn_diskq_depth(q), 0);
+    memset(big, 7, sizeof(big));
+    assert_int_equal(tn_diskq_put(q, big, 4096), 0);
+
+    v[0].iov_base = big;
+    v[0].iov_len = 4000;
+    v[1].iov_base = big;
+    v[1].iov_len = 97;
+    assert_int_equal(tn_diskq_putv(q, v, 2), TN_ETOOBIG);
+    v[0].iov_base = "head:";
+    v[0].iov_len = 5;
+    v[1].iov_base = "body";
+    v[1].iov_len = 4;
+    assert_int_equal(tn_diskq_putv(q, v, 2), 0);
+    v[2] = v[1];
+    v[1].iov_base = NULL; /* an empty piece changes nothing */
+    v[1].iov_len = 0;
+    assert_int_equal(tn_diskq_putv(q, v, 3), 0);
+    for (i = 0; i <= TN_DISKQ_IOV_MAX; i++)
+        v[i] = v[0];
+    assert_int_equal(tn_diskq_putv(q, v, TN_DISKQ_IOV_MAX + 1), TN_EINVAL);
+    assert_int_equal(tn_diskq_depth(q), 3);
+    tn_diskq_close(q);
+
+    q = qopen(dir, 0, 0); /* read back from the file, checksums checked */
+    assert_int_equal(tn_diskq_peek(q, &data, &len), 0);
+    assert_int_equal(len, 4096);
+    assert_int_equal(tn_diskq_advance(q), 0);
+    for (i = 0; i < 2; i++) {
+        assert_int_equal(tn_diskq_peek(q, &data, &len), 0);
+        assert_int_equal(len, 9);
+        assert_memory_equal(data, "head:body", 9);
+        assert_int_equal(tn_diskq_advance(q), 0);
+    }
+    expect_empty(q);
+    tn_diskq_close(q);
+}
+
+static void test_record_larger_than_segment(void **state)
+{
+    const char *dir = *state;
+    struct tn_diskq *q = qopen(dir, 64, 0);
+
+    /* Each record is bigger than a segment: one segment each. */
+    put_range(q, 100, 140);
+    expect_range(q, 100, 140);
+    expect_empty(q);
+    tn_diskq_close(q);
+}
+
+static void test_zero_length_and_min_size(void **state)
+{
+    const char *dir = *state;
+    struct tn_diskq_opts o = {0};
+    struct tn_diskq *q;
+    const void *data;
+    size_t len;
+    int err;
+
+    q = tn_diskq_open(dir, "zero", &o, &err); /* min_msg_size 0 */
+    assert_non_null(q);
+    assert_int_equal(tn_diskq_put(q, NULL, 0), 0);
+    assert_int_equal(tn_diskq_put(q, "x", 1), 0);
+    tn_diskq_close(q);
+    q = tn_diskq_open(dir, "zero", &o, &err);
+    assert_non_null(q);
+    assert_int_equal(tn_diskq_depth(q), 2);
+    assert_int_equal(tn_diskq_peek(q, &data, &len), 0);
+    assert_int_equal(len, 0);
+    assert_int_equal(tn_diskq_advance(q), 0);
+    assert_int_equal(tn_diskq_peek(q, &data, &len), 0);
+    assert_int_equal(len, 1);
+    assert_int_equal(tn_diskq_advance(q), 0);
+    expect_empty(q);
+    tn_diskq_close(q);
+
+    o.min_msg_size = 4;
+    q = tn_diskq_open(dir, "min4", &o, &err);
+    assert_non_null(q);
+    assert_int_equal(tn_diskq_put(q, NULL, 0), TN_EINVAL);
+    assert_int_equal(tn_diskq_put(q, "abc", 3), TN_EINVAL);
+    assert_int_equal(tn_diskq_put(q, "abcd", 4), 0);
+    assert_int_equal(tn_diskq_depth(q), 1);
+    tn_diskq_close(q);
+}
+
+static void test_sync_every(void **state)
+{
+    const char *dir = *state;
+    struct tn_diskq_opts o = {0};
+    struct tn_diskq_stats st0, st;
+    struct tn_diskq *q;
+    struct timespec ts = {0, 80 * 1000000};
+    int err;
+
+    o.sync_every = 1;
+    q = tn_diskq_open(dir, "each", &o, &err);
+    assert_non_null(q);
+    tn_diskq_get_stats(q, &st0);
+    put_range(q, 0, 10);
+    tn_diskq_get_stats(q, &st);
+    assert_int_equal(st.syncs - st0.syncs, 10);
+    /* data file, metadata tmp file, directory: three per sync */
+    assert_int_equal(st.fsyncs - st0.fsyncs, 30);
+    assert_false(tn_diskq_sync_due(q));
+    expect_rec(q, 0); /* a read is synced too (metadata only) */
+    tn_diskq_get_stats(q, &st0);
+    assert_int_equal(st0.syncs - st.syncs, 1);
+    assert_int_equal(st0.fsyncs - st.fsyncs, 2);
+    tn_diskq_close(q);
+
+    o.sync_every = 10;
+    o.sync_timeout_ms = 50;
+    q = tn_diskq_open(dir, "ten", &o, &err);
+    assert_non_null(q);
+    tn_diskq_get_stats(q, &st0);
+    put_range(q, 0, 25);
+    tn_diskq_get_stats(q, &st);
+    assert_int_equal(st.syncs - st0.syncs, 2);
+    assert_false(tn_diskq_sync_due(q)); /* dirty, but only just */
+    nanosleep(&ts, NULL);
+    assert_true(tn_diskq_sync_due(q));
+    assert_int_equal(tn_diskq_sync(q), 0);
+    assert_false(tn_diskq_sync_due(q));
+    tn_diskq_get_stats(q, &st0);
+    assert_int_equal(st0.syncs - st.syncs, 1);
+    assert_int_equal(tn_diskq_sync(q), 0); /* nothing changed: no work */
+    tn_diskq_get_stats(q, &st);
+    assert_int_equal(st.fsyncs, st0.fsyncs);
+    assert_int_equal(st.sync_errors, 0);
+    /* Reads make it due as well; their sync writes only metadata. */
+    expect_rec(q, 0);
+    nanosleep(&ts, NULL);
+    assert_true(tn_diskq_sync_due(q));
+    assert_int_equal(tn_diskq_sync(q), 0);
+    tn_diskq_get_stats(q, &st0);
+    assert_int_equal(st0.fsyncs - st.fsyncs, 2);
+    tn_diskq_close(q);
+}
+
+static void test_unreadable_meta_fails_open(void **state)
+{
+    const char *dir = *state;
+    struct tn_diskq *q = qopen(dir, 1024, 0);
+    char path[512];
+    int err = 0;
+
+    put_range(q, 0, 50);
+    tn_diskq_close(q);
+    /* A metadata file that cannot be read (here: a directory) is not a
+     * damaged one: rebuilding would redeliver what was read. */
+    meta_path(path, sizeof(path), dir, QNAME);
+    assert_int_equal(unlink(path), 0);
+    assert_int_equal(mkdir(path, 0700), 0);
+    assert_null(tn_diskq_open(dir, QNAME, NULL, &err));
+    assert_int_equal(err, -EISDIR);
+    assert_int_equal(rmdir(path), 0);
+    q = qopen(dir, 1024, 0); /* no metadata now: rebuilt, nothing lost */
+    expect_from_first(q, 0, 50);
+    tn_diskq_close(q);
+}
+
+/* Child: fill the disk (a file size limit) until a put fails; exit with
+ * the number of records that went in, or 250+ when something is wrong. */
+static void fill_until_failure(const char *dir)
+{
+    struct rlimit rl = {1000, 1000};
+    unsigned char buf[256];
+    struct tn_diskq *q = qopen(dir, 0, 1);
+    unsigned i;
+    int rc = 0;
+
+    signal(SIGXFSZ, SIG_IGN);
+    if (setrlimit(RLIMIT_FSIZE, &rl) != 0)
+        _exit(250);
+    for (i = 0; i < 200 && rc == 0; i++)
+        rc = tn_diskq_put(q, buf, make_rec(i, buf));
+    if (rc != -EFBIG)
+        _exit(251);
+    if (tn_diskq_depth(q) != i - 1)
+        _exit(252);
+    _exit((int)i - 1);
+}
+
+static void test_failed_write_leaves_no_partial_record(void **state)
+{
+    const char *dir = *state;
+    struct tn_diskq_stats st;
+    struct tn_diskq *q;
+    char path[512];
+    unsigned k;
+    int status;
+    pid_t pid = fork();
+
+    assert_true(pid >= 0);
+    if (pid == 0)
+        fill_until_failure(dir);
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status));
+    k = (unsigned)WEXITSTATUS(status);
+    assert_true(k > 5 && k < 250);
+    seg_path(path, sizeof(path), dir, QNAME, 0);
+    assert_int_equal(file_size(path), recs_size(0, k)); /* the failed write was cut back */
+
+    q = qopen(dir, 0, 0);
+    tn_diskq_get_stats(q, &st);
+    assert_int_equal(st.corrupt, 0);
+    assert_int_equal(tn_diskq_depth(q), k);
+    expect_range(q, 0, k);
+    expect_empty(q);
+    tn_diskq_close(q);
+}
+
+static void test_100k_round_trip(void **state)
+{
+    const char *dir = *state;
+    struct tn_diskq *q = qopen(dir, 1024 * 1024, 0);
+    struct tn_diskq_stats st;
+
+    put_range(q, 0, 100000);
+    assert_int_equal(tn_diskq_depth(q), 100000);
+    expect_range(q, 0, 40000);
+    assert_int_equal(tn_diskq_close(q), 0);
+    q = qopen(dir, 1024 * 1024, 0);
+    assert_int_equal(tn_diskq_depth(q), 60000);
+    expect_range(q, 40000, 100000);
+    expect_empty(q);
+    tn_diskq_get_stats(q, &st);
+    assert_int_equal(st.corrupt, 0);
+    assert_int_equal(tn_diskq_close(q), 0);
+    assert_int_equal(count_files(dir), 2);
+}
+
+int main(void)
+{
+#define T(f) cmocka_unit_test_setup_teardown(f, setup_dir, teardown_dir)
+    const struct CMUnitTest tests[] = {
+        T(test_names_and_options),
+        T(test_order_across_rollovers),
+        T(test_depth_peek_advance),
+        T(test_interleaved_reader),
+        T(test_reopen_keeps_everything),
+        T(test_crash_meta_older_than_data),
+        T(test_crash_redelivers_unsynced_reads),
+        T(test_torn_tail),
+        T(test_zero_filled_tail_is_not_records),
+        T(test_corrupt_middle_record),
+        T(test_corrupt_length_skips_rest_of_segment),
+        T(test_garbage_meta),
+        T(test_missing_segment),
+        T(test_empty),
+        T(test_delete_removes_files),
+        T(test_oversize_and_putv),
+        T(test_record_larger_than_segment),
+        T(test_zero_length_and_min_size),
+        T(test_sync_every),
+        T(test_truncated_older_segment),
+        T(test_unreadable_meta_fails_open),
+        T(test_failed_write_leaves_no_partial_record),
+        T(test_100k_round_trip),
+    };
+#undef T
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
