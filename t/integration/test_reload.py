@@ -178,7 +178,7 @@ def test_open_connection_survives_many_reloads(ternd):
 def lua_server(ternd, script_text, **lua):
     """A started ternd whose sample module runs script_text: (t, port, script)."""
     t = ternd()
-    script = tnhelp.sample_with_lua(t, script_text, **lua)
+    _, script = tnhelp.sample_with_lua(t, script_text, listen=tnhelp.ANY_PORT, **lua)
     t.start()
     return t, tnhelp.sample_port(t), script
 

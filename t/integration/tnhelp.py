@@ -262,18 +262,22 @@ def start_sample(make, daemon=None, **keys):
     return t, sample_port(t)
 
 
-def sample_with_lua(t, script_text, **lua):
-    """Configure t (not started) to run the sample module (on a port of
-    its own: sample_port once started) with script_text as its Lua script
-    (sample.lua in t's directory) and the given lua: keys. Returns the
-    script's path."""
+def sample_with_lua(t, script_text, listen=None, **lua):
+    """Configure t (not started) to run the sample module with script_text
+    as its Lua script (sample.lua in t's directory) and the given lua:
+    keys, listening on a free port, or on `listen` (ANY_PORT: a port of its
+    own, sample_port(t) once started). Returns (port or None, script path)."""
+    port = None
+    if listen is None:
+        port = free_port()
+        listen = "127.0.0.1:%d" % port
     script = t.tmp / "sample.lua"
     script.write_text(script_text)
     lua_conf = {"script": str(script)}
     lua_conf.update(lua)
-    t.sections = {"sample": {"listen": ANY_PORT, "lua": lua_conf}}
+    t.sections = {"sample": {"listen": listen, "lua": lua_conf}}
     t.write_conf()
-    return script
+    return port, script
 
 
 class LineClient:
