@@ -246,3 +246,14 @@ def test_config_and_modules_found_beside_the_binary(tmp_path):
                        cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert r.stdout == "ternd: %s: configuration OK\n" % shown
+
+
+def test_check_reports_hundreds_of_errors(tmp_path):
+    keys = "".join("  bad_key_%03d: 1\n" % i for i in range(300))
+    p = write(tmp_path, "many.yaml", "daemon:\n" + keys)
+    r = tnhelp.run(["-t", "-c", p])
+    assert r.returncode == 1
+    errs = errors(r.stderr)
+    assert len(errs) == 300
+    assert [e[1] for e in errs] == list(range(2, 302))  # in file order
+    assert all(e[3].startswith("daemon.bad_key_") for e in errs)

@@ -417,3 +417,34 @@ def test_sd_notify_no_ready_when_startup_fails(ternd, notify, sample_modules):
     t.start(wait=False)
     assert t.wait_exit() == 1
     assert "READY=1" not in notify.pending()
+
+
+def test_sigusr1_reopen_failure_keeps_the_old_log(ternd):
+    t = ternd(daemon={"log_file": "logs/ternd.log"})
+    (t.tmp / "logs").mkdir()
+    t.start()
+    os.rename(t.tmp / "logs", t.tmp / "logs.old")  # the directory is gone
+    t.send_signal(signal.SIGUSR1)
+    old = t.tmp / "logs.old" / "ternd.log"
+    tnhelp.wait_for(lambda: "cannot open log file" in old.read_text(), 5,
+                    what="the reopen error in the old file")
+    assert t.get("/ping").status == 200
+    (t.tmp / "logs").mkdir()
+    t.send_signal(signal.SIGUSR1)
+    new = t.tmp / "logs" / "ternd.log"
+    tnhelp.wait_for(lambda: new.exists() and "reopened" in new.read_text(), 5,
+                    what="the new log file")
+    t.stop()
+    assert "core: stopped" in new.read_text()
+
+
+def test_signal_flood(ternd, sample_modules):
+    t, port = tnhelp.start_sample(ternd)
+    with tnhelp.LineClient(port) as c:
+        for i in range(30):
+            t.send_signal(signal.SIGHUP if i % 2 else signal.SIGUSR1)
+        tnhelp.wait_for(lambda: t.log().count("reload done") >= 1, 10, what="a reload")
+        time.sleep(0.3)
+        assert c.ask("still") == "hello still"
+    assert t.get("/ping").status == 200
+    t.stop()
