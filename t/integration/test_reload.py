@@ -4,6 +4,7 @@ modules come and go; the sample module's Lua script reloads."""
 
 import re
 import signal
+import time
 
 import pytest
 
@@ -290,3 +291,15 @@ def test_module_that_failed_on_reload_can_be_fixed_by_another(ternd):
     with tnhelp.LineClient(port) as c:
         assert c.ask("fixed") == "hello fixed"
     t.stop()
+
+
+def test_reload_changes_shutdown_timeout(ternd):
+    t, port = tnhelp.start_sample(ternd, daemon={"shutdown_timeout": "30s"})
+    t.daemon["shutdown_timeout"] = "300ms"
+    t.reload()
+    with tnhelp.LineClient(port) as c:
+        c.ask("x")  # this connection would hold a 30s drain
+        t0 = time.monotonic()
+        t.stop()
+        assert time.monotonic() - t0 < 3
+    assert "shutdown timeout: closing 1 connections" in t.log()
