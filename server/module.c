@@ -366,9 +366,7 @@ struct tn_modset *tn_modset_prepare(struct tn_conf *cf, const struct tn_daemon_c
     const char *mdir = tn_modules_dir(dc, mbuf, sizeof(mbuf));
     const char *pdir = tn_plugins_dir(dc, pbuf, sizeof(pbuf));
     struct tn_modset *ms = calloc(1, sizeof(*ms));
-    /* errors already reported (the daemon section's) must not stop the
-     * module sections from being checked too */
-    int base = tn_conf_errors(cf);
+    int base = tn_conf_errors(cf); /* the daemon section's, reported too */
 
     if (!ms)
         return NULL;
