@@ -396,7 +396,9 @@ class Ternd:
                                      % (self.proc.returncode, self.stderr()))
             if self.admin_port is None and self.daemon.get("admin_listen") == ANY_PORT:
                 self.admin_port = logged_port(self, r"core: admin HTTP on")
-            if self.admin_port is None:
+                if self.admin_port is None:
+                    return False
+            if self.admin_port is None:  # no TCP admin endpoint
                 return "] core: ready" in self.log()
             try:
                 return request(self.admin_port, "GET", "/ping", timeout=1.0).status == 200
