@@ -315,6 +315,8 @@ static int broker_start(struct tn_mod *m)
     ev_set_priority(&bk->prepare, EV_MAXPRI);
     bk->prepare.data = bk;
     ev_prepare_start(tn_loop(), &bk->prepare);
+    if ((err = broker_lookupd_start(bk)) != 0)
+        return err;
     return tn_service_register(TN_BROKER_SERVICE, (void *)&broker_service);
 }
 
@@ -330,6 +332,7 @@ static int broker_stop(struct tn_mod *m)
         return 0;
     bk->stopping = 1;
     tn_service_unregister(TN_BROKER_SERVICE);
+    broker_lookupd_stop(bk);
     if (bk->listener) {
         tn_listener_close(bk->listener);
         bk->listener = NULL;
@@ -368,6 +371,7 @@ static void broker_fini(struct tn_mod *m)
         }
         free(cl);
     }
+    broker_lookupd_free(bk);
     broker_store_free(bk);
     if (bk->http)
         tn_http_server_free(bk->http);
@@ -377,6 +381,16 @@ static void broker_fini(struct tn_mod *m)
         broker_self = NULL;
     free(bk);
     m->data = NULL;
+}
+
+static int addr_lists_equal(const struct tn_addr_list *a, const struct tn_addr_list *b)
+{
+    if (a->n != b->n)
+        return 0;
+    for (size_t i = 0; i < a->n; i++)
+        if (strcmp(a->v[i].text, b->v[i].text) != 0)
+            return 0;
+    return 1;
 }
 
 static int broker_reload(struct tn_mod *m, void *new_conf)
@@ -392,6 +406,8 @@ static int broker_reload(struct tn_mod *m, void *new_conf)
     if ((old->data_dir == NULL) != (nc->data_dir == NULL) ||
         (old->data_dir && strcmp(old->data_dir, nc->data_dir) != 0))
         tn_log_warn(BROKER_LOG, "data_dir changed: takes effect on restart");
+    if (!addr_lists_equal(&old->lookupd, &nc->lookupd))
+        tn_log_warn(BROKER_LOG, "lookupd changed: takes effect on restart");
     bk->conf = nc;
     broker_store_policies(bk);
     if (nc->lua.script) {
