@@ -114,6 +114,7 @@ static int meta_load(struct broker *bk)
     int64_t now = broker_now();
 
     snprintf(path, sizeof(path), "%s/meta.json", bk->dir);
+    bk->meta_loaded = 1;
     if (access(path, F_OK) != 0)
         return 0;
     j = json_load_file(path, 0, &jerr);
@@ -128,10 +129,10 @@ static int meta_load(struct broker *bk)
     topics = json_object_get(j, "topics");
     json_array_foreach(topics, i, jt) meta_load_topic(bk, jt, now);
     json_decref(j);
+    bk->meta_dirty = 0;
     /* what waited in paused state or on disk starts flowing again */
     for (struct broker_topic *t = broker_topic_first(bk); t; t = broker_topic_next(bk, t))
         broker_topic_pump(t, now);
-    bk->meta_dirty = 0;
     tn_log_info(BROKER_LOG, "loaded %zu topics from %s", bk->ntopics, path);
     return 0;
 }
@@ -343,7 +344,8 @@ static int broker_stop(struct tn_mod *m)
     broker_proto_flush(bk);
     broker_proto_close_all(bk);
     n = broker_store_persist(bk, broker_now());
-    meta_save(bk);
+    if (bk->meta_loaded) /* never overwrite a file we did not read */
+        meta_save(bk);
     ev_prepare_stop(tn_loop(), &bk->prepare);
     tn_log_info(BROKER_LOG, "stopped: %llu messages written to %s", (unsigned long long)n, bk->dir);
     return 0;
@@ -356,6 +358,9 @@ static void broker_fini(struct tn_mod *m)
 
     if (!bk)
         return;
+    /* a start that failed half way gets no stop from the core */
+    if (!bk->stopping)
+        broker_stop(m);
     /* connections still open (the shutdown timeout passed) forget us */
     bk->kick = NULL;
     while ((cl = bk->clients)) {

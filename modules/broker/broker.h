@@ -223,6 +223,7 @@ struct broker {
     ev_timer scan;
     ev_prepare prepare;
     int meta_dirty;
+    int meta_loaded; /* meta.json was read (or absent): it may be written */
     int stopping;
     int64_t start_time; /* seconds since the epoch */
     /* delivery: write one message frame to a client (proto.c; tests stub it) */
