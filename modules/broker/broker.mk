@@ -27,3 +27,7 @@ check_LTLIBRARIES += t/modules/brokerplug.la
 t_modules_brokerplug_la_SOURCES = t/modules/brokerplug.c
 t_modules_brokerplug_la_CFLAGS = $(AM_CFLAGS) -I$(top_srcdir)/modules/broker
 t_modules_brokerplug_la_LDFLAGS = $(TEST_MODULE_LDFLAGS)
+
+# The example on_publish hook (scripts/broker.lua), installed for reference.
+brokerscriptdir = $(pkgdatadir)/scripts
+dist_brokerscript_DATA = scripts/broker.lua
