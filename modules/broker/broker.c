@@ -42,7 +42,9 @@ static json_t *meta_build(struct broker *bk)
         json_array_append_new(topics, json_pack("{s:s, s:b, s:o}", "name", t->name, "paused",
                                                 t->paused, "channels", chans));
     }
-    return json_pack("{s:s, s:o}", "version", BROKER_VERSION, "topics", topics);
+    /* id_ms: IDs stay unique across a restart even if the clock went back */
+    return json_pack("{s:s, s:I, s:o}", "version", BROKER_VERSION, "id_ms", (json_int_t)bk->id_ms,
+                     "topics", topics);
 }
 
 /* Replace meta.json atomically: write a temporary file, fsync, rename,
@@ -126,6 +128,8 @@ static int meta_load(struct broker *bk)
         rename(path, bad);
         return 0;
     }
+    if (json_integer_value(json_object_get(j, "id_ms")) > 0)
+        bk->id_ms = (uint64_t)json_integer_value(json_object_get(j, "id_ms")) + 1;
     topics = json_object_get(j, "topics");
     json_array_foreach(topics, i, jt) meta_load_topic(bk, jt, now);
     json_decref(j);
