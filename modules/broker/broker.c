@@ -278,6 +278,12 @@ static int broker_init(struct tn_mod *m)
     broker_store_init(bk);
     m->data = bk;
     broker_self = bk;
+    /* at init, so the states of modules initialized after this one (those
+     * that depend on the broker) have ternd.broker from the start */
+    if ((rc = broker_hook_add_opener()) != 0) {
+        broker_fini(m);
+        return rc;
+    }
     if (bc->lua.script && !(bk->hook = broker_hook_create(bk, &bc->lua))) {
         broker_fini(m); /* a failed init gets no fini from the core */
         return TN_ELUA;
@@ -337,6 +343,7 @@ static int broker_stop(struct tn_mod *m)
         return 0;
     bk->stopping = 1;
     tn_service_unregister(TN_BROKER_SERVICE);
+    broker_hook_remove_opener();
     broker_lookupd_stop(bk);
     if (bk->listener) {
         tn_listener_close(bk->listener);
@@ -380,6 +387,7 @@ static void broker_fini(struct tn_mod *m)
         }
         free(cl);
     }
+    broker_hook_remove_opener();
     broker_lookupd_free(bk);
     broker_store_free(bk);
     if (bk->http)

@@ -364,5 +364,8 @@ void broker_hook_destroy(struct broker_lua *h);
 int broker_hook_publish(struct broker_lua *h, const char *topic, const void *body, size_t len,
                         const char **topic_out, const void **body_out, size_t *len_out);
 uint64_t broker_hook_errors(const struct broker_lua *h);
+/* ternd.broker in every Lua state built on the loop thread (start / stop). */
+int broker_hook_add_opener(void);
+void broker_hook_remove_opener(void);
 
 #endif
