@@ -1,0 +1,55 @@
+"""Fixtures of the discovery module's integration tests: `dsc(**section)`
+starts the real ternd with a discovery section on free loopback ports (TCP
+and HTTP), waits until both accept, and gives the ports as t.tcp_port and
+t.http_port. Extra keys go into the section as given (nested dicts become
+YAML mappings); `more` adds other module sections after it (their .so
+files are linked next to discovery.so)."""
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import tnhelp  # noqa: E402
+from dschelp import modules_dir, tcp_open  # noqa: E402
+
+
+def _modules_with(tmp, names):
+    """A directory with discovery.so and the test modules named."""
+    d = Path(tmp) / "modules"
+    d.mkdir(exist_ok=True)
+    os.symlink(modules_dir() / "discovery.so", d / "discovery.so")
+    for n in names:
+        src = tnhelp.test_modules_dir() / (n + ".so")
+        if not src.exists():
+            pytest.skip("%s missing: run `make check` in %s first" % (src.name, tnhelp.BUILD))
+        os.symlink(src, d / src.name)
+    return d
+
+
+@pytest.fixture
+def dsc(ternd, tmp_path):
+    if not (modules_dir() / "discovery.so").exists():
+        pytest.skip("discovery.so missing in %s: build first" % modules_dir())
+    made = []
+
+    def make(start=True, more=None, **section):
+        tcp, http = tnhelp.free_port(), tnhelp.free_port()
+        sec = {"tcp_listen": "127.0.0.1:%d" % tcp, "http_listen": "127.0.0.1:%d" % http}
+        sec.update(section)
+        sections = {"discovery": sec}
+        mdir = modules_dir()
+        if more:
+            mdir = _modules_with(tmp_path / ("m%d" % len(made)), list(more))
+            sections.update(more)
+        t = ternd(daemon={"modules_dir": str(mdir)}, sections=sections)
+        made.append(t)
+        t.tcp_port, t.http_port = tcp, http
+        if start:
+            t.start()
+            tnhelp.wait_for(lambda: tcp_open(tcp) and tcp_open(http), 10,
+                            what="discovery ports")
+        return t
+    return make
