@@ -19,7 +19,7 @@ from dschelp import modules_dir, tcp_open  # noqa: E402
 def _modules_with(tmp, names):
     """A directory with discovery.so and the test modules named."""
     d = Path(tmp) / "modules"
-    d.mkdir(exist_ok=True)
+    d.mkdir(parents=True, exist_ok=True)
     os.symlink(modules_dir() / "discovery.so", d / "discovery.so")
     for n in names:
         src = tnhelp.test_modules_dir() / (n + ".so")
