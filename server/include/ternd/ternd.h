@@ -20,5 +20,6 @@
 #include <ternd/lua.h>
 #include <ternd/stats.h>
 #include <ternd/service.h>
+#include <ternd/pool.h>
 
 #endif
