@@ -267,8 +267,10 @@ static int discovery_stop(struct tn_mod *m)
     }
     discovery_proto_close_all(d);
     if (d->http) {
-        discovery_http_finish_all(d);
+        /* closing first keeps the connections of pending watches open
+         * until the answers given below are written */
         tn_http_server_close(d->http);
+        discovery_http_finish_all(d);
         tn_http_server_free(d->http);
         d->http = NULL;
     }

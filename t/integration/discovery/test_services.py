@@ -285,8 +285,6 @@ def test_watch_limit_and_abandoned_watch(dsc):
     t.stop()
 
 
-@pytest.mark.xfail(reason="http.c: tn_http_server_close closes an idle connection at once, "
-                   "dropping a reply still queued (close after write would keep it)")
 def test_stop_answers_pending_watches(dsc):
     t = dsc()
     w = Watch(t.http_port, index=0, timeout="60s")
