@@ -16,6 +16,12 @@ modules_discovery_discovery_la_LIBADD = $(JANSSON_LIBS)
 discoveryincludedir = $(includedir)/ternd
 discoveryinclude_HEADERS = modules/discovery/tn_discovery.h
 
+# A test module calling the discovery.registry service (check_ only).
+check_LTLIBRARIES += t/modules/dscclient.la
+t_modules_dscclient_la_SOURCES = t/modules/dscclient.c
+t_modules_dscclient_la_CFLAGS = $(AM_CFLAGS) -I$(top_srcdir)/modules/discovery
+t_modules_dscclient_la_LDFLAGS = $(TEST_MODULE_LDFLAGS)
+
 if HAVE_CMOCKA
 UNIT_TESTS += t/unit/test_discovery
 t_unit_test_discovery_SOURCES = t/unit/test_discovery.c modules/discovery/lookup_db.c \
