@@ -448,7 +448,7 @@ static int do_svc_register(struct discovery *d, struct tn_http_req *r)
         json_decref(body);
         return reply_err(r, err_status(rc), why);
     }
-    discovery_schedule_expiry(d);
+    discovery_instance_put(d, sp.name, sp.id);
     if (changed)
         tn_log_info(WHO, "service %s: instance %s at %s registered", sp.name, sp.id, sp.address);
     rc = instance_reply(d, r, sp.name, sp.id);
@@ -495,7 +495,6 @@ static int deregister(struct discovery *d, struct tn_http_req *r, const struct n
 {
     if (discovery_registry_delete(&d->reg, a->name, a->id) != 0)
         return reply_err(r, 404, "INSTANCE_NOT_FOUND");
-    discovery_schedule_expiry(d);
     tn_log_info(WHO, "service %s: instance %s deregistered", a->name, a->id);
     set_index_header(r, d->reg.index);
     return reply_ok(r, json_pack("{s:I}", "index", (json_int_t)d->reg.index));
@@ -505,7 +504,6 @@ static int heartbeat(struct discovery *d, struct tn_http_req *r, const struct na
 {
     if (discovery_registry_heartbeat(&d->reg, a->name, a->id, a->state, tn_now_ms()) != 0)
         return reply_err(r, 404, "INSTANCE_NOT_FOUND");
-    discovery_schedule_expiry(d);
     return instance_reply(d, r, a->name, a->id);
 }
 

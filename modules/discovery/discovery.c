@@ -146,11 +146,29 @@ static void on_change(const char *name, uint64_t index, void *ud)
     discovery_lua_on_change(d, name, index);
 }
 
+/* Expiry sweeps run at most this often: a heartbeat only pushes an expiry
+ * later, so the timer may fire for nothing; this bounds the cost of that
+ * (one pass over the instances) whatever the number of instances. */
+#define EXPIRY_GAP_MS 100
+
+static void arm_expiry(struct discovery *d, int64_t at)
+{
+    int64_t now = tn_now_ms();
+
+    ev_timer_stop(tn_loop(), &d->expiry);
+    d->expiry_at = at;
+    /* a millisecond late rather than early: expiry compares with <= now */
+    ev_timer_set(&d->expiry, at > now ? (double)(at - now + 1) / 1000.0 : 0.0, 0.0);
+    ev_timer_start(tn_loop(), &d->expiry);
+}
+
 static void expiry_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
     struct discovery *d = w->data;
-    size_t n = discovery_registry_expire(&d->reg, tn_now_ms());
+    size_t n;
 
+    d->last_sweep = tn_now_ms();
+    n = discovery_registry_expire(&d->reg, d->last_sweep);
     if (n) {
         tn_stat_add(&stat_expired, (int64_t)n);
         tn_log_debug(WHO, "%zu service instance(s) expired", n);
@@ -160,14 +178,29 @@ static void expiry_cb(struct ev_loop *loop, ev_timer *w, int revents)
 
 void discovery_schedule_expiry(struct discovery *d)
 {
-    int64_t next = discovery_registry_next_expiry(&d->reg), now = tn_now_ms();
+    int64_t next = discovery_registry_next_expiry(&d->reg);
 
-    ev_timer_stop(tn_loop(), &d->expiry);
-    if (next < 0)
+    if (next < 0) {
+        ev_timer_stop(tn_loop(), &d->expiry);
         return;
-    /* a millisecond late rather than early: expiry compares with <= now */
-    ev_timer_set(&d->expiry, next > now ? (double)(next - now + 1) / 1000.0 : 0.0, 0.0);
-    ev_timer_start(tn_loop(), &d->expiry);
+    }
+    if (next < d->last_sweep + EXPIRY_GAP_MS)
+        next = d->last_sweep + EXPIRY_GAP_MS;
+    arm_expiry(d, next);
+}
+
+void discovery_expiry_due(struct discovery *d, int64_t at)
+{
+    if (!ev_is_active(&d->expiry) || at < d->expiry_at)
+        arm_expiry(d, at);
+}
+
+void discovery_instance_put(struct discovery *d, const char *name, const char *id)
+{
+    struct discovery_instance *in = discovery_registry_instance(&d->reg, name, id);
+
+    if (in && in->ttl >= 0)
+        discovery_expiry_due(d, in->expires);
 }
 
 static int lua_start(struct discovery *d, const struct tn_lua_conf *lc)

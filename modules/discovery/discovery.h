@@ -241,6 +241,8 @@ struct discovery {
     struct tn_http_server *http;
     struct tn_lua *lua;
     ev_timer expiry;                    /* next TTL expiry of the registry */
+    int64_t expiry_at;                  /* ms the timer is armed for */
+    int64_t last_sweep;                 /* ms of the last expiry pass */
     struct discovery_proto_conn *conns; /* open TCP V1 connections */
     struct discovery_watcher *watchers; /* pending HTTP long-polls */
     size_t nwatchers;
@@ -256,8 +258,13 @@ static inline struct discovery_conf *discovery_conf(struct discovery *d)
 
 /* The running instance, or NULL (the C service and Lua use it). */
 struct discovery *discovery_current(void);
-/* Re-arm the expiry timer after the registry changed. */
+/* The expiry timer: recompute from every instance (after a sweep, a
+ * reload); or make sure it fires by `at` (cheap; after a registration).
+ * Deletes and heartbeats need neither: they never make an expiry earlier. */
 void discovery_schedule_expiry(struct discovery *d);
+void discovery_expiry_due(struct discovery *d, int64_t at);
+/* After a registration of name/id: arm the timer for its expiry. */
+void discovery_instance_put(struct discovery *d, const char *name, const char *id);
 /* "broadcast_address" for IDENTIFY replies (configured or the hostname). */
 const char *discovery_broadcast_address(struct discovery *d);
 

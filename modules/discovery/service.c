@@ -49,32 +49,21 @@ static int svc_register(const struct tn_discovery_instance *in)
     if (rc != 0)
         tn_log_debug(WHO, "in-process register of %s/%s refused: %s", in->name ? in->name : "?",
                      in->id ? in->id : "?", why);
-    discovery_schedule_expiry(d);
+    else
+        discovery_instance_put(d, in->name, in->id);
     return rc;
 }
 
 static int svc_deregister(const char *name, const char *id)
 {
     struct discovery *d = discovery_current();
-    int rc;
-
-    if (!d)
-        return TN_ESTOPPED;
-    rc = discovery_registry_delete(&d->reg, name, id);
-    discovery_schedule_expiry(d);
-    return rc;
+    return d ? discovery_registry_delete(&d->reg, name, id) : TN_ESTOPPED;
 }
 
 static int svc_heartbeat(const char *name, const char *id)
 {
     struct discovery *d = discovery_current();
-    int rc;
-
-    if (!d)
-        return TN_ESTOPPED;
-    rc = discovery_registry_heartbeat(&d->reg, name, id, -1, tn_now_ms());
-    discovery_schedule_expiry(d);
-    return rc;
+    return d ? discovery_registry_heartbeat(&d->reg, name, id, -1, tn_now_ms()) : TN_ESTOPPED;
 }
 
 static long svc_lookup(const char *name, tn_discovery_each_pt fn, void *ud, uint64_t *index)
