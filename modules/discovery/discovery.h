@@ -79,14 +79,19 @@ struct discovery_reg {
     char *channel;
     struct discovery_producer *v;
     size_t n, cap;
-    struct discovery_reg *next;
+    struct discovery_reg *next, *prev; /* creation order */
+    struct discovery_reg *hnext;       /* hash bucket chain */
+    uint32_t hash;
 };
 
 struct discovery_lookup {
     struct discovery_reg *regs; /* in creation order */
+    struct discovery_reg *last;
     size_t nregs;
-    size_t max_regs;              /* 0: unlimited */
-    struct discovery_peer *peers; /* identified producers, in order */
+    struct discovery_reg **buckets; /* by (kind, topic, channel), so REGISTER is O(1) */
+    size_t nbuckets;                /* a power of two, or 0 */
+    size_t max_regs;                /* 0: unlimited */
+    struct discovery_peer *peers;   /* identified producers, in order */
     size_t npeers;
     uint64_t local_seq; /* for "local:N" ids */
 };

@@ -38,7 +38,10 @@ void discovery_lookup_free(struct discovery_lookup *db)
         next = r->next;
         reg_free(r);
     }
-    db->regs = NULL;
+    free(db->buckets);
+    db->buckets = NULL;
+    db->nbuckets = 0;
+    db->regs = db->last = NULL;
     db->nregs = 0;
     db->peers = NULL;
     db->npeers = 0;
@@ -71,21 +74,61 @@ int discovery_name_ephemeral(const char *s)
     return n > 10 && strcmp(s + n - 10, "#ephemeral") == 0;
 }
 
+/* FNV-1a over the kind and both names (the NUL separates them). */
+static uint32_t reg_hash(int kind, const char *topic, const char *channel)
+{
+    uint32_t h = 2166136261u;
+
+    h = (h ^ (uint32_t)kind) * 16777619u;
+    for (; *topic; topic++)
+        h = (h ^ (unsigned char)*topic) * 16777619u;
+    h = (h ^ 0u) * 16777619u;
+    for (; *channel; channel++)
+        h = (h ^ (unsigned char)*channel) * 16777619u;
+    return h;
+}
+
 struct discovery_reg *discovery_reg_find(struct discovery_lookup *db, int kind, const char *topic,
                                          const char *channel)
 {
+    uint32_t h;
+
     if (!channel)
         channel = "";
-    for (struct discovery_reg *r = db->regs; r; r = r->next)
-        if (r->kind == kind && strcmp(r->topic, topic) == 0 && strcmp(r->channel, channel) == 0)
+    if (!db->nbuckets)
+        return NULL;
+    h = reg_hash(kind, topic, channel);
+    for (struct discovery_reg *r = db->buckets[h & (db->nbuckets - 1)]; r; r = r->hnext)
+        if (r->hash == h && r->kind == kind && strcmp(r->topic, topic) == 0 &&
+            strcmp(r->channel, channel) == 0)
             return r;
     return NULL;
+}
+
+/* Keep at most one registration per bucket on average. */
+static int buckets_grow(struct discovery_lookup *db)
+{
+    size_t n = db->nbuckets ? db->nbuckets * 2 : 64;
+    struct discovery_reg **b;
+
+    if (db->nregs < db->nbuckets)
+        return 0;
+    if (!(b = calloc(n, sizeof(*b))))
+        return TN_ENOMEM;
+    for (struct discovery_reg *r = db->regs; r; r = r->next) {
+        r->hnext = b[r->hash & (n - 1)];
+        b[r->hash & (n - 1)] = r;
+    }
+    free(db->buckets);
+    db->buckets = b;
+    db->nbuckets = n;
+    return 0;
 }
 
 struct discovery_reg *discovery_reg_add(struct discovery_lookup *db, int kind, const char *topic,
                                         const char *channel, int *err)
 {
-    struct discovery_reg *r = discovery_reg_find(db, kind, topic, channel), **tail;
+    struct discovery_reg *r = discovery_reg_find(db, kind, topic, channel), **bucket;
 
     if (r)
         return r;
@@ -94,30 +137,45 @@ struct discovery_reg *discovery_reg_add(struct discovery_lookup *db, int kind, c
         return NULL;
     }
     r = calloc(1, sizeof(*r));
-    if (!r || !(r->topic = strdup(topic)) || !(r->channel = dup_or_empty(channel))) {
+    if (!r || !(r->topic = strdup(topic)) || !(r->channel = dup_or_empty(channel)) ||
+        buckets_grow(db) != 0) {
         if (r)
             reg_free(r);
         *err = TN_ENOMEM;
         return NULL;
     }
     r->kind = kind;
-    for (tail = &db->regs; *tail; tail = &(*tail)->next)
-        ;
-    *tail = r;
+    r->hash = reg_hash(kind, r->topic, r->channel);
+    bucket = &db->buckets[r->hash & (db->nbuckets - 1)];
+    r->hnext = *bucket;
+    *bucket = r;
+    r->prev = db->last;
+    if (db->last)
+        db->last->next = r;
+    else
+        db->regs = r;
+    db->last = r;
     db->nregs++;
     return r;
 }
 
 void discovery_reg_remove(struct discovery_lookup *db, struct discovery_reg *r)
 {
-    for (struct discovery_reg **pp = &db->regs; *pp; pp = &(*pp)->next) {
-        if (*pp == r) {
-            *pp = r->next;
-            db->nregs--;
-            reg_free(r);
-            return;
-        }
-    }
+    struct discovery_reg **pp = &db->buckets[r->hash & (db->nbuckets - 1)];
+
+    while (*pp != r)
+        pp = &(*pp)->hnext;
+    *pp = r->hnext;
+    if (r->prev)
+        r->prev->next = r->next;
+    else
+        db->regs = r->next;
+    if (r->next)
+        r->next->prev = r->prev;
+    else
+        db->last = r->prev;
+    db->nregs--;
+    reg_free(r);
 }
 
 struct discovery_producer *discovery_reg_producer(struct discovery_reg *r,

@@ -194,6 +194,55 @@ static void test_delete_and_limit(void **state)
     discovery_lookup_free(&db);
 }
 
+/* Many registrations: the hash index finds each one, keeps creation order
+ * through growth and removals. */
+static void test_many_registrations(void **state)
+{
+    struct discovery_lookup db;
+    struct discovery_peer *a = peer("a", "h", 1);
+    char topic[32], channel[32];
+    size_t i, n = 0;
+    int err = 0;
+
+    discovery_lookup_init(&db, 0);
+    discovery_peer_add(&db, a);
+    for (i = 0; i < 5000; i++) {
+        snprintf(topic, sizeof(topic), "t%zu", i);
+        snprintf(channel, sizeof(channel), "c%zu", i % 7);
+        assert_int_equal(discovery_lookup_register(&db, a, topic, channel), 0);
+    }
+    assert_int_equal(db.nregs, 10000);
+    assert_true(db.nbuckets >= db.nregs);
+    for (i = 0; i < 5000; i += 2) {
+        snprintf(topic, sizeof(topic), "t%zu", i);
+        assert_int_equal(discovery_topic_delete(&db, topic), 0);
+    }
+    for (i = 0; i < 5000; i++) {
+        struct discovery_reg *r;
+        snprintf(topic, sizeof(topic), "t%zu", i);
+        snprintf(channel, sizeof(channel), "c%zu", i % 7);
+        r = discovery_reg_find(&db, DISCOVERY_REG_CHANNEL, topic, channel);
+        assert_true((r != NULL) == (i % 2 == 1));
+        assert_null(discovery_reg_find(&db, DISCOVERY_REG_CHANNEL, topic, "other"));
+        if (r)
+            assert_ptr_equal(discovery_reg_producer(r, a)->peer, a);
+    }
+    /* creation order: t1/c1, t1, t3/c3, t3, ... */
+    for (struct discovery_reg *r = db.regs; r; r = r->next, n++) {
+        snprintf(topic, sizeof(topic), "t%zu", (n / 2) * 2 + 1);
+        assert_string_equal(r->topic, topic);
+        assert_int_equal(r->kind, n % 2 ? DISCOVERY_REG_TOPIC : DISCOVERY_REG_CHANNEL);
+        assert_true(r->next == NULL || r->next->prev == r);
+    }
+    assert_int_equal(n, 5000);
+    assert_ptr_equal(db.last->prev->next, db.last);
+    assert_non_null(discovery_reg_add(&db, DISCOVERY_REG_TOPIC, "new", NULL, &err));
+    assert_string_equal(db.last->topic, "new");
+    discovery_peer_remove(&db, a);
+    discovery_peer_free(a);
+    discovery_lookup_free(&db);
+}
+
 /* ---- the service registry ------------------------------------------------------ */
 
 struct changes {
@@ -419,6 +468,7 @@ int main(void)
         cmocka_unit_test(test_ephemeral),
         cmocka_unit_test(test_active_tombstone),
         cmocka_unit_test(test_delete_and_limit),
+        cmocka_unit_test(test_many_registrations),
         cmocka_unit_test(test_registry_put),
         cmocka_unit_test(test_registry_rules),
         cmocka_unit_test(test_registry_ttl),
