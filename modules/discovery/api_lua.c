@@ -14,6 +14,15 @@
 
 #define WHO "discovery"
 
+/* Set on the loop thread only: pool workers build Lua states on their own
+ * threads, and the registries must not be read from there. */
+static __thread int on_loop_thread;
+
+void discovery_lua_mark_loop_thread(void)
+{
+    on_loop_thread = 1;
+}
+
 /* Metadata as a Lua table through the host's ternd.json.decode (so JSON
  * null is the same ternd.json.null sentinel everywhere); the JSON text
  * when the host has no decoder. */
@@ -119,6 +128,9 @@ static int l_producers(lua_State *L)
 int discovery_lua_open(lua_State *L, void *ud)
 {
     static const luaL_Reg fns[] = {{"lookup", l_lookup}, {"producers", l_producers}, {NULL, NULL}};
+
+    if (!on_loop_thread)
+        return 0; /* a worker's state: no ternd.discovery there */
 
     luaL_newlib(L, fns);
     lua_setfield(L, -2, "discovery");

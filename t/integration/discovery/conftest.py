@@ -17,12 +17,15 @@ from dschelp import modules_dir, tcp_open  # noqa: E402
 
 
 def _modules_with(tmp, names):
-    """A directory with discovery.so and the test modules named."""
+    """A directory with discovery.so and the modules named (built ones or
+    test ones)."""
     d = Path(tmp) / "modules"
     d.mkdir(parents=True, exist_ok=True)
     os.symlink(modules_dir() / "discovery.so", d / "discovery.so")
     for n in names:
-        src = tnhelp.test_modules_dir() / (n + ".so")
+        src = modules_dir() / (n + ".so")
+        if not src.exists():
+            src = tnhelp.test_modules_dir() / (n + ".so")
         if not src.exists():
             pytest.skip("%s missing: run `make check` in %s first" % (src.name, tnhelp.BUILD))
         os.symlink(src, d / src.name)

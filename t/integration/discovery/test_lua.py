@@ -110,3 +110,27 @@ def test_producers_from_lua(with_sample):
     assert c.ask("return tostring(#ternd.discovery.producers('t'))") == "0"
     p.close()
     assert get(t.http_port, "/ping").status == 200
+
+
+def test_not_in_pool_worker_states(dsc, tmp_path):
+    """Pool workers build their states on their own threads: the registries
+    are loop-thread data, so ternd.discovery is left out there."""
+    script = tmp_path / "sample.lua"
+    script.write_text(EVAL)
+    port = tnhelp.free_port()
+    t = dsc(start=False, more={
+        "pool": {"pools": {"default": {"size": 1}}},
+        "sample": {"listen": "127.0.0.1:%d" % port, "lua": {"script": str(script)}}})
+    # workers find task modules from the server's working directory
+    (t.tmp / "work.lua").write_text(
+        "local M = {}\n"
+        "function M.probe() return type(ternd.discovery) .. ' ' .. type(ternd.pool) end\n"
+        "return M\n")
+    t.start()
+    with tnhelp.LineClient(port) as c:
+        assert c.ask("return type(ternd.discovery)") == "table"
+        assert c.ask('R = nil ternd.pool.submit("default", "work.probe", '
+                     'function(v) R = v end) return "sent"') == "sent"
+        tnhelp.wait_for(lambda: c.ask("return tostring(R)") != "nil", 5, what="the worker's answer")
+        assert c.ask("return R") == "nil nil"
+    t.stop()
