@@ -106,9 +106,9 @@ static json_t *channels_of(struct discovery *d, const char *topic)
 {
     json_t *a = json_array();
 
-    for (struct discovery_reg *g = d->db.regs; g; g = g->next)
-        if (g->kind == DISCOVERY_REG_CHANNEL && strcmp(g->topic, topic) == 0)
-            str_array_add(a, g->channel);
+    for (struct discovery_reg *g = discovery_channels(&d->db, topic); g;
+         g = discovery_channels_next(g))
+        str_array_add(a, g->channel);
     return a;
 }
 

@@ -45,6 +45,33 @@ struct discovery_conf {
     struct tn_lua_conf lua; /* optional script with on_change(name, index) */
 };
 
+/* ---- intrusive hash tables (hash.c) -------------------------------------- */
+
+/* A node inside an indexed object; a chain keeps insertion order. */
+struct discovery_hnode {
+    struct discovery_hnode *next;
+    uint32_t hash;
+};
+
+struct discovery_htab {
+    struct discovery_hnode **b;
+    size_t nb; /* buckets: a power of two, or 0 */
+    size_t n;  /* nodes */
+};
+
+#define DISCOVERY_HASH_INIT 2166136261u
+#define DISCOVERY_OF(ptr, type, member) ((type *)(void *)((char *)(ptr)-offsetof(type, member)))
+
+/* FNV-1a of s (with its NUL) continuing from h. */
+uint32_t discovery_hash(uint32_t h, const char *s);
+/* 0 or TN_ENOMEM (the table could not grow). */
+int discovery_htab_insert(struct discovery_htab *t, struct discovery_hnode *n, uint32_t hash);
+void discovery_htab_remove(struct discovery_htab *t, struct discovery_hnode *n);
+/* The chain where nodes of this hash are (other hashes may share it:
+ * compare n->hash, then the key). */
+struct discovery_hnode *discovery_htab_chain(const struct discovery_htab *t, uint32_t hash);
+void discovery_htab_free(struct discovery_htab *t);
+
 /* ---- the nsqlookupd registration table (lookup_db.c) --------------------- */
 
 /* A producer (nsqd/broker) as it identified itself. */
@@ -80,16 +107,16 @@ struct discovery_reg {
     struct discovery_producer *v;
     size_t n, cap;
     struct discovery_reg *next, *prev; /* creation order */
-    struct discovery_reg *hnext;       /* hash bucket chain */
-    uint32_t hash;
+    struct discovery_hnode by_key;     /* in db->by_key */
+    struct discovery_hnode by_topic;   /* channels only: in db->channels */
 };
 
 struct discovery_lookup {
     struct discovery_reg *regs; /* in creation order */
     struct discovery_reg *last;
     size_t nregs;
-    struct discovery_reg **buckets; /* by (kind, topic, channel), so REGISTER is O(1) */
-    size_t nbuckets;                /* a power of two, or 0 */
+    struct discovery_htab by_key;   /* (kind, topic, channel): REGISTER is O(1) */
+    struct discovery_htab channels; /* channel registrations by topic */
     size_t max_regs;                /* 0: unlimited */
     struct discovery_peer *peers;   /* identified producers, in order */
     size_t npeers;
@@ -106,6 +133,10 @@ int discovery_name_ephemeral(const char *s);
 
 struct discovery_reg *discovery_reg_find(struct discovery_lookup *db, int kind, const char *topic,
                                          const char *channel);
+/* The channel registrations of topic, oldest first:
+ * for (r = discovery_channels(db, t); r; r = discovery_channels_next(r)) */
+struct discovery_reg *discovery_channels(struct discovery_lookup *db, const char *topic);
+struct discovery_reg *discovery_channels_next(struct discovery_reg *r);
 /* Find or create. NULL with *err TN_ELIMIT or TN_ENOMEM. */
 struct discovery_reg *discovery_reg_add(struct discovery_lookup *db, int kind, const char *topic,
                                         const char *channel, int *err);

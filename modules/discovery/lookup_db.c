@@ -38,9 +38,8 @@ void discovery_lookup_free(struct discovery_lookup *db)
         next = r->next;
         reg_free(r);
     }
-    free(db->buckets);
-    db->buckets = NULL;
-    db->nbuckets = 0;
+    discovery_htab_free(&db->by_key);
+    discovery_htab_free(&db->channels);
     db->regs = db->last = NULL;
     db->nregs = 0;
     db->peers = NULL;
@@ -74,18 +73,15 @@ int discovery_name_ephemeral(const char *s)
     return n > 10 && strcmp(s + n - 10, "#ephemeral") == 0;
 }
 
-/* FNV-1a over the kind and both names (the NUL separates them). */
-static uint32_t reg_hash(int kind, const char *topic, const char *channel)
+static uint32_t key_hash(int kind, const char *topic, const char *channel)
 {
-    uint32_t h = 2166136261u;
+    uint32_t h = (DISCOVERY_HASH_INIT ^ (uint32_t)kind) * 16777619u;
+    return discovery_hash(discovery_hash(h, topic), channel);
+}
 
-    h = (h ^ (uint32_t)kind) * 16777619u;
-    for (; *topic; topic++)
-        h = (h ^ (unsigned char)*topic) * 16777619u;
-    h = (h ^ 0u) * 16777619u;
-    for (; *channel; channel++)
-        h = (h ^ (unsigned char)*channel) * 16777619u;
-    return h;
+static uint32_t topic_hash(const char *topic)
+{
+    return discovery_hash(DISCOVERY_HASH_INIT, topic);
 }
 
 struct discovery_reg *discovery_reg_find(struct discovery_lookup *db, int kind, const char *topic,
@@ -95,40 +91,42 @@ struct discovery_reg *discovery_reg_find(struct discovery_lookup *db, int kind, 
 
     if (!channel)
         channel = "";
-    if (!db->nbuckets)
-        return NULL;
-    h = reg_hash(kind, topic, channel);
-    for (struct discovery_reg *r = db->buckets[h & (db->nbuckets - 1)]; r; r = r->hnext)
-        if (r->hash == h && r->kind == kind && strcmp(r->topic, topic) == 0 &&
+    h = key_hash(kind, topic, channel);
+    for (struct discovery_hnode *n = discovery_htab_chain(&db->by_key, h); n; n = n->next) {
+        struct discovery_reg *r = DISCOVERY_OF(n, struct discovery_reg, by_key);
+        if (n->hash == h && r->kind == kind && strcmp(r->topic, topic) == 0 &&
             strcmp(r->channel, channel) == 0)
             return r;
+    }
     return NULL;
 }
 
-/* Keep at most one registration per bucket on average. */
-static int buckets_grow(struct discovery_lookup *db)
+/* The first channel registration of topic at or after chain node n. */
+static struct discovery_reg *channel_from(struct discovery_hnode *n, uint32_t h, const char *topic)
 {
-    size_t n = db->nbuckets ? db->nbuckets * 2 : 64;
-    struct discovery_reg **b;
-
-    if (db->nregs < db->nbuckets)
-        return 0;
-    if (!(b = calloc(n, sizeof(*b))))
-        return TN_ENOMEM;
-    for (struct discovery_reg *r = db->regs; r; r = r->next) {
-        r->hnext = b[r->hash & (n - 1)];
-        b[r->hash & (n - 1)] = r;
+    for (; n; n = n->next) {
+        struct discovery_reg *r = DISCOVERY_OF(n, struct discovery_reg, by_topic);
+        if (n->hash == h && strcmp(r->topic, topic) == 0)
+            return r;
     }
-    free(db->buckets);
-    db->buckets = b;
-    db->nbuckets = n;
-    return 0;
+    return NULL;
+}
+
+struct discovery_reg *discovery_channels(struct discovery_lookup *db, const char *topic)
+{
+    uint32_t h = topic_hash(topic);
+    return channel_from(discovery_htab_chain(&db->channels, h), h, topic);
+}
+
+struct discovery_reg *discovery_channels_next(struct discovery_reg *r)
+{
+    return channel_from(r->by_topic.next, r->by_topic.hash, r->topic);
 }
 
 struct discovery_reg *discovery_reg_add(struct discovery_lookup *db, int kind, const char *topic,
                                         const char *channel, int *err)
 {
-    struct discovery_reg *r = discovery_reg_find(db, kind, topic, channel), **bucket;
+    struct discovery_reg *r = discovery_reg_find(db, kind, topic, channel);
 
     if (r)
         return r;
@@ -137,18 +135,16 @@ struct discovery_reg *discovery_reg_add(struct discovery_lookup *db, int kind, c
         return NULL;
     }
     r = calloc(1, sizeof(*r));
-    if (!r || !(r->topic = strdup(topic)) || !(r->channel = dup_or_empty(channel)) ||
-        buckets_grow(db) != 0) {
-        if (r)
-            reg_free(r);
-        *err = TN_ENOMEM;
-        return NULL;
-    }
+    if (!r || !(r->topic = strdup(topic)) || !(r->channel = dup_or_empty(channel)))
+        goto oom;
     r->kind = kind;
-    r->hash = reg_hash(kind, r->topic, r->channel);
-    bucket = &db->buckets[r->hash & (db->nbuckets - 1)];
-    r->hnext = *bucket;
-    *bucket = r;
+    if (discovery_htab_insert(&db->by_key, &r->by_key, key_hash(kind, topic, r->channel)) != 0)
+        goto oom;
+    if (kind == DISCOVERY_REG_CHANNEL &&
+        discovery_htab_insert(&db->channels, &r->by_topic, topic_hash(topic)) != 0) {
+        discovery_htab_remove(&db->by_key, &r->by_key);
+        goto oom;
+    }
     r->prev = db->last;
     if (db->last)
         db->last->next = r;
@@ -157,15 +153,18 @@ struct discovery_reg *discovery_reg_add(struct discovery_lookup *db, int kind, c
     db->last = r;
     db->nregs++;
     return r;
+oom:
+    if (r)
+        reg_free(r);
+    *err = TN_ENOMEM;
+    return NULL;
 }
 
 void discovery_reg_remove(struct discovery_lookup *db, struct discovery_reg *r)
 {
-    struct discovery_reg **pp = &db->buckets[r->hash & (db->nbuckets - 1)];
-
-    while (*pp != r)
-        pp = &(*pp)->hnext;
-    *pp = r->hnext;
+    discovery_htab_remove(&db->by_key, &r->by_key);
+    if (r->kind == DISCOVERY_REG_CHANNEL)
+        discovery_htab_remove(&db->channels, &r->by_topic);
     if (r->prev)
         r->prev->next = r->next;
     else
@@ -322,7 +321,7 @@ static void leave(struct discovery_lookup *db, struct discovery_reg *r, struct d
 void discovery_lookup_unregister(struct discovery_lookup *db, struct discovery_peer *p,
                                  const char *topic, const char *channel)
 {
-    struct discovery_reg *r, *next;
+    struct discovery_reg *r;
 
     if (channel && *channel) {
         if ((r = discovery_reg_find(db, DISCOVERY_REG_CHANNEL, topic, channel)))
@@ -330,11 +329,8 @@ void discovery_lookup_unregister(struct discovery_lookup *db, struct discovery_p
         return;
     }
     /* the topic alone: its channels go first (nsqd should have sent them) */
-    for (r = db->regs; r; r = next) {
-        next = r->next;
-        if (r->kind == DISCOVERY_REG_CHANNEL && strcmp(r->topic, topic) == 0)
-            discovery_reg_remove_producer(r, p, NULL);
-    }
+    for (r = discovery_channels(db, topic); r; r = discovery_channels_next(r))
+        discovery_reg_remove_producer(r, p, NULL);
     if ((r = discovery_reg_find(db, DISCOVERY_REG_TOPIC, topic, NULL)))
         leave(db, r, p, topic);
 }
@@ -384,12 +380,13 @@ int discovery_topic_delete(struct discovery_lookup *db, const char *topic)
     struct discovery_reg *r, *next;
     int found = 0;
 
-    for (r = db->regs; r; r = next) {
-        next = r->next;
-        if (strcmp(r->topic, topic) == 0) {
-            discovery_reg_remove(db, r);
-            found = 1;
-        }
+    for (r = discovery_channels(db, topic); r; r = next, found = 1) {
+        next = discovery_channels_next(r);
+        discovery_reg_remove(db, r);
+    }
+    if ((r = discovery_reg_find(db, DISCOVERY_REG_TOPIC, topic, NULL))) {
+        discovery_reg_remove(db, r);
+        found = 1;
     }
     return found ? 0 : TN_ENOTFOUND;
 }

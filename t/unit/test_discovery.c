@@ -212,7 +212,8 @@ static void test_many_registrations(void **state)
         assert_int_equal(discovery_lookup_register(&db, a, topic, channel), 0);
     }
     assert_int_equal(db.nregs, 10000);
-    assert_true(db.nbuckets >= db.nregs);
+    assert_true(db.by_key.nb >= db.nregs);
+    assert_int_equal(db.channels.n, 5000);
     for (i = 0; i < 5000; i += 2) {
         snprintf(topic, sizeof(topic), "t%zu", i);
         assert_int_equal(discovery_topic_delete(&db, topic), 0);
@@ -240,6 +241,40 @@ static void test_many_registrations(void **state)
     assert_string_equal(db.last->topic, "new");
     discovery_peer_remove(&db, a);
     discovery_peer_free(a);
+    discovery_lookup_free(&db);
+}
+
+/* Channels of a topic through the topic index, oldest first, and only
+ * that topic's (other topics share buckets). */
+static void test_channels_of_topic(void **state)
+{
+    struct discovery_lookup db;
+    struct discovery_reg *r;
+    char name[32];
+    int err = 0, n = 0;
+
+    discovery_lookup_init(&db, 0);
+    for (int i = 0; i < 300; i++) {
+        snprintf(name, sizeof(name), "c%d", i);
+        assert_non_null(
+            discovery_reg_add(&db, DISCOVERY_REG_CHANNEL, i % 3 ? "other" : "t", name, &err));
+    }
+    for (r = discovery_channels(&db, "t"); r; r = discovery_channels_next(r), n++) {
+        snprintf(name, sizeof(name), "c%d", n * 3);
+        assert_string_equal(r->channel, name);
+        assert_string_equal(r->topic, "t");
+    }
+    assert_int_equal(n, 100);
+    assert_null(discovery_channels(&db, "none"));
+    assert_int_equal(discovery_channel_delete(&db, "t", "c3"), 0);
+    r = discovery_channels(&db, "t");
+    assert_string_equal(discovery_channels_next(r)->channel, "c6");
+    assert_int_equal(discovery_topic_delete(&db, "t"), 0);
+    assert_null(discovery_channels(&db, "t"));
+    assert_int_equal(db.nregs, 200);
+    assert_int_equal(discovery_hash(DISCOVERY_HASH_INIT, "ab") ==
+                         discovery_hash(discovery_hash(DISCOVERY_HASH_INIT, "a"), "b"),
+                     0);
     discovery_lookup_free(&db);
 }
 
@@ -469,6 +504,7 @@ int main(void)
         cmocka_unit_test(test_active_tombstone),
         cmocka_unit_test(test_delete_and_limit),
         cmocka_unit_test(test_many_registrations),
+        cmocka_unit_test(test_channels_of_topic),
         cmocka_unit_test(test_registry_put),
         cmocka_unit_test(test_registry_rules),
         cmocka_unit_test(test_registry_ttl),
