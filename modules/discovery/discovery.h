@@ -195,16 +195,18 @@ struct discovery_instance {
     int64_t expires; /* ms; meaningful when ttl >= 0 */
     uint64_t create_index;
     uint64_t modify_index;
-    struct discovery_instance *next;
+    struct discovery_instance *next, *prev; /* registration order within its name */
+    struct discovery_hnode by_key;          /* (name, id) in reg->instances */
 };
 
 /* All instances of one name; kept while it has instances. */
 struct discovery_service {
     char *name;
     uint64_t index; /* registry index of its last change */
-    struct discovery_instance *head;
+    struct discovery_instance *head, *tail;
     size_t n;
-    struct discovery_service *next;
+    struct discovery_service *next, *prev; /* creation order */
+    struct discovery_hnode by_name;        /* in reg->by_name */
 };
 
 /* Called after the set of a name changed (index: that change). */
@@ -212,6 +214,9 @@ typedef void (*discovery_change_pt)(const char *name, uint64_t index, void *ud);
 
 struct discovery_registry {
     struct discovery_service *services; /* in creation order */
+    struct discovery_service *last;
+    struct discovery_htab by_name;   /* services by name */
+    struct discovery_htab instances; /* instances by (name, id) */
     size_t ninstances;
     uint64_t index;                             /* bumped by every change */
     const struct discovery_services_conf *conf; /* limits and TTL bounds */

@@ -53,7 +53,9 @@ void discovery_registry_free(struct discovery_registry *reg)
         next = s->next;
         service_free(s);
     }
-    reg->services = NULL;
+    discovery_htab_free(&reg->by_name);
+    discovery_htab_free(&reg->instances);
+    reg->services = reg->last = NULL;
     reg->ninstances = 0;
 }
 
@@ -95,22 +97,38 @@ const char *discovery_state_name(int state)
                : "unknown";
 }
 
+static uint32_t name_hash(const char *name)
+{
+    return discovery_hash(DISCOVERY_HASH_INIT, name);
+}
+
+static uint32_t key_hash(const char *name, const char *id)
+{
+    return discovery_hash(name_hash(name), id);
+}
+
 struct discovery_service *discovery_registry_find(struct discovery_registry *reg, const char *name)
 {
-    for (struct discovery_service *s = reg->services; s; s = s->next)
-        if (strcmp(s->name, name) == 0)
+    uint32_t h = name_hash(name);
+
+    for (struct discovery_hnode *n = discovery_htab_chain(&reg->by_name, h); n; n = n->next) {
+        struct discovery_service *s = DISCOVERY_OF(n, struct discovery_service, by_name);
+        if (n->hash == h && strcmp(s->name, name) == 0)
             return s;
+    }
     return NULL;
 }
 
 struct discovery_instance *discovery_registry_instance(struct discovery_registry *reg,
                                                        const char *name, const char *id)
 {
-    struct discovery_service *s = discovery_registry_find(reg, name);
+    uint32_t h = key_hash(name, id);
 
-    for (struct discovery_instance *in = s ? s->head : NULL; in; in = in->next)
-        if (strcmp(in->id, id) == 0)
+    for (struct discovery_hnode *n = discovery_htab_chain(&reg->instances, h); n; n = n->next) {
+        struct discovery_instance *in = DISCOVERY_OF(n, struct discovery_instance, by_key);
+        if (n->hash == h && strcmp(in->name, name) == 0 && strcmp(in->id, id) == 0)
             return in;
+    }
     return NULL;
 }
 
@@ -187,52 +205,71 @@ static int instance_differs(const struct discovery_instance *a, const struct dis
 
 static struct discovery_service *service_get(struct discovery_registry *reg, const char *name)
 {
-    struct discovery_service *s = discovery_registry_find(reg, name), **tail;
+    struct discovery_service *s = discovery_registry_find(reg, name);
 
     if (s)
         return s;
-    if (!(s = calloc(1, sizeof(*s))) || !(s->name = strdup(name))) {
+    if (!(s = calloc(1, sizeof(*s))) || !(s->name = strdup(name)) ||
+        discovery_htab_insert(&reg->by_name, &s->by_name, name_hash(name)) != 0) {
+        if (s)
+            free(s->name);
         free(s);
         return NULL;
     }
-    for (tail = &reg->services; *tail; tail = &(*tail)->next)
-        ;
-    *tail = s;
+    s->prev = reg->last;
+    if (reg->last)
+        reg->last->next = s;
+    else
+        reg->services = s;
+    reg->last = s;
     return s;
 }
 
-/* Unlink an empty service record. */
+/* Unlink and free a service record that has no instances left. */
 static void service_drop_if_empty(struct discovery_registry *reg, struct discovery_service *s)
 {
     if (s->n)
         return;
-    for (struct discovery_service **pp = &reg->services; *pp; pp = &(*pp)->next) {
-        if (*pp == s) {
-            *pp = s->next;
-            service_free(s);
-            return;
-        }
-    }
+    discovery_htab_remove(&reg->by_name, &s->by_name);
+    if (s->prev)
+        s->prev->next = s->next;
+    else
+        reg->services = s->next;
+    if (s->next)
+        s->next->prev = s->prev;
+    else
+        reg->last = s->prev;
+    service_free(s);
 }
 
-/* Put the filled instance `in` into s, replacing `old` (or appended). */
-static void instance_place(struct discovery_registry *reg, struct discovery_service *s,
-                           struct discovery_instance *in, struct discovery_instance *old)
+/* Put the filled instance `in` into s in the place of `old`, or at the
+ * end. 0 or TN_ENOMEM (nothing changed then). */
+static int instance_place(struct discovery_registry *reg, struct discovery_service *s,
+                          struct discovery_instance *in, struct discovery_instance *old)
 {
-    struct discovery_instance **pp;
-
-    for (pp = &s->head; *pp && *pp != old; pp = &(*pp)->next)
-        ;
+    if (discovery_htab_insert(&reg->instances, &in->by_key, key_hash(in->name, in->id)) != 0)
+        return TN_ENOMEM;
     if (old) {
+        in->prev = old->prev;
         in->next = old->next;
         in->create_index = old->create_index;
         in->modify_index = old->modify_index;
+        discovery_htab_remove(&reg->instances, &old->by_key);
         instance_free(old);
     } else {
+        in->prev = s->tail;
         s->n++;
         reg->ninstances++;
     }
-    *pp = in;
+    if (in->prev)
+        in->prev->next = in;
+    else
+        s->head = in;
+    if (in->next)
+        in->next->prev = in;
+    else
+        s->tail = in;
+    return 0;
 }
 
 int discovery_registry_put(struct discovery_registry *reg,
@@ -259,7 +296,11 @@ int discovery_registry_put(struct discovery_registry *reg,
     differs = !old || instance_differs(old, in);
     if (!old)
         in->create_index = reg->index + 1;
-    instance_place(reg, s, in, old);
+    if (instance_place(reg, s, in, old) != 0) {
+        instance_free(in);
+        service_drop_if_empty(reg, s);
+        return *why = "OUT_OF_MEMORY", TN_ENOMEM;
+    }
     if (differs)
         changed(reg, s->name, s, in);
     if (changed_out)
@@ -271,19 +312,20 @@ int discovery_registry_put(struct discovery_registry *reg,
 static void instance_remove(struct discovery_registry *reg, struct discovery_service *s,
                             struct discovery_instance *in)
 {
-    char *name = s->name;
-
-    for (struct discovery_instance **pp = &s->head; *pp; pp = &(*pp)->next) {
-        if (*pp == in) {
-            *pp = in->next;
-            break;
-        }
-    }
+    discovery_htab_remove(&reg->instances, &in->by_key);
+    if (in->prev)
+        in->prev->next = in->next;
+    else
+        s->head = in->next;
+    if (in->next)
+        in->next->prev = in->prev;
+    else
+        s->tail = in->prev;
     instance_free(in);
     s->n--;
     reg->ninstances--;
     /* report before the record may go, so the callback sees a valid name */
-    changed(reg, name, s, NULL);
+    changed(reg, s->name, s, NULL);
     service_drop_if_empty(reg, s);
 }
 

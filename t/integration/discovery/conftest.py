@@ -13,7 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tnhelp  # noqa: E402
-from dschelp import modules_dir, tcp_open  # noqa: E402
+from dschelp import free_ports, modules_dir, tcp_open  # noqa: E402
 
 
 def _modules_with(tmp, names):
@@ -39,16 +39,18 @@ def dsc(ternd, tmp_path):
     made = []
 
     def make(start=True, more=None, **section):
-        tcp, http = tnhelp.free_port(), tnhelp.free_port()
-        sec = {"tcp_listen": "127.0.0.1:%d" % tcp, "http_listen": "127.0.0.1:%d" % http}
-        sec.update(section)
-        sections = {"discovery": sec}
         mdir = modules_dir()
         if more:
             mdir = _modules_with(tmp_path / ("m%d" % len(made)), list(more))
-            sections.update(more)
-        t = ternd(daemon={"modules_dir": str(mdir)}, sections=sections)
+        t = ternd(daemon={"modules_dir": str(mdir)})
         made.append(t)
+        # distinct from each other and from the admin port tnhelp chose
+        tcp, http = free_ports(2, avoid={t.admin_port})
+        sec = {"tcp_listen": "127.0.0.1:%d" % tcp, "http_listen": "127.0.0.1:%d" % http}
+        sec.update(section)
+        t.sections = {"discovery": sec}
+        t.sections.update(more or {})
+        t.write_conf()
         t.tcp_port, t.http_port = tcp, http
         if start:
             t.start()
