@@ -366,6 +366,7 @@ struct tn_modset *tn_modset_prepare(struct tn_conf *cf, const struct tn_daemon_c
     const char *mdir = tn_modules_dir(dc, mbuf, sizeof(mbuf));
     const char *pdir = tn_plugins_dir(dc, pbuf, sizeof(pbuf));
     struct tn_modset *ms = calloc(1, sizeof(*ms));
+    int base = tn_conf_errors(cf); /* the daemon section's, reported too */
 
     if (!ms)
         return NULL;
@@ -389,12 +390,12 @@ struct tn_modset *tn_modset_prepare(struct tn_conf *cf, const struct tn_daemon_c
         tn_conf_pop(cf);
     }
     add_plugins(ms, reuse, dc, mdir, pdir);
-    if (tn_conf_errors(cf))
+    if (tn_conf_errors(cf) > base)
         return ms;
 
     /* 2. dependencies, then dependency order */
     add_deps(ms, reuse, mdir, pdir);
-    if (tn_conf_errors(cf) || sort_by_deps(ms) != 0)
+    if (tn_conf_errors(cf) > base || sort_by_deps(ms) != 0)
         return ms;
 
     /* 3. defaults, the section's keys, cross-checks */

@@ -644,16 +644,18 @@ static int recover(struct tn_diskq *q)
 
 static int opts_apply(struct tn_diskq_opts *o, const struct tn_diskq_opts *in)
 {
-    if (in != NULL)
+    if (in != NULL) {
         *o = *in;
-    else
+    } else {
         memset(o, 0, sizeof(*o));
+        o->sync_every = TN_DISKQ_DEFAULT_SYNC_EVERY;
+    }
     if (o->max_bytes_per_file == 0)
         o->max_bytes_per_file = TN_DISKQ_DEFAULT_FILE_SIZE;
     if (o->max_msg_size == 0)
         o->max_msg_size = TN_DISKQ_DEFAULT_MAX_MSG;
     if (o->sync_every == 0)
-        o->sync_every = TN_DISKQ_DEFAULT_SYNC_EVERY;
+        o->sync_every = 1;
     if (o->sync_timeout_ms == 0)
         o->sync_timeout_ms = TN_DISKQ_DEFAULT_SYNC_TIMEOUT_MS;
     if (o->max_msg_size > TN_DISKQ_MSG_LIMIT || o->min_msg_size > o->max_msg_size ||

@@ -44,8 +44,9 @@
 #define TN_DISKQ_NAME_MAX 200                   /* longest queue name */
 #define TN_DISKQ_IOV_MAX 16                     /* most iovecs tn_diskq_putv takes */
 
-/* Options; zero fields take the defaults above (so sync_every 0 means
- * 2500: pass 1 to sync after every operation). The file size may change
+/* Options; zero fields take the defaults above, except sync_every, where 0
+ * (like 1) means a sync after every operation; a NULL opts gives 2500.
+ * The file size may change
  * between runs. The message limits also bound what a read accepts as a
  * record: lowering max_msg_size (or raising min_msg_size) past a stored
  * record makes it undelimitable, and the rest of its segment is skipped as
@@ -54,7 +55,7 @@ struct tn_diskq_opts {
     uint64_t max_bytes_per_file; /* roll to a new segment past this (100 MiB) */
     uint32_t min_msg_size;       /* smallest payload accepted (0: empty allowed) */
     uint32_t max_msg_size;       /* largest payload accepted (1 MiB, <= MSG_LIMIT) */
-    uint32_t sync_every;         /* sync after this many puts+advances (2500; 1: each) */
+    uint32_t sync_every;         /* sync after this many puts+advances (0, 1: each) */
     uint32_t sync_timeout_ms;    /* tn_diskq_sync_due() once dirty this long (2000) */
 };
 

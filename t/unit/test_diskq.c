@@ -125,6 +125,8 @@ static unsigned seg_next(unsigned first, off_t seg_max)
     return i;
 }
 
+/* Open QNAME with 4 KiB records at most; file_size_max 0 and sync_every 0
+ * take the defaults (100 MiB, 2500). */
 static struct tn_diskq *qopen(const char *dir, uint64_t file_size_max, uint32_t sync_every)
 {
     struct tn_diskq_opts o = {0};
@@ -133,7 +135,7 @@ static struct tn_diskq *qopen(const char *dir, uint64_t file_size_max, uint32_t 
 
     o.max_bytes_per_file = file_size_max;
     o.max_msg_size = 4096;
-    o.sync_every = sync_every;
+    o.sync_every = sync_every > 0 ? sync_every : TN_DISKQ_DEFAULT_SYNC_EVERY;
     q = tn_diskq_open(dir, QNAME, &o, &err);
     assert_non_null(q);
     assert_int_equal(err, 0);
@@ -791,7 +793,7 @@ static void test_sync_every(void **state)
     struct timespec ts = {0, 80 * 1000000};
     int err;
 
-    o.sync_every = 1;
+    o.sync_every = 0; /* like 1: every operation */
     q = tn_diskq_open(dir, "each", &o, &err);
     assert_non_null(q);
     tn_diskq_get_stats(q, &st0);

@@ -5,9 +5,21 @@
 //
 // Every 100th message is requeued once by the consumer, so a second
 // delivery of exactly those (with attempts == 2) is expected; any other
-// repeat is a duplicate and any missing body is a loss.
+// repeat is a duplicate and any missing body is a loss. `compressed` counts
+// the connections that started deflate (2 with `deflate`, else 0).
 'use strict';
 const nsq = require('nsqjs');
+const {NSQDConnection} = require('nsqjs/lib/nsqdconnection');
+
+// Count the connections that switched to compression after IDENTIFY (the
+// writer's and the reader's when deflate was negotiated), so that a server
+// ignoring `deflate` cannot pass the deflate run.
+let compressed = 0;
+const startCompression = NSQDConnection.prototype.startCompression;
+NSQDConnection.prototype.startCompression = function (...args) {
+  compressed++;
+  return startCompression.apply(this, args);
+};
 
 const [addr, topic, countArg, mode] = process.argv.slice(2);
 const [host, portText] = addr.split(':');
@@ -30,6 +42,7 @@ function done(error) {
   console.log(JSON.stringify({
     error: error || null, published, finished, distinct: seen.size, requeued,
     duplicates, badAttempts, missing: missing.length, firstMissing: missing.slice(0, 5),
+    compressed,
   }));
   process.exit(error ? 1 : 0);
 }
