@@ -30,4 +30,5 @@ t_unit_test_discovery_CFLAGS = $(UNIT_CFLAGS) -I$(top_srcdir)/modules/discovery
 t_unit_test_discovery_LDADD = $(UNIT_LIBS)
 endif
 
-EXTRA_DIST += t/integration/discovery modules/discovery/README.md
+EXTRA_DIST += t/integration/discovery modules/discovery/README.md t/interop/nsqjs/lookupd.js \
+	scripts/bench/discovery_bench.py man/discovery.txt.draft
