@@ -253,6 +253,8 @@ static int bound_port(const char *text)
     return colon ? atoi(colon + 1) : 0;
 }
 
+static int discovery_stop(struct tn_mod *m);
+
 static int discovery_start(struct tn_mod *m)
 {
     struct discovery *d = m->data;
@@ -266,24 +268,29 @@ static int discovery_start(struct tn_mod *m)
         lo.max_conns = (size_t)dc->max_producers;
         /* a whole IDENTIFY must fit in the input buffer */
         lo.lim.in_max = (size_t)dc->max_identify_size + 4096;
-        d->tcp = tn_listen(&dc->tcp_listen, &lo, discovery_proto_accept, d, &err);
-        if (!d->tcp)
-            return err;
+        if (!(d->tcp = tn_listen(&dc->tcp_listen, &lo, discovery_proto_accept, d, &err)))
+            goto fail;
         d->tcp_port = bound_port(tn_listener_addr(d->tcp));
         tn_log_info(WHO, "TCP (nsqlookupd protocol V1) on %s", tn_listener_addr(d->tcp));
     }
     if (dc->http_listen.len) {
-        d->http = tn_http_server_create("discovery.http", &dc->http_listen, NULL, &err);
-        if (!d->http)
-            return err;
+        if (!(d->http = tn_http_server_create("discovery.http", &dc->http_listen, NULL, &err)))
+            goto fail;
         d->http_port = bound_port(tn_http_server_addr(d->http));
         if ((err = discovery_http_routes(d)) != 0)
-            return err;
+            goto fail;
         tn_log_info(WHO, "HTTP on %s", tn_http_server_addr(d->http));
     }
-    if ((err = tn_service_register(TN_DISCOVERY_SERVICE, (void *)&discovery_service_api)) != 0)
-        return err;
+    if ((err = tn_service_register(TN_DISCOVERY_SERVICE, (void *)&discovery_service_api)) != 0) {
+        tn_log_error(WHO, "cannot offer the %s service: %s", TN_DISCOVERY_SERVICE,
+                     tn_strerror(err));
+        goto fail;
+    }
     return 0;
+fail:
+    /* leave nothing open: the core may not call stop after a failed start */
+    discovery_stop(m);
+    return err;
 }
 
 static int discovery_stop(struct tn_mod *m)

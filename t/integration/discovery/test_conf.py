@@ -56,3 +56,19 @@ def test_unknown_key(ternd):
     r = t.check()
     assert r.returncode == 1
     assert "discovery.services.ttl" in r.stderr, r.stderr
+
+
+def test_port_in_use_fails_start(ternd):
+    import socket
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        t = ternd(daemon={"modules_dir": str(modules_dir())}, sections={"discovery": {
+            "tcp_listen": "127.0.0.1:%d" % tnhelp.free_port(),
+            "http_listen": "127.0.0.1:%d" % port}})
+        t.start(wait=False)
+        rc = t.wait_exit()
+    assert rc != 0
+    assert re.search(r"\[error\] core: module discovery .*start failed: Address already in use",
+                     t.stderr()), t.stderr()
