@@ -41,7 +41,10 @@ struct tn_discovery_instance {
 /* Called once per instance by lookup, in registration order. */
 typedef void (*tn_discovery_each_pt)(const struct tn_discovery_instance *in, void *ud);
 /* Called after the instance set of `name` changed (registered, changed,
- * deregistered or expired) with the registry index of that change. */
+ * deregistered or expired) with the registry index of that change. It runs
+ * in the middle of that change (an expiry pass may report several): it may
+ * look up, but must not register, deregister or heartbeat; defer such work
+ * to a timer. */
 typedef void (*tn_discovery_watch_pt)(const char *name, uint64_t index, void *ud);
 
 /* What a broker announces about itself (the IDENTIFY body of nsqlookupd). */
