@@ -175,6 +175,8 @@ static long do_identify(struct discovery_proto_conn *pc, const char *p, size_t a
         return fatal(pc, "E_BAD_BODY", "%s", why), -1;
     pc->peer->last_update = tn_now_ms();
     discovery_peer_add(&pc->d->db, pc->peer);
+    /* an identified producer may go quiet: it is hidden, not dropped */
+    tn_conn_set_idle_timeout(pc->conn, 0);
     tn_log_info(WHO, "client %s: IDENTIFY address %s TCP %lld HTTP %lld version %s", pc->conn->peer,
                 pc->peer->broadcast_address, (long long)pc->peer->tcp_port,
                 (long long)pc->peer->http_port, pc->peer->version);
@@ -359,6 +361,8 @@ int discovery_proto_accept(struct tn_listener *l, struct tn_conn *c, void *ud)
     d->conns = pc;
     c->h = &proto_handler;
     c->data = pc;
+    /* a connection that never identifies must not hold a slot for ever */
+    tn_conn_set_idle_timeout(c, discovery_conf(d)->inactive_timeout);
     tn_log_debug(WHO, "client %s: connected", c->peer);
     return 0;
 }

@@ -241,6 +241,27 @@ def test_inactive_producer_hidden_until_ping(dsc):
     t.stop()
 
 
+def test_silent_unidentified_connection_closed(dsc):
+    t = dsc(inactive_timeout="500ms")
+    quiet = V1Client(t.tcp_port)          # magic only
+    pinger = V1Client(t.tcp_port)         # pings but never identifies
+    producer = identified(t.tcp_port)     # identified, then silent
+    assert producer.cmd("REGISTER t") == b"OK"
+    start = time.monotonic()
+    for _ in range(6):
+        time.sleep(0.15)
+        assert pinger.cmd("PING") == b"OK"
+    assert quiet.closed(timeout=3)
+    assert 0.4 <= time.monotonic() - start < 4
+    # the identified one is only hidden, and comes back with a PING
+    assert get(t.http_port, "/lookup", topic="t").json()["producers"] == []
+    assert producer.cmd("PING") == b"OK"
+    assert len(get(t.http_port, "/lookup", topic="t").json()["producers"]) == 1
+    for c in (quiet, pinger, producer):
+        c.close()
+    t.stop()
+
+
 def test_max_producers(dsc):
     t = dsc(max_producers=2)
     a, b = identified(t.tcp_port), identified(t.tcp_port, addr="10.0.0.2")
