@@ -86,7 +86,8 @@ def main():
         f.write("daemon:\n  log_level: warn\n  data_dir: %s/data\n  admin_listen: ~\n"
                 "  modules_dir: %s/lib/ternd/modules\n"
                 "discovery:\n  tcp_listen: 127.0.0.1:%d\n  http_listen: 127.0.0.1:%d\n"
-                "  services: { max_instances: %d }\n" % (tmp, BUILD, tcp, http, N + 10))
+                "  max_registrations: %d\n  services: { max_instances: %d }\n"
+                % (tmp, BUILD, tcp, http, 2 * N + 10, N + 10))
     proc = subprocess.Popen([os.path.join(BUILD, "server", "ternd"), "-c", conf])
     try:
         wait_port(tcp)
