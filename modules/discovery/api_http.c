@@ -545,12 +545,7 @@ static void watcher_unlink(struct discovery_watcher *w)
 {
     struct discovery *d = w->d;
 
-    if (w->prev)
-        w->prev->next = w->next;
-    else
-        d->watchers = w->next;
-    if (w->next)
-        w->next->prev = w->prev;
+    DISCOVERY_LIST_REMOVE(d->watchers, d->watchers_last, w);
     d->nwatchers--;
     ev_timer_stop(tn_loop(), &w->timer);
     free(w->name);
@@ -649,10 +644,7 @@ static int do_svc_watch(struct discovery *d, struct tn_http_req *r)
     ev_timer_init(&w->timer, watcher_timeout, (double)wait / 1000.0, 0.0);
     w->timer.data = w;
     ev_timer_start(tn_loop(), &w->timer);
-    w->next = d->watchers;
-    if (d->watchers)
-        d->watchers->prev = w;
-    d->watchers = w;
+    DISCOVERY_LIST_APPEND(d->watchers, d->watchers_last, w);
     d->nwatchers++;
     r->data = w;
     r->on_abort = watcher_abort;

@@ -45,6 +45,41 @@ struct discovery_conf {
     struct tn_lua_conf lua; /* optional script with on_change(name, index) */
 };
 
+/* ---- intrusive lists ---------------------------------------------------- */
+
+/* Doubly linked lists of objects with `prev` and `next` members, held by a
+ * head and a tail pointer: O(1) append and removal, creation order kept.
+ * LINK puts e in the place its own prev/next name (both may be NULL). */
+#define DISCOVERY_LIST_LINK(head, tail, e)                                                         \
+    do {                                                                                           \
+        if ((e)->prev)                                                                             \
+            (e)->prev->next = (e);                                                                 \
+        else                                                                                       \
+            (head) = (e);                                                                          \
+        if ((e)->next)                                                                             \
+            (e)->next->prev = (e);                                                                 \
+        else                                                                                       \
+            (tail) = (e);                                                                          \
+    } while (0)
+#define DISCOVERY_LIST_APPEND(head, tail, e)                                                       \
+    do {                                                                                           \
+        (e)->prev = (tail);                                                                        \
+        (e)->next = NULL;                                                                          \
+        DISCOVERY_LIST_LINK(head, tail, e);                                                        \
+    } while (0)
+#define DISCOVERY_LIST_REMOVE(head, tail, e)                                                       \
+    do {                                                                                           \
+        if ((e)->prev)                                                                             \
+            (e)->prev->next = (e)->next;                                                           \
+        else                                                                                       \
+            (head) = (e)->next;                                                                    \
+        if ((e)->next)                                                                             \
+            (e)->next->prev = (e)->prev;                                                           \
+        else                                                                                       \
+            (tail) = (e)->prev;                                                                    \
+        (e)->prev = (e)->next = NULL;                                                              \
+    } while (0)
+
 /* ---- intrusive hash tables (hash.c) -------------------------------------- */
 
 /* A node inside an indexed object; a chain keeps insertion order. */
@@ -281,11 +316,11 @@ struct discovery {
     struct tn_listener *tcp;
     struct tn_http_server *http;
     struct tn_lua *lua;
-    ev_timer expiry;                    /* next TTL expiry of the registry */
-    int64_t expiry_at;                  /* ms the timer is armed for */
-    int64_t last_sweep;                 /* ms of the last expiry pass */
-    struct discovery_proto_conn *conns; /* open TCP V1 connections */
-    struct discovery_watcher *watchers; /* pending HTTP long-polls */
+    ev_timer expiry;                                    /* next TTL expiry of the registry */
+    int64_t expiry_at;                                  /* ms the timer is armed for */
+    int64_t last_sweep;                                 /* ms of the last expiry pass */
+    struct discovery_proto_conn *conns, *conns_last;    /* open TCP V1 connections */
+    struct discovery_watcher *watchers, *watchers_last; /* pending HTTP long-polls */
     size_t nwatchers;
     struct discovery_cwatch *cwatches; /* watches of the C service */
     int tcp_port, http_port;           /* bound ports (IDENTIFY reply) */

@@ -145,12 +145,7 @@ struct discovery_reg *discovery_reg_add(struct discovery_lookup *db, int kind, c
         discovery_htab_remove(&db->by_key, &r->by_key);
         goto oom;
     }
-    r->prev = db->last;
-    if (db->last)
-        db->last->next = r;
-    else
-        db->regs = r;
-    db->last = r;
+    DISCOVERY_LIST_APPEND(db->regs, db->last, r);
     db->nregs++;
     return r;
 oom:
@@ -165,14 +160,7 @@ void discovery_reg_remove(struct discovery_lookup *db, struct discovery_reg *r)
     discovery_htab_remove(&db->by_key, &r->by_key);
     if (r->kind == DISCOVERY_REG_CHANNEL)
         discovery_htab_remove(&db->channels, &r->by_topic);
-    if (r->prev)
-        r->prev->next = r->next;
-    else
-        db->regs = r->next;
-    if (r->next)
-        r->next->prev = r->prev;
-    else
-        db->last = r->prev;
+    DISCOVERY_LIST_REMOVE(db->regs, db->last, r);
     db->nregs--;
     reg_free(r);
 }

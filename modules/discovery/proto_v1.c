@@ -306,19 +306,6 @@ static void on_read(struct tn_conn *c)
     }
 }
 
-static void unlink_conn(struct discovery_proto_conn *pc)
-{
-    struct discovery *d = pc->d;
-
-    if (pc->prev)
-        pc->prev->next = pc->next;
-    else
-        d->conns = pc->next;
-    if (pc->next)
-        pc->next->prev = pc->prev;
-    pc->prev = pc->next = NULL;
-}
-
 /* Forget the producer and leave the module's list (the module may be
  * going away: after this pc no longer points at it). */
 static void detach(struct discovery_proto_conn *pc)
@@ -332,7 +319,7 @@ static void detach(struct discovery_proto_conn *pc)
         discovery_peer_free(pc->peer);
         pc->peer = NULL;
     }
-    unlink_conn(pc);
+    DISCOVERY_LIST_REMOVE(pc->d->conns, pc->d->conns_last, pc);
     pc->d = NULL;
 }
 
@@ -355,10 +342,7 @@ int discovery_proto_accept(struct tn_listener *l, struct tn_conn *c, void *ud)
         return TN_ENOMEM;
     pc->d = d;
     pc->conn = c;
-    pc->next = d->conns;
-    if (d->conns)
-        d->conns->prev = pc;
-    d->conns = pc;
+    DISCOVERY_LIST_APPEND(d->conns, d->conns_last, pc);
     c->h = &proto_handler;
     c->data = pc;
     /* a connection that never identifies must not hold a slot for ever */

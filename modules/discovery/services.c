@@ -216,12 +216,7 @@ static struct discovery_service *service_get(struct discovery_registry *reg, con
         free(s);
         return NULL;
     }
-    s->prev = reg->last;
-    if (reg->last)
-        reg->last->next = s;
-    else
-        reg->services = s;
-    reg->last = s;
+    DISCOVERY_LIST_APPEND(reg->services, reg->last, s);
     return s;
 }
 
@@ -231,14 +226,7 @@ static void service_drop_if_empty(struct discovery_registry *reg, struct discove
     if (s->n)
         return;
     discovery_htab_remove(&reg->by_name, &s->by_name);
-    if (s->prev)
-        s->prev->next = s->next;
-    else
-        reg->services = s->next;
-    if (s->next)
-        s->next->prev = s->prev;
-    else
-        reg->last = s->prev;
+    DISCOVERY_LIST_REMOVE(reg->services, reg->last, s);
     service_free(s);
 }
 
@@ -254,21 +242,14 @@ static int instance_place(struct discovery_registry *reg, struct discovery_servi
         in->next = old->next;
         in->create_index = old->create_index;
         in->modify_index = old->modify_index;
+        DISCOVERY_LIST_LINK(s->head, s->tail, in);
         discovery_htab_remove(&reg->instances, &old->by_key);
         instance_free(old);
     } else {
-        in->prev = s->tail;
+        DISCOVERY_LIST_APPEND(s->head, s->tail, in);
         s->n++;
         reg->ninstances++;
     }
-    if (in->prev)
-        in->prev->next = in;
-    else
-        s->head = in;
-    if (in->next)
-        in->next->prev = in;
-    else
-        s->tail = in;
     return 0;
 }
 
@@ -313,14 +294,7 @@ static void instance_remove(struct discovery_registry *reg, struct discovery_ser
                             struct discovery_instance *in)
 {
     discovery_htab_remove(&reg->instances, &in->by_key);
-    if (in->prev)
-        in->prev->next = in->next;
-    else
-        s->head = in->next;
-    if (in->next)
-        in->next->prev = in->prev;
-    else
-        s->tail = in->prev;
+    DISCOVERY_LIST_REMOVE(s->head, s->tail, in);
     instance_free(in);
     s->n--;
     reg->ninstances--;
