@@ -522,6 +522,8 @@ int tn_modset_reload(struct tn_modset *running, struct tn_modset *next)
     for (size_t i = 0; i < next->n; i++) {
         struct entry *e = &next->v[i];
         struct tn_mod *m = e->mod;
+        if (!e->is_new && !m->started)
+            e->is_new = 1; /* its init or start failed last time: start it afresh */
         if (e->is_new)
             continue;
         if (m->module->reload) {

@@ -499,7 +499,7 @@ static int push_results(lua_State *L)
 static void resume_coroutine(struct lua_job *j, lua_State *L, int n)
 {
     lua_State *co;
-    int status, nres = 0;
+    int nres = 0;
 
     lua_rawgeti(L, LUA_REGISTRYINDEX, j->co_ref);
     co = lua_tothread(L, -1);
@@ -519,15 +519,10 @@ static void resume_coroutine(struct lua_job *j, lua_State *L, int n)
     lua_rawset(L, -3);
     lua_pop(L, 1);
     lua_xmove(L, co, n);
-    status = lua_resume(co, L, n, &nres);
-    if (status == LUA_OK || status == LUA_YIELD) {
+    /* under the host's instruction budget and memory limit; a failure is
+     * logged with its traceback and counted by the host */
+    if (tn_lua_resume(tn_lua_from(L), co, n, &nres, "coroutine resumed by ternd.pool.submit") >= 0)
         lua_pop(co, nres);
-        return;
-    }
-    luaL_traceback(L, co, lua_tostring(co, -1), 0);
-    tn_log_error("pool", "coroutine resumed by ternd.pool.submit failed: %s", lua_tostring(L, -1));
-    lua_pop(L, 1);
-    lua_pop(co, 1);
 }
 
 /* Protected: resume the coroutine of job 1 with the values above it. */
