@@ -13,7 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tnhelp  # noqa: E402
-from dschelp import free_ports, modules_dir, tcp_open  # noqa: E402
+from dschelp import modules_dir  # noqa: E402
 
 
 def _modules_with(tmp, names):
@@ -32,6 +32,15 @@ def _modules_with(tmp, names):
     return d
 
 
+def discovery_ports(t):
+    """(tcp, http) ports a started discovery listens on, from its log."""
+    tcp = tnhelp.wait_for(lambda: tnhelp.logged_port(
+        t, r"discovery: TCP \(nsqlookupd protocol V1\) on"), 10, what="the TCP port line")
+    http = tnhelp.wait_for(lambda: tnhelp.logged_port(t, r"discovery: HTTP on"), 10,
+                           what="the HTTP port line")
+    return tcp, http
+
+
 @pytest.fixture
 def dsc(ternd, tmp_path):
     if not (modules_dir() / "discovery.so").exists():
@@ -39,22 +48,24 @@ def dsc(ternd, tmp_path):
     made = []
 
     def make(start=True, more=None, **section):
+        """Listeners on ports the kernel picks (read from the log once
+        started: t.tcp_port, t.http_port); start=False leaves the start
+        to the caller, who then calls t.started()."""
         mdir = modules_dir()
         if more:
             mdir = _modules_with(tmp_path / ("m%d" % len(made)), list(more))
-        t = ternd(daemon={"modules_dir": str(mdir)})
-        made.append(t)
-        # distinct from each other and from the admin port tnhelp chose
-        tcp, http = free_ports(2, avoid={t.admin_port})
-        sec = {"tcp_listen": "127.0.0.1:%d" % tcp, "http_listen": "127.0.0.1:%d" % http}
+        sec = {"tcp_listen": tnhelp.ANY_PORT, "http_listen": tnhelp.ANY_PORT}
         sec.update(section)
-        t.sections = {"discovery": sec}
-        t.sections.update(more or {})
-        t.write_conf()
-        t.tcp_port, t.http_port = tcp, http
-        if start:
+        sections = {"discovery": sec}
+        sections.update(more or {})
+        t = ternd(daemon={"modules_dir": str(mdir)}, sections=sections)
+        made.append(t)
+        t.tcp_port = t.http_port = None
+
+        def started():
             t.start()
-            tnhelp.wait_for(lambda: tcp_open(tcp) and tcp_open(http), 10,
-                            what="discovery ports")
-        return t
+            t.tcp_port, t.http_port = discovery_ports(t)
+            return t
+        t.started = started
+        return started() if start else t
     return make

@@ -16,32 +16,6 @@ def modules_dir():
     return tnhelp.BUILD / "lib" / "ternd" / "modules"
 
 
-def free_ports(n, avoid=()):
-    """n distinct ports free on 127.0.0.1 now, none of them in avoid (the
-    sockets are held until all are chosen, so no port comes twice)."""
-    held, ports = [], []
-    try:
-        while len(ports) < n:
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            held.append(s)
-            port = s.getsockname()[1]
-            if port not in avoid:
-                ports.append(port)
-    finally:
-        for s in held:
-            s.close()
-    return ports
-
-
-def tcp_open(port):
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
 class V1Client:
     """nsqlookupd protocol V1: the magic, then lines; every answer is a
     frame [4-byte big-endian size][data]."""

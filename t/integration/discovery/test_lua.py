@@ -68,9 +68,8 @@ def test_bad_script_is_refused(dsc, tmp_path):
 def with_sample(dsc, tmp_path):
     script = tmp_path / "sample.lua"
     script.write_text(EVAL)
-    port = tnhelp.free_port()
-    t = dsc(more={"sample": {"listen": "127.0.0.1:%d" % port, "lua": {"script": str(script)}}})
-    c = tnhelp.LineClient(port)
+    t = dsc(more={"sample": {"listen": tnhelp.ANY_PORT, "lua": {"script": str(script)}}})
+    c = tnhelp.LineClient(tnhelp.sample_port(t))
     yield t, c
     c.close()
     t.stop()
@@ -117,17 +116,16 @@ def test_not_in_pool_worker_states(dsc, tmp_path):
     are loop-thread data, so ternd.discovery is left out there."""
     script = tmp_path / "sample.lua"
     script.write_text(EVAL)
-    port = tnhelp.free_port()
     t = dsc(start=False, more={
         "pool": {"pools": {"default": {"size": 1}}},
-        "sample": {"listen": "127.0.0.1:%d" % port, "lua": {"script": str(script)}}})
+        "sample": {"listen": tnhelp.ANY_PORT, "lua": {"script": str(script)}}})
     # workers find task modules from the server's working directory
     (t.tmp / "work.lua").write_text(
         "local M = {}\n"
         "function M.probe() return type(ternd.discovery) .. ' ' .. type(ternd.pool) end\n"
         "return M\n")
-    t.start()
-    with tnhelp.LineClient(port) as c:
+    t.started()
+    with tnhelp.LineClient(tnhelp.sample_port(t)) as c:
         assert c.ask("return type(ternd.discovery)") == "table"
         assert c.ask('R = nil ternd.pool.submit("default", "work.probe", '
                      'function(v) R = v end) return "sent"') == "sent"

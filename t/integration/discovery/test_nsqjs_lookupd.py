@@ -29,9 +29,11 @@ def nsqjs():
 
 
 def test_reader_finds_broker_through_lookup(nsqjs, dsc):
-    bport, bhttp = tnhelp.free_port(), tnhelp.free_port()
-    t = dsc(more={"broker": {"tcp_listen": "127.0.0.1:%d" % bport,
-                             "http_listen": "127.0.0.1:%d" % bhttp}})
+    t = dsc(more={"broker": {"tcp_listen": tnhelp.ANY_PORT, "http_listen": tnhelp.ANY_PORT}})
+    bport = tnhelp.wait_for(lambda: tnhelp.logged_port(t, r"broker: TCP listening on"), 5,
+                            what="the broker's TCP port")
+    bhttp = tnhelp.wait_for(lambda: tnhelp.logged_port(t, r"broker: HTTP listening on"), 5,
+                            what="the broker's HTTP port")
     p = identified(t.tcp_port, addr="127.0.0.1", port=bport, http=bhttp)
     assert p.cmd("REGISTER lk") == b"OK"
     assert len(get(t.http_port, "/lookup", topic="lk").json()["producers"]) == 1
