@@ -16,7 +16,7 @@
 
 #include "gateway.h"
 
-#define WS_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC11B65"
+#define WS_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 #define WS_FIN 0x80
 #define WS_RSV1 0x40
 #define WS_RSV_ALL 0x70
