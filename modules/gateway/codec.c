@@ -33,9 +33,12 @@ static int32_t get_signed(const uint8_t *p, int n, int big)
 
 static int fits(int64_t v, int n)
 {
-    int64_t lim = (int64_t)1 << (8 * n - 1);
+    int64_t lim;
 
-    return n == 0 ? v == 0 : v >= -lim && v < lim;
+    if (n == 0)
+        return v == 0;
+    lim = (int64_t)1 << (8 * n - 1);
+    return v >= -lim && v < lim;
 }
 
 static int width_ok(int n, int zero_ok)
