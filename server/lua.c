@@ -20,20 +20,21 @@
 #include "core.h"
 
 #ifdef PACKAGE_VERSION
-#define LUA_TERND_VERSION PACKAGE_VERSION
+#define HOST_VERSION PACKAGE_VERSION
 #else
-#define LUA_TERND_VERSION TN_VERSION_STRING
+#define HOST_VERSION TN_VERSION_STRING
 #endif
 
-#define LUA_DEFAULT_MEMORY (64ULL << 20)
-#define LUA_DEFAULT_INSTRUCTIONS 100000000
+#define DEFAULT_MEMORY (64ULL << 20)
+#define DEFAULT_INSTRUCTIONS 100000000
 /* The count hook fires at most this many instructions apart, so budgets
- * larger than an int still work and the check costs next to nothing. */
-#define LUA_HOOK_CHUNK (1 << 20)
-#define LUA_TIMER_MT "ternd.timer"
-#define LUA_JBOX_MT "ternd.jsonbox"
-#define LUA_JSON_MAX_DEPTH 1000
-#define LUA_OPENER_NAME 64
+ * larger than an int still work. (Any hook makes Lua 5.4 check on every
+ * instruction; the firing itself is rare.) */
+#define HOOK_CHUNK (1 << 20)
+#define TIMER_MT "ternd.timer"
+#define JBOX_MT "ternd.jsonbox"
+#define JSON_MAX_DEPTH 1000
+#define OPENER_NAME_MAX 64
 
 /*
  * One lua_State and what hangs off it. A tn_lua owns one vm at a time;
@@ -72,7 +73,7 @@ struct timer {
 };
 
 struct opener {
-    char name[LUA_OPENER_NAME];
+    char name[OPENER_NAME_MAX];
     tn_lua_open_pt open;
     void *ud;
 };
@@ -95,8 +96,8 @@ const struct tn_conf_cmd tn_lua_conf_table[] = {
 void tn_lua_conf_default(struct tn_lua_conf *lc)
 {
     lc->script = NULL;
-    lc->memory_limit = LUA_DEFAULT_MEMORY;
-    lc->instruction_limit = LUA_DEFAULT_INSTRUCTIONS;
+    lc->memory_limit = DEFAULT_MEMORY;
+    lc->instruction_limit = DEFAULT_INSTRUCTIONS;
 }
 
 /* ---- allocator ------------------------------------------------------------ */
@@ -153,7 +154,7 @@ static int vm_panic(lua_State *L)
 
 static int hook_step(int64_t budget)
 {
-    return budget > LUA_HOOK_CHUNK ? LUA_HOOK_CHUNK : (int)(budget > 0 ? budget : 1);
+    return budget > HOOK_CHUNK ? HOOK_CHUNK : (int)(budget > 0 ? budget : 1);
 }
 
 /* Each firing means `count` instructions of this thread ran. Once the budget
@@ -199,6 +200,23 @@ static int vm_msgh(lua_State *L)
     return 1;
 }
 
+/* Around running Lua code: the outermost entry starts a fresh budget, and
+ * the memory limit applies until the matching leave. */
+static void vm_enter(struct vm *vm)
+{
+    if (vm->depth++ == 0) {
+        vm->mem_hit = 0;
+        budget_reset(vm);
+    }
+    vm->enforce++;
+}
+
+static void vm_leave(struct vm *vm)
+{
+    vm->enforce--;
+    vm->depth--;
+}
+
 /*
  * Call the function below nargs arguments with the message handler and,
  * for the outermost call, a fresh instruction budget. Returns the Lua
@@ -218,14 +236,9 @@ static int vm_call(struct vm *vm, int nargs, int nresults)
     }
     lua_pushcfunction(L, vm_msgh);
     lua_insert(L, base);
-    if (vm->depth++ == 0) {
-        vm->mem_hit = 0;
-        budget_reset(vm);
-    }
-    vm->enforce++;
+    vm_enter(vm);
     st = lua_pcall(L, nargs, nresults, base);
-    vm->enforce--;
-    vm->depth--;
+    vm_leave(vm);
     lua_remove(L, base);
     return st;
 }
@@ -244,11 +257,11 @@ static int vm_protected(struct vm *vm, lua_CFunction f, void *arg, int nresults)
     return st;
 }
 
-/* The error on top of the stack as text, with what a refused allocation
+/* The error on top of L's stack as text, with what a refused allocation
  * means spelled out (Lua's own message is just "not enough memory"). */
-static void error_text(struct vm *vm, int st, char *buf, size_t len)
+static void error_text(struct vm *vm, lua_State *L, int st, char *buf, size_t len)
 {
-    const char *msg = lua_tostring(vm->L, -1);
+    const char *msg = lua_tostring(L, -1);
 
     if (!msg)
         msg = "(error object is not a string)";
@@ -269,7 +282,7 @@ static int vm_pcall_logged(struct vm *vm, int nargs, int nresults, const char *w
     if (st == LUA_OK)
         return 0;
     __atomic_add_fetch(&lua->errors, 1, __ATOMIC_RELAXED);
-    error_text(vm, st, msg, sizeof(msg));
+    error_text(vm, vm->L, st, msg, sizeof(msg));
     lua_pop(vm->L, 1);
     tn_log_error(lua->owner, "%s: %s", what ? what : "call", msg);
     return TN_ELUA;
@@ -278,6 +291,41 @@ static int vm_pcall_logged(struct vm *vm, int nargs, int nresults, const char *w
 int tn_lua_pcall(struct tn_lua *lua, int nargs, int nresults, const char *what)
 {
     return vm_pcall_logged(lua->vm, nargs, nresults, what);
+}
+
+/*
+ * A coroutine runs under the same rules as a call. Its own hook is set
+ * here: it may have been created before the current budget, and a thread
+ * created while no limit applied has none.
+ */
+int tn_lua_resume(struct tn_lua *lua, lua_State *co, int nargs, int *nresults, const char *what)
+{
+    struct vm *vm = lua->vm;
+    char msg[3072];
+    int st, n = 0;
+
+    __atomic_add_fetch(&lua->calls, 1, __ATOMIC_RELAXED);
+    vm_enter(vm);
+    if (vm->instr_limit > 0)
+        lua_sethook(co, vm_hook, LUA_MASKCOUNT, hook_step(vm->budget));
+    st = lua_resume(co, vm->L, nargs, &n);
+    vm_leave(vm);
+    *nresults = 0;
+    if (st == LUA_OK || st == LUA_YIELD) {
+        *nresults = n;
+        return st == LUA_YIELD;
+    }
+    __atomic_add_fetch(&lua->errors, 1, __ATOMIC_RELAXED);
+    error_text(vm, co, st, msg, sizeof(msg));
+    /* the dead coroutine's stack is not unwound: its traceback is still there */
+    if (st != LUA_ERRMEM && lua_checkstack(vm->L, 1)) {
+        luaL_traceback(vm->L, co, msg, 0);
+        snprintf(msg, sizeof(msg), "%s", lua_tostring(vm->L, -1));
+        lua_pop(vm->L, 1);
+    }
+    lua_settop(co, 0);
+    tn_log_error(lua->owner, "%s: %s", what ? what : "resume", msg);
+    return TN_ELUA;
 }
 
 /* ---- ternd.log, ternd.now, ternd.monotonic -------------------------------- */
@@ -377,7 +425,7 @@ static int l_timer(lua_State *L)
     memset(t, 0, sizeof(*t));
     t->vm = vm;
     t->ref = LUA_NOREF;
-    luaL_setmetatable(L, LUA_TIMER_MT);
+    luaL_setmetatable(L, TIMER_MT);
     lua_pushvalue(L, 2);
     lua_setiuservalue(L, -2, 1);
     lua_pushvalue(L, -1);
@@ -394,7 +442,7 @@ static int l_timer(lua_State *L)
 /* handle:cancel() -> true if the timer was still pending */
 static int l_timer_cancel(lua_State *L)
 {
-    struct timer *t = luaL_checkudata(L, 1, LUA_TIMER_MT);
+    struct timer *t = luaL_checkudata(L, 1, TIMER_MT);
     int active = t->ref != LUA_NOREF;
 
     if (active)
@@ -406,7 +454,7 @@ static int l_timer_cancel(lua_State *L)
 /* handle:active() -> true while the timer will still fire */
 static int l_timer_active(lua_State *L)
 {
-    struct timer *t = luaL_checkudata(L, 1, LUA_TIMER_MT);
+    struct timer *t = luaL_checkudata(L, 1, TIMER_MT);
 
     lua_pushboolean(L, t->ref != LUA_NOREF);
     return 1;
@@ -414,7 +462,7 @@ static int l_timer_active(lua_State *L)
 
 static int l_timer_gc(lua_State *L)
 {
-    struct timer *t = luaL_checkudata(L, 1, LUA_TIMER_MT);
+    struct timer *t = luaL_checkudata(L, 1, TIMER_MT);
 
     if (t->ref != LUA_NOREF)
         timer_stop(L, t);
@@ -434,7 +482,7 @@ static void open_timer_mt(lua_State *L)
     static const luaL_Reg methods[] = {
         {"cancel", l_timer_cancel}, {"active", l_timer_active}, {NULL, NULL}};
 
-    new_gc_metatable(L, LUA_TIMER_MT, l_timer_gc);
+    new_gc_metatable(L, TIMER_MT, l_timer_gc);
     luaL_newlib(L, methods);
     lua_setfield(L, -2, "__index");
     lua_pop(L, 1);
@@ -460,7 +508,7 @@ static void jbox_clear(struct jbox *box)
 
 static int jbox_gc(lua_State *L)
 {
-    jbox_clear(luaL_checkudata(L, 1, LUA_JBOX_MT));
+    jbox_clear(luaL_checkudata(L, 1, JBOX_MT));
     return 0;
 }
 
@@ -470,7 +518,7 @@ static struct jbox *jbox_new(lua_State *L)
 
     box->root = NULL;
     box->text = NULL;
-    luaL_setmetatable(L, LUA_JBOX_MT);
+    luaL_setmetatable(L, JBOX_MT);
     return box;
 }
 
@@ -561,7 +609,7 @@ static void jenc_table(lua_State *L, struct jenc *e, int idx, json_t *parent, co
     lua_Integer n;
     json_t *v;
 
-    if (depth > LUA_JSON_MAX_DEPTH)
+    if (depth > JSON_MAX_DEPTH)
         jenc_fail(L, e, "tables nested too deeply");
     luaL_checkstack(L, 6, "json.encode");
     lua_pushvalue(L, idx);
@@ -731,7 +779,7 @@ static void open_json(lua_State *L)
     static const luaL_Reg funcs[] = {
         {"encode", l_json_encode}, {"decode", l_json_decode}, {NULL, NULL}};
 
-    new_gc_metatable(L, LUA_JBOX_MT, jbox_gc);
+    new_gc_metatable(L, JBOX_MT, jbox_gc);
     lua_pop(L, 1);
     luaL_newlib(L, funcs);
     lua_pushlightuserdata(L, NULL);
@@ -770,7 +818,7 @@ static void open_ternd(lua_State *L)
 
     open_timer_mt(L);
     luaL_newlib(L, funcs);
-    lua_pushstring(L, LUA_TERND_VERSION);
+    lua_pushstring(L, HOST_VERSION);
     lua_setfield(L, -2, "version");
     open_json(L);
     lua_setglobal(L, "ternd");
@@ -875,7 +923,7 @@ static int vm_run_script(struct vm *vm, const char *path, char *err, size_t errl
         st = vm_call(vm, 0, 0);
     if (st == LUA_OK)
         return 0;
-    error_text(vm, st, msg, sizeof(msg));
+    error_text(vm, vm->L, st, msg, sizeof(msg));
     lua_pop(vm->L, 1);
     format_script_error(err, errlen, path, msg);
     return TN_ELUA;
@@ -898,10 +946,15 @@ static struct vm *vm_build(struct tn_lua *lua, const struct tn_lua_conf *conf, c
                            size_t errlen)
 {
     struct setup s = {lua, NULL, 0, err, errlen, 0};
+    struct tn_lua_conf defaults;
     struct vm *vm = calloc(1, sizeof(*vm));
     char msg[1024];
     int st;
 
+    if (!conf) { /* NULL: the defaults, no script */
+        tn_lua_conf_default(&defaults);
+        conf = &defaults;
+    }
     if (!vm || !(vm->L = lua_newstate(vm_alloc, vm))) {
         snprintf(err, errlen, "cannot create a Lua state: out of memory");
         free(vm);
@@ -920,7 +973,7 @@ static struct vm *vm_build(struct tn_lua *lua, const struct tn_lua_conf *conf, c
     st = vm_protected(vm, vm_setup, &s, 0);
     free((void *)s.openers);
     if (st != LUA_OK) {
-        error_text(vm, st, msg, sizeof(msg));
+        error_text(vm, vm->L, st, msg, sizeof(msg));
         snprintf(err, errlen, "cannot set up the Lua state: %s", msg);
         goto fail;
     }
@@ -960,7 +1013,7 @@ int tn_lua_add_opener(const char *name, tn_lua_open_pt open, void *ud)
         openers = v;
         openers_cap = cap;
     }
-    snprintf(openers[openers_n].name, LUA_OPENER_NAME, "%s", name ? name : "?");
+    snprintf(openers[openers_n].name, OPENER_NAME_MAX, "%s", name ? name : "?");
     openers[openers_n].open = open;
     openers[openers_n].ud = ud;
     openers_n++;
@@ -990,13 +1043,8 @@ void tn_lua_remove_opener(tn_lua_open_pt open, void *ud)
 struct tn_lua *tn_lua_create(const char *owner, const struct tn_lua_conf *conf, tn_lua_open_pt open,
                              void *ud, char *err, size_t errlen)
 {
-    struct tn_lua_conf defaults;
     struct tn_lua *lua = calloc(1, sizeof(*lua));
 
-    if (!conf) {
-        tn_lua_conf_default(&defaults);
-        conf = &defaults;
-    }
     if (!lua || !(lua->owner = strdup(owner ? owner : "lua"))) {
         snprintf(err, errlen, "cannot create a Lua state: out of memory");
         free(lua);

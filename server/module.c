@@ -297,6 +297,12 @@ static int sort_by_deps(struct tn_modset *ms)
 
     if (!out)
         return TN_ENOMEM;
+    /* Services every other module may use from its scripts (the pool
+     * module's ternd.pool) come up first; then dependency order, and
+     * file order among equals. */
+    for (size_t i = 0; i < ms->n && rc == 0; i++)
+        if (strcmp(ms->v[i].mod->name, "pool") == 0)
+            rc = visit(ms, &ms->v[i], out, &nout);
     for (size_t i = 0; i < ms->n && rc == 0; i++)
         rc = visit(ms, &ms->v[i], out, &nout);
     if (rc == 0 && nout)
@@ -516,6 +522,8 @@ int tn_modset_reload(struct tn_modset *running, struct tn_modset *next)
     for (size_t i = 0; i < next->n; i++) {
         struct entry *e = &next->v[i];
         struct tn_mod *m = e->mod;
+        if (!e->is_new && !m->started)
+            e->is_new = 1; /* its init or start failed last time: start it afresh */
         if (e->is_new)
             continue;
         if (m->module->reload) {

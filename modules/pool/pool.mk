@@ -25,3 +25,9 @@ tsan-pool: $(srcdir)/t/unit/test_pool.c $(srcdir)/modules/pool/pool_core.c $(src
 	TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" ./$(TSAN_POOL)
 CLEANFILES += $(TSAN_POOL)
 .PHONY: tsan-pool
+
+# A test module using the C API through the "pool" service (check only).
+check_LTLIBRARIES += t/modules/pooluser.la
+t_modules_pooluser_la_SOURCES = t/modules/pooluser.c
+t_modules_pooluser_la_LDFLAGS = $(TEST_MODULE_LDFLAGS)
+t_modules_pooluser_la_LIBADD = -lpthread

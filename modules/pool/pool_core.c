@@ -25,13 +25,14 @@
 #define POOL_FREE_MAX 1024 /* recycled task nodes kept per pool */
 
 struct worker {
-    struct worker *prev, *next; /* idle list; head is the most recently idle */
+    struct worker *prev, *next; /* idle list (head: most recently idle), or dead list */
     struct pool *pool;
-    pthread_cond_t cond;        /* signalled when woken or told to quit */
-    struct pool_task *task;     /* the first task of a new worker */
-    int woken;                  /* taken off the idle list to fetch queued work */
-    int quit;                   /* told to exit; already taken off `running` */
-    int64_t idle_since;         /* monotonic ms */
+    pthread_t tid;
+    pthread_cond_t cond;    /* signalled when woken or told to quit */
+    struct pool_task *task; /* the first task of a new worker */
+    int woken;              /* taken off the idle list to fetch queued work */
+    int quit;               /* told to exit; already taken off `running` */
+    int64_t idle_since;     /* monotonic ms */
 };
 
 struct pool {
@@ -46,13 +47,14 @@ struct pool {
     int64_t nthreads; /* worker threads alive (includes quitting ones) */
     int64_t busy;     /* tasks being run */
     int64_t nidle;
-    int64_t nwaking;  /* woken workers that have not looked at the queue yet */
+    int64_t nwaking; /* woken workers that have not looked at the queue yet */
     struct worker *idle_head, *idle_tail;
     struct pool_task *qhead, *qtail;
     int64_t qlen;
     struct pool_task *free_tasks;
     int nfree;
-    int waiters; /* threads blocked in wait/release_timeout/destroy */
+    struct worker *dead; /* exited workers not joined yet */
+    int waiters;         /* threads blocked in wait/release_timeout/destroy */
     uint64_t submitted, completed, failed, rejected, cancelled;
 };
 
@@ -191,6 +193,23 @@ static void task_put(struct pool *p, struct pool_task *t)
     p->nfree++;
 }
 
+/* Join the workers that have exited (lock held). Workers are joinable, not
+ * detached, so that once the pool says they are gone their threads really
+ * have ended (a leak checker stopping the process at exit, or a module
+ * unloaded after fini, never meets one half-way out). A worker on the dead
+ * list has already let go of the lock, so joining it under the lock is
+ * safe and brief. */
+static void reap(struct pool *p)
+{
+    while (p->dead) {
+        struct worker *w = p->dead;
+        p->dead = w->next;
+        pthread_join(w->tid, NULL);
+        pthread_cond_destroy(&w->cond);
+        free(w);
+    }
+}
+
 /* Wake wait()ers once nothing is queued or running. */
 static void notify_drained(struct pool *p)
 {
@@ -285,11 +304,13 @@ static void *worker_main(void *arg)
 
     if (p->h.worker_exit)
         p->h.worker_exit(p, p->h.ud);
-    pthread_cond_destroy(&w->cond);
-    free(w);
 
-    /* last touch of the pool: destroy() may free it once we unlock */
+    /* last touch of the pool: whoever joins us frees w. We join those that
+     * went before, so at most one exited worker waits to be joined. */
     pthread_mutex_lock(&p->lock);
+    reap(p);
+    w->next = p->dead;
+    p->dead = w;
     p->nthreads--;
     if (p->waiters)
         pthread_cond_broadcast(&p->changed);
@@ -301,13 +322,12 @@ static void *worker_main(void *arg)
  * block every signal: the loop thread handles them. */
 static int spawn(struct pool *p, struct pool_task *t)
 {
-    struct worker *w = calloc(1, sizeof(*w));
-    pthread_attr_t attr;
-    pthread_t tid;
+    struct worker *w;
     sigset_t all, old;
     int rc;
 
-    if (!w)
+    reap(p);
+    if (!(w = calloc(1, sizeof(*w))))
         return TN_ENOMEM;
     w->pool = p;
     w->task = t;
@@ -315,13 +335,10 @@ static int spawn(struct pool *p, struct pool_task *t)
         free(w);
         return -rc;
     }
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
-    rc = pthread_create(&tid, &attr, worker_main, w);
+    rc = pthread_create(&w->tid, NULL, worker_main, w);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
-    pthread_attr_destroy(&attr);
     if (rc != 0) {
         pthread_cond_destroy(&w->cond);
         free(w);
@@ -420,14 +437,22 @@ void pool_destroy(struct pool *p)
     free(p);
 }
 
-const char *pool_name(const struct pool *p) { return p->name; }
+const char *pool_name(const struct pool *p)
+{
+    return p->name;
+}
 
-struct tn_pool *pool_handle(struct pool *p) { return &p->pub; }
+struct tn_pool *pool_handle(struct pool *p)
+{
+    return &p->pub;
+}
 
-struct pool *pool_from_handle(struct tn_pool *h) { return (struct pool *)h; }
+struct pool *pool_from_handle(struct tn_pool *h)
+{
+    return (struct pool *)h;
+}
 
-int pool_submit(struct pool *p, tn_pool_task_pt fn, void *arg, tn_pool_done_pt done,
-                void *udata)
+int pool_submit(struct pool *p, tn_pool_task_pt fn, void *arg, tn_pool_done_pt done, void *udata)
 {
     struct pool_task *t;
     int rc = TN_EOVERLOAD;
@@ -598,8 +623,10 @@ int pool_release_timeout(struct pool *p, int64_t timeout_ms)
     p->waiters++;
     while (p->nthreads > 0 && rc == 0)
         rc = wait_until(&p->changed, &p->lock, deadline);
-    if (p->nthreads == 0)
+    if (p->nthreads == 0) {
+        reap(p);
         rc = 0;
+    }
     p->waiters--;
     pthread_mutex_unlock(&p->lock);
     return rc == 0 ? 0 : TN_ETIMEDOUT;

@@ -59,8 +59,7 @@ const char *pool_name(const struct pool *p);
 struct tn_pool *pool_handle(struct pool *p);
 struct pool *pool_from_handle(struct tn_pool *h);
 
-int pool_submit(struct pool *p, tn_pool_task_pt fn, void *arg, tn_pool_done_pt done,
-                void *udata);
+int pool_submit(struct pool *p, tn_pool_task_pt fn, void *arg, tn_pool_done_pt done, void *udata);
 /* Call t->done(t->udata, t->rc) and recycle the node (deliver users). */
 void pool_task_finish(struct pool_task *t);
 

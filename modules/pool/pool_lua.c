@@ -19,9 +19,9 @@
 
 #include "pool_module.h"
 
-#define COPY_DEPTH 64              /* nesting of copied tables */
-#define COPY_MAX (64u << 20)       /* bytes of copied arguments or results */
-#define DIRS_MAX 64                /* script dirs added to the workers' package.path */
+#define COPY_DEPTH 64        /* nesting of copied tables */
+#define COPY_MAX (64u << 20) /* bytes of copied arguments or results */
+#define DIRS_MAX 64          /* script dirs added to the workers' package.path */
 #define TOKEN_KEY "ternd.pool.token"
 #define WAITING_KEY "ternd.pool.waiting"
 #define BOX_META "ternd.pool.box"
@@ -51,6 +51,7 @@ struct token {
     int alive;
     int refs;
     lua_State *L; /* the main thread of the state */
+    char *dir;    /* the state's script dir, once known (see caller_dir) */
 };
 
 struct lua_job {
@@ -58,8 +59,8 @@ struct lua_job {
     int cb_ref, co_ref; /* LUA_NOREF when unused */
     int orphan;         /* its coroutine was resumed by someone else */
     int nargs, nres;
-    int failed;         /* res holds the error message */
-    const char *pool, *target, *modname, *func, *dir;
+    int failed; /* res holds the error message */
+    const char *pool, *target, *modname, *func;
     struct tn_buf args, res;
     char names[]; /* the strings above */
 };
@@ -68,7 +69,7 @@ struct lua_job {
 
 struct copy {
     struct tn_buf *b;
-    int seen;  /* stack index of the table of tables being copied */
+    int seen; /* stack index of the table of tables being copied */
     int depth;
     char err[128];
 };
@@ -88,7 +89,10 @@ static int put(struct copy *c, const void *p, size_t n)
     return 0;
 }
 
-static int put_tag(struct copy *c, char tag) { return put(c, &tag, 1); }
+static int put_tag(struct copy *c, char tag)
+{
+    return put(c, &tag, 1);
+}
 
 static int encode(lua_State *L, int idx, struct copy *c);
 
@@ -210,9 +214,15 @@ static int decode(lua_State *L, struct reader *r)
     if (!lua_checkstack(L, 3) || take(r, &tag, 1) != 0)
         return -1;
     switch (tag) {
-    case 'n': lua_pushnil(L); return 0;
-    case 't': lua_pushboolean(L, 1); return 0;
-    case 'f': lua_pushboolean(L, 0); return 0;
+    case 'n':
+        lua_pushnil(L);
+        return 0;
+    case 't':
+        lua_pushboolean(L, 1);
+        return 0;
+    case 'f':
+        lua_pushboolean(L, 0);
+        return 0;
     case 'i': {
         lua_Integer i;
         if (take(r, &i, sizeof(i)) != 0)
@@ -261,14 +271,16 @@ static int decode_values(lua_State *L, const struct tn_buf *b, int n)
 
 static void token_unref(struct token *t)
 {
-    if (--t->refs == 0)
+    if (--t->refs == 0) {
+        free(t->dir);
         free(t);
+    }
 }
 
 static struct lua_job *job_new(const char *pool, const char *target)
 {
     size_t lp = strlen(pool) + 1, lt = strlen(target) + 1;
-    struct lua_job *j = calloc(1, sizeof(*j) + lp + 2 * lt + PATH_MAX);
+    struct lua_job *j = calloc(1, sizeof(*j) + lp + 2 * lt);
     char *s, *dot;
 
     if (!j)
@@ -281,7 +293,6 @@ static struct lua_job *job_new(const char *pool, const char *target)
     dot = strrchr(s + lp + lt, '.');
     *dot = '\0';
     j->func = dot + 1;
-    j->dir = s + lp + 2 * lt; /* PATH_MAX bytes, empty */
     return j;
 }
 
@@ -463,7 +474,10 @@ static int job_run(void *arg)
     return TN_ELUA;
 }
 
-void pool_lua_worker_exit(struct pool *p, void *ud) { wstate_free(); }
+void pool_lua_worker_exit(struct pool *p, void *ud)
+{
+    wstate_free();
+}
 
 /* ---- the loop side ------------------------------------------------------------------ */
 
@@ -485,7 +499,7 @@ static int push_results(lua_State *L)
 static void resume_coroutine(struct lua_job *j, lua_State *L, int n)
 {
     lua_State *co;
-    int status, nres = 0;
+    int nres = 0;
 
     lua_rawgeti(L, LUA_REGISTRYINDEX, j->co_ref);
     co = lua_tothread(L, -1);
@@ -505,15 +519,17 @@ static void resume_coroutine(struct lua_job *j, lua_State *L, int n)
     lua_rawset(L, -3);
     lua_pop(L, 1);
     lua_xmove(L, co, n);
-    status = lua_resume(co, L, n, &nres);
-    if (status == LUA_OK || status == LUA_YIELD) {
+    /* under the host's instruction budget and memory limit; a failure is
+     * logged with its traceback and counted by the host */
+    if (tn_lua_resume(tn_lua_from(L), co, n, &nres, "coroutine resumed by ternd.pool.submit") >= 0)
         lua_pop(co, nres);
-        return;
-    }
-    luaL_traceback(L, co, lua_tostring(co, -1), 0);
-    tn_log_error("pool", "coroutine resumed by ternd.pool.submit failed: %s", lua_tostring(L, -1));
-    lua_pop(L, 1);
-    lua_pop(co, 1);
+}
+
+/* Protected: resume the coroutine of job 1 with the values above it. */
+static int resume_job(lua_State *L)
+{
+    resume_coroutine(lua_touserdata(L, 1), L, lua_gettop(L) - 1);
+    return 0;
 }
 
 /* The pool completion (loop thread): hand the results to the callback or
@@ -544,35 +560,85 @@ static void job_done(void *udata, int rc)
         return;
     }
     n = lua_gettop(L) - top - (j->cb_ref != LUA_NOREF);
-    if (j->cb_ref == LUA_NOREF) {
-        resume_coroutine(j, L, n);
-    } else if ((lua = tn_lua_from(L))) {
-        tn_lua_pcall(lua, n, 0, "ternd.pool.submit callback");
-    } else if (lua_pcall(L, n, 0, 0) != LUA_OK) {
-        tn_log_error("pool", "ternd.pool.submit callback: %s", lua_tostring(L, -1));
+    if (j->cb_ref == LUA_NOREF) { /* resume_job(j, results...) */
+        lua_pushcfunction(L, resume_job);
+        lua_pushlightuserdata(L, j);
+        lua_rotate(L, top + 1, 2);
+        n++;
     }
+    /* through tn_lua_pcall: a fresh instruction budget, errors logged */
+    if ((lua = tn_lua_from(L)))
+        tn_lua_pcall(lua, n, 0, "ternd.pool.submit completion");
+    else if (lua_pcall(L, n, 0, 0) != LUA_OK)
+        tn_log_error("pool", "ternd.pool.submit completion: %s", lua_tostring(L, -1));
     lua_settop(L, top);
     job_free(j);
 }
 
-/* The directory of the nearest Lua function on the call stack that came
- * from a file, into out (empty when none). */
-static void caller_dir(lua_State *L, char *out, size_t len)
+/* Write the directory of a "@path" chunk name into out; 0 or -1. */
+static int source_dir(const char *source, char *out, size_t len)
+{
+    const char *slash;
+
+    if (source[0] != '@')
+        return -1;
+    slash = strrchr(source + 1, '/');
+    if (!slash)
+        snprintf(out, len, ".");
+    else if ((size_t)(slash - source - 1) < len)
+        snprintf(out, len, "%.*s", (int)(slash - source - 1), source + 1);
+    else
+        return -1;
+    return 0;
+}
+
+/* A global Lua function defined in a file (a hook such as on_line): the
+ * state's script, when the call stack has no file to show. */
+static int global_function_dir(lua_State *L, char *out, size_t len)
+{
+    int found = -1;
+    lua_Debug ar;
+
+    lua_pushglobaltable(L);
+    lua_pushnil(L);
+    while (found != 0 && lua_next(L, -2)) {
+        if (lua_type(L, -1) == LUA_TFUNCTION && !lua_iscfunction(L, -1)) {
+            lua_pushvalue(L, -1);
+            if (lua_getinfo(L, ">S", &ar))
+                found = source_dir(ar.source, out, len);
+        }
+        lua_pop(L, 1);
+    }
+    if (found == 0)
+        lua_pop(L, 1); /* the key lua_next left */
+    lua_pop(L, 1);
+    return found;
+}
+
+/* The directory workers should find the caller's modules in: that of the
+ * nearest function on the call stack that came from a file; else (a chunk
+ * from a string, or a tail call that left no frame) the one remembered for
+ * this state, else that of a global function from a file. out is empty
+ * when none is known. */
+static void caller_dir(lua_State *L, struct token *tok, char *out, size_t len)
 {
     lua_Debug ar;
 
     out[0] = '\0';
-    for (int level = 1; level < 16 && lua_getstack(L, level, &ar); level++) {
-        const char *slash;
-        if (!lua_getinfo(L, "S", &ar) || ar.source[0] != '@')
-            continue;
-        slash = strrchr(ar.source + 1, '/');
-        if (!slash)
-            snprintf(out, len, ".");
-        else if ((size_t)(slash - ar.source - 1) < len)
-            snprintf(out, len, "%.*s", (int)(slash - ar.source - 1), ar.source + 1);
+    for (int level = 1; level < 16 && lua_getstack(L, level, &ar); level++)
+        if (lua_getinfo(L, "S", &ar) && source_dir(ar.source, out, len) == 0)
+            goto found;
+    if (tok->dir) {
+        snprintf(out, len, "%s", tok->dir);
         return;
     }
+    if (global_function_dir(L, out, len) != 0) {
+        out[0] = '\0';
+        return;
+    }
+found:
+    if (!tok->dir)
+        tok->dir = strdup(out);
 }
 
 static void add_dir(const char *dir)
@@ -641,7 +707,7 @@ static int l_submit(lua_State *L)
     struct pool *p = pool_mod_find(lua_pm, pname);
     struct token *tok = state_token(L);
     struct lua_job **bj, *j;
-    char err[192];
+    char err[192], dir[PATH_MAX];
 
     if (!p)
         return luaL_error(L, "ternd.pool.submit: no pool named \"%s\"", pname);
@@ -661,8 +727,8 @@ static int l_submit(lua_State *L)
     j->nargs = top - 2 - cb;
     if (encode_values(L, 3, j->nargs, &j->args, "argument", err, sizeof(err)) != 0)
         return luaL_error(L, "ternd.pool.submit: %s", err);
-    caller_dir(L, (char *)j->dir, PATH_MAX);
-    add_dir(j->dir);
+    caller_dir(L, tok, dir, sizeof(dir));
+    add_dir(dir);
     if (cb)
         lua_pushvalue(L, top);
     else
@@ -673,7 +739,7 @@ static int l_submit(lua_State *L)
         j->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     if ((rc = pool_submit(p, job_run, j, job_done, j)) != 0) {
         lua_pushnil(L);
-        lua_pushstring(L, rc == TN_EOVERLOAD ? "pool overloaded"
+        lua_pushstring(L, rc == TN_EOVERLOAD  ? "pool overloaded"
                           : rc == TN_ESTOPPED ? "pool stopped"
                                               : tn_strerror(rc));
         return 2; /* the box frees j */

@@ -28,10 +28,9 @@ static const struct tn_conf_cmd pool_entry_table[] = {
     {"size", TN_CONF_INT, offsetof(struct pool_entry_conf, size), &pool_size_range, NULL, NULL},
     {"expiry", TN_CONF_DURATION, offsetof(struct pool_entry_conf, expiry), NULL, NULL, NULL},
     {"prealloc", TN_CONF_BOOL, offsetof(struct pool_entry_conf, prealloc), NULL, NULL, NULL},
-    {"nonblocking", TN_CONF_BOOL, offsetof(struct pool_entry_conf, nonblocking), NULL, NULL,
-     NULL},
-    {"max_waiting", TN_CONF_INT, offsetof(struct pool_entry_conf, max_waiting),
-     &pool_waiting_range, NULL, NULL},
+    {"nonblocking", TN_CONF_BOOL, offsetof(struct pool_entry_conf, nonblocking), NULL, NULL, NULL},
+    {"max_waiting", TN_CONF_INT, offsetof(struct pool_entry_conf, max_waiting), &pool_waiting_range,
+     NULL, NULL},
     {"disable_purge", TN_CONF_BOOL, offsetof(struct pool_entry_conf, disable_purge), NULL, NULL,
      NULL},
     TN_CONF_END};
@@ -79,7 +78,8 @@ static void set_entry(struct tn_conf *cf, const struct tn_conf_node *item,
         return;
     if (!e->disable_purge && e->expiry <= 0) {
         tn_conf_push_key(cf, "expiry");
-        tn_conf_error(cf, map_value(item, "expiry"), "must be longer than 0 (or set disable_purge)");
+        tn_conf_error(cf, map_value(item, "expiry"),
+                      "must be longer than 0 (or set disable_purge)");
         tn_conf_pop(cf);
     }
 }
@@ -215,9 +215,8 @@ void pool_mod_log_failure(struct pool_mod *pm, const char *pool, const char *wha
     clock_gettime(CLOCK_MONOTONIC, &ts);
     now = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
     last = __atomic_load_n(&pm->fail_log_ms, __ATOMIC_RELAXED);
-    if (now - last < 1000 ||
-        !__atomic_compare_exchange_n(&pm->fail_log_ms, &last, now, 0, __ATOMIC_RELAXED,
-                                     __ATOMIC_RELAXED)) {
+    if (now - last < 1000 || !__atomic_compare_exchange_n(&pm->fail_log_ms, &last, now, 0,
+                                                          __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
         __atomic_add_fetch(&pm->fail_suppressed, 1, __ATOMIC_RELAXED);
         return;
     }
@@ -281,18 +280,24 @@ static int api_wait(struct tn_pool *h, int64_t timeout_ms)
     return pool_wait(pool_from_handle(h), timeout_ms);
 }
 
-static void api_release(struct tn_pool *h) { pool_release(pool_from_handle(h)); }
+static void api_release(struct tn_pool *h)
+{
+    pool_release(pool_from_handle(h));
+}
 
 static int api_release_timeout(struct tn_pool *h, int64_t timeout_ms)
 {
     return pool_release_timeout(pool_from_handle(h), timeout_ms);
 }
 
-static int api_reboot(struct tn_pool *h) { return pool_reboot(pool_from_handle(h)); }
+static int api_reboot(struct tn_pool *h)
+{
+    return pool_reboot(pool_from_handle(h));
+}
 
 static const struct tn_pool_api pool_api = {
-    sizeof(struct tn_pool_api), api_find, api_submit,  api_tune,   api_info,
-    api_wait,                   api_release, api_release_timeout, api_reboot,
+    sizeof(struct tn_pool_api), api_find,   api_submit, api_tune, api_info, api_wait, api_release,
+    api_release_timeout,        api_reboot,
 };
 
 /* ---- lifecycle ------------------------------------------------------------------ */
@@ -347,8 +352,8 @@ static int pool_init(struct tn_mod *m)
             goto fail;
     if ((rc = pool_lua_init(pm, &pc->lua)) != 0)
         goto fail;
-    if (pc->lua.script && !(pm->lua = tn_lua_create("pool", &pc->lua, NULL, NULL, err,
-                                                     sizeof(err)))) {
+    if (pc->lua.script &&
+        !(pm->lua = tn_lua_create("pool", &pc->lua, NULL, NULL, err, sizeof(err)))) {
         tn_log_error("pool", "%s", err);
         pool_lua_fini(pm, 0);
         rc = TN_ELUA;

@@ -25,8 +25,8 @@ struct pool_entry_conf {
 struct pool_conf {
     struct pool_entry_conf *pools;
     size_t npools;
-    int64_t stop_timeout;    /* ms: how long stop waits for queued and running tasks */
-    struct tn_lua_conf lua;  /* host script on the loop thread; limits also bound workers */
+    int64_t stop_timeout;   /* ms: how long stop waits for queued and running tasks */
+    struct tn_lua_conf lua; /* host script on the loop thread; limits also bound workers */
 };
 
 /* A pool the module made; kept until fini even when a reload drops it
@@ -40,13 +40,13 @@ struct pool_named {
 struct pool_mod {
     struct tn_mod *mod;
     struct pool_named *pools;
-    ev_async async;            /* wakes the loop for finished tasks */
-    pthread_mutex_t lock;      /* guards the finished list and detached */
+    ev_async async;       /* wakes the loop for finished tasks */
+    pthread_mutex_t lock; /* guards the finished list and detached */
     struct pool_task *finished, *finished_tail;
-    int detached;              /* fini gave up on stuck workers: drop results */
-    struct tn_lua *lua;        /* the host script's state, or NULL */
-    int64_t fail_log_ms;       /* rate limit of failure logs (atomic) */
-    uint64_t fail_suppressed;  /* failures not logged since (atomic) */
+    int detached;             /* fini gave up on stuck workers: drop results */
+    struct tn_lua *lua;       /* the host script's state, or NULL */
+    int64_t fail_log_ms;      /* rate limit of failure logs (atomic) */
+    uint64_t fail_suppressed; /* failures not logged since (atomic) */
 };
 
 /* The pool named name that is not removed, or NULL. Loop thread. */

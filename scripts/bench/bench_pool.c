@@ -80,7 +80,10 @@ static void pool_submit_fn(void (*fn)(void))
         abort();
 }
 
-static void pool_teardown(void) { pool_destroy(tn); }
+static void pool_teardown(void)
+{
+    pool_destroy(tn);
+}
 
 static GThreadPool *gp;
 
@@ -103,7 +106,10 @@ static void gpool_submit(void (*fn)(void))
     g_thread_pool_push(gp, data, NULL);
 }
 
-static void gpool_teardown(void) { g_thread_pool_free(gp, FALSE, TRUE); }
+static void gpool_teardown(void)
+{
+    g_thread_pool_free(gp, FALSE, TRUE);
+}
 
 static void *thread_fn(void *arg)
 {
@@ -130,7 +136,10 @@ static void tpt_submit(void (*fn)(void))
         sched_yield(); /* too many threads at once: let some finish */
 }
 
-static void tpt_teardown(void) { pthread_attr_destroy(&detached); }
+static void tpt_teardown(void)
+{
+    pthread_attr_destroy(&detached);
+}
 
 static const struct contender contenders[] = {
     {"ternd pool", pool_setup, pool_submit_fn, pool_teardown},

@@ -1,6 +1,8 @@
 """The command line: -V, -h, -t on good and bad files, usage errors."""
 
 import re
+import shutil
+import subprocess
 
 import tnhelp
 
@@ -215,3 +217,43 @@ def test_address_forms(tmp_path):
         assert r.returncode == 1, addr
         assert [e[1:4] for e in errors(r.stderr)] == [(2, 17, "daemon.admin_listen")], \
             (addr, r.stderr)
+
+
+def test_config_and_modules_found_beside_the_binary(tmp_path):
+    # an unpacked tree: PREFIX/bin/ternd finds PREFIX/conf/ternd.yaml and
+    # PREFIX/lib/ternd/modules without being told
+    prefix = tmp_path / "prefix"
+    (prefix / "bin").mkdir(parents=True)
+    (prefix / "conf").mkdir()
+    mods = prefix / "lib" / "ternd" / "modules"
+    mods.mkdir(parents=True)
+    exe = prefix / "bin" / "ternd"
+    shutil.copy(tnhelp.ternd_bin(), exe)
+    r = subprocess.run([str(exe), "-t"], capture_output=True, text=True, timeout=20,
+                       cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "/conf/ternd.yaml" not in r.stdout  # not there yet
+    conf = prefix / "conf" / "ternd.yaml"
+    conf.write_text("sample:\n  greeting: found\n")
+    r = subprocess.run([str(exe), "-t"], capture_output=True, text=True, timeout=20,
+                       cwd=tmp_path)
+    assert r.returncode == 1  # found the file, but no sample.so yet
+    shown = "%s/../conf/ternd.yaml" % (prefix / "bin")  # as ternd found it
+    assert "ternd: %s:1:1: sample: unknown module: no sample.so in %s/../lib/ternd/modules\n" \
+        % (shown, prefix / "bin") in r.stderr, r.stderr
+    (mods / "sample.so").symlink_to(tnhelp.test_modules_dir() / "sample.so")
+    r = subprocess.run([str(exe), "-t"], capture_output=True, text=True, timeout=20,
+                       cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "ternd: %s: configuration OK\n" % shown
+
+
+def test_check_reports_hundreds_of_errors(tmp_path):
+    keys = "".join("  bad_key_%03d: 1\n" % i for i in range(300))
+    p = write(tmp_path, "many.yaml", "daemon:\n" + keys)
+    r = tnhelp.run(["-t", "-c", p])
+    assert r.returncode == 1
+    errs = errors(r.stderr)
+    assert len(errs) == 300
+    assert [e[1] for e in errs] == list(range(2, 302))  # in file order
+    assert all(e[3].startswith("daemon.bad_key_") for e in errs)

@@ -50,10 +50,7 @@ def test_stop_without_modules(ternd):
 def sample_with_client(ternd, shutdown_timeout):
     """A running ternd with the sample module, and one client that has
     been answered."""
-    port = tnhelp.free_port()
-    t = ternd(daemon={"shutdown_timeout": shutdown_timeout},
-              sections={"sample": {"listen": "127.0.0.1:%d" % port}})
-    t.start()
+    t, port = tnhelp.start_sample(ternd, daemon={"shutdown_timeout": shutdown_timeout})
     c = tnhelp.LineClient(port)
     assert c.ask("before") == "hello before"
     return t, port, c
@@ -154,13 +151,15 @@ def stale_pid():
     return p.pid
 
 
-@pytest.mark.parametrize("before", [None, "stale"])
+@pytest.mark.parametrize("before", [None, "stale", "garbage"])
 def test_pid_file_written_and_removed(ternd, before):
     t = ternd(daemon={"pid_file": "run/ternd.pid"})
     (t.tmp / "run").mkdir()
     pidf = t.tmp / "run" / "ternd.pid"
     if before == "stale":  # a pid file left by a process that is gone
         pidf.write_text("%d\n" % stale_pid())
+    elif before == "garbage":
+        pidf.write_text("not a pid\n")
     t.start()
     assert pidf.read_text() == "%d\n" % t.pid
     t.stop()
@@ -225,6 +224,17 @@ class NotifySocket:
             if pred(msg):
                 return msg
         raise AssertionError("no matching notification; got %r" % self.got)
+
+    def pending(self):
+        """Every message already queued, without waiting: one string."""
+        self.sock.setblocking(False)
+        out = []
+        try:
+            while True:
+                out.append(self.sock.recv(4096).decode())
+        except BlockingIOError:
+            pass
+        return "\n".join(out)
 
     def close(self):
         self.sock.close()
@@ -293,12 +303,7 @@ def test_sd_notify_watchdog_for_another_pid(ternd, notify):
     t.start()
     notify.recv_until(lambda m: "READY=1" in m)
     time.sleep(0.5)
-    notify.sock.setblocking(False)
-    try:
-        extra = notify.sock.recv(4096).decode()
-    except BlockingIOError:
-        extra = ""
-    assert "WATCHDOG" not in extra
+    assert "WATCHDOG" not in notify.pending()
     t.stop()
 
 
@@ -319,10 +324,7 @@ def assert_refused(port):
 
 
 def test_max_connections_refuses_the_extra(ternd, sample_modules):
-    port = tnhelp.free_port()
-    t = ternd(daemon={"max_connections": 3},
-              sections={"sample": {"listen": "127.0.0.1:%d" % port}})
-    t.start()
+    t, port = tnhelp.start_sample(ternd, daemon={"max_connections": 3})
     # readiness probes must be gone before we count
     tnhelp.wait_for(lambda: t.metrics()["ternd_connections_open"] == 1, 5,
                     what="only the /metrics request open")
@@ -347,10 +349,7 @@ def test_max_connections_refuses_the_extra(ternd, sample_modules):
 
 
 def test_max_connections_changes_on_reload(ternd, sample_modules):
-    port = tnhelp.free_port()
-    t = ternd(daemon={"max_connections": 100},
-              sections={"sample": {"listen": "127.0.0.1:%d" % port}})
-    t.start()
+    t, port = tnhelp.start_sample(ternd, daemon={"max_connections": 100})
     t.daemon["max_connections"] = 2
     t.reload()
     time.sleep(0.2)
@@ -367,7 +366,8 @@ def test_max_connections_changes_on_reload(ternd, sample_modules):
 # ---- background mode -----------------------------------------------------------
 
 def test_daemonize(ternd):
-    t = ternd(daemon={"pid_file": "ternd.pid", "log_file": "ternd.log"})
+    t = ternd(daemon={"pid_file": "ternd.pid", "log_file": "ternd.log",
+                      "admin_listen": "127.0.0.1:%d" % tnhelp.free_port()})
     pidf = t.tmp / "ternd.pid"
     r = tnhelp.run(["-d", "-c", t.conf_path], cwd=t.tmp, timeout=10)
     assert r.returncode == 0, r.stderr
@@ -389,3 +389,62 @@ def _ping(port):
         return tnhelp.request(port, "GET", "/ping", timeout=1).status == 200
     except (OSError, EOFError):
         return False
+
+
+def test_pid_file_in_missing_directory_fails_start(ternd):
+    t = ternd(daemon={"pid_file": "no/such/dir/ternd.pid"})
+    t.start(wait=False)
+    assert t.wait_exit() == 1
+    assert re.search(r"cannot write pid file .*no/such/dir/ternd\.pid", t.stderr()), t.stderr()
+
+
+def test_idle_keepalive_admin_connection_does_not_hold_the_stop(ternd):
+    t = ternd(daemon={"shutdown_timeout": "10s"})
+    t.start()
+    with socket.create_connection(("127.0.0.1", t.admin_port), timeout=5) as s:
+        s.sendall(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+        r, _ = tnhelp.read_response(s)
+        assert r.status == 200
+        t0 = time.monotonic()
+        t.stop()
+        assert time.monotonic() - t0 < 3.0
+        assert tnhelp.closed_by_peer(s, 1)
+    assert "shutdown timeout" not in t.log()
+
+
+def test_sd_notify_no_ready_when_startup_fails(ternd, notify, sample_modules):
+    t = ternd(env={"NOTIFY_SOCKET": notify.env_value}, text="sample:\n  fail_init: true\n")
+    t.start(wait=False)
+    assert t.wait_exit() == 1
+    assert "READY=1" not in notify.pending()
+
+
+def test_sigusr1_reopen_failure_keeps_the_old_log(ternd):
+    t = ternd(daemon={"log_file": "logs/ternd.log"})
+    (t.tmp / "logs").mkdir()
+    t.start()
+    os.rename(t.tmp / "logs", t.tmp / "logs.old")  # the directory is gone
+    t.send_signal(signal.SIGUSR1)
+    old = t.tmp / "logs.old" / "ternd.log"
+    tnhelp.wait_for(lambda: "cannot open log file" in old.read_text(), 5,
+                    what="the reopen error in the old file")
+    assert t.get("/ping").status == 200
+    (t.tmp / "logs").mkdir()
+    t.send_signal(signal.SIGUSR1)
+    new = t.tmp / "logs" / "ternd.log"
+    tnhelp.wait_for(lambda: new.exists() and "reopened" in new.read_text(), 5,
+                    what="the new log file")
+    t.stop()
+    assert "core: stopped" in new.read_text()
+
+
+def test_signal_flood(ternd, sample_modules):
+    t, port = tnhelp.start_sample(ternd)
+    with tnhelp.LineClient(port) as c:
+        for i in range(30):
+            t.send_signal(signal.SIGHUP if i % 2 else signal.SIGUSR1)
+        tnhelp.wait_for(lambda: t.log().count("reload done") >= 1, 10, what="a reload")
+        time.sleep(0.3)
+        assert c.ask("still") == "hello still"
+    assert t.get("/ping").status == 200
+    t.stop()

@@ -23,9 +23,9 @@ end
 
 def lua_eval_server(ternd, script=EVAL, **lua):
     t = ternd()
-    port, _ = tnhelp.sample_with_lua(t, script, **lua)
+    tnhelp.sample_with_lua(t, script, listen=tnhelp.ANY_PORT, **lua)
     t.start()
-    return t, tnhelp.LineClient(port)
+    return t, tnhelp.LineClient(tnhelp.sample_port(t))
 
 
 @pytest.fixture

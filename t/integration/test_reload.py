@@ -4,6 +4,7 @@ modules come and go; the sample module's Lua script reloads."""
 
 import re
 import signal
+import time
 
 import pytest
 
@@ -12,13 +13,8 @@ import tnhelp
 pytestmark = pytest.mark.usefixtures("sample_modules")
 
 
-def sample_server(ternd, greeting="hello", **extra):
-    port = tnhelp.free_port()
-    sect = {"listen": "127.0.0.1:%d" % port, "greeting": greeting}
-    sect.update(extra)
-    t = ternd(sections={"sample": sect})
-    t.start()
-    return t, port
+def sample_server(ternd, greeting="hello"):
+    return tnhelp.start_sample(ternd, greeting=greeting)
 
 
 def test_reload_applies_new_module_settings(ternd):
@@ -181,9 +177,11 @@ def test_open_connection_survives_many_reloads(ternd):
 # ---- Lua script of the sample module ---------------------------------------
 
 def lua_server(ternd, script_text, **lua):
+    """A started ternd whose sample module runs script_text: (t, port, script)."""
     t = ternd()
-    port, script = tnhelp.sample_with_lua(t, script_text, **lua)
-    return t, port, script
+    _, script = tnhelp.sample_with_lua(t, script_text, listen=tnhelp.ANY_PORT, **lua)
+    t.start()
+    return t, tnhelp.sample_port(t), script
 
 
 V1 = 'function on_line(s) return "v1:" .. s end\n'
@@ -201,7 +199,6 @@ V1 = 'function on_line(s) return "v1:" .. s end\n'
 ], ids=["valid", "syntax-error", "error-at-load"])
 def test_lua_script_reload(ternd, new_script, expect_log, answer):
     t, port, script = lua_server(ternd, V1)
-    t.start()
     with tnhelp.LineClient(port) as c:
         assert c.ask("a") == "v1:a"
         script.write_text(new_script)
@@ -214,7 +211,6 @@ def test_lua_script_reload(ternd, new_script, expect_log, answer):
 
 def test_lua_script_removed_on_reload(ternd):
     t, port, script = lua_server(ternd, 'function on_line(s) return "lua:" .. s end\n')
-    t.start()
     with tnhelp.LineClient(port) as c:
         assert c.ask("a") == "lua:a"
         del t.sections["sample"]["lua"]
@@ -230,9 +226,80 @@ def test_lua_state_is_fresh_after_reload(ternd):
     src = ("n = n or 0\n"
            "function on_line(s) n = n + 1; return tostring(n) end\n")
     t, port, script = lua_server(ternd, src)
-    t.start()
     with tnhelp.LineClient(port) as c:
         assert [c.ask("x") for _ in range(3)] == ["1", "2", "3"]
         t.reload()
         assert c.ask("x") == "1"
     t.stop()
+
+
+def test_reload_moves_the_log_file(ternd):
+    t = ternd(daemon={"log_file": "a.log"})
+    t.start()
+    t.daemon["log_file"] = "b.log"
+    t.write_conf()
+    t.send_signal(signal.SIGHUP)
+    # the rest of the reload is written to the new file
+    t.wait_log(r"core: reload done")  # log_path() follows daemon.log_file: b.log
+    t.stop()
+    a, b = (t.tmp / "a.log").read_text(), (t.tmp / "b.log").read_text()
+    assert "core: ready" in a and "core: reloading" in a
+    assert "core: stopped" in b and "core: stopped" not in a
+
+
+def test_reload_rescans_plugins_dir(ternd, sample_modules):
+    t = ternd()
+    plugin = t.tmp / "plugins" / "sample.so"
+    plugin.symlink_to(sample_modules / "sample.so")
+    t.start()
+    assert re.search(r"core: module sample 1\.0 started", t.log())
+    plugin.unlink()
+    log = t.reload()
+    assert "module sample removed by the new configuration" in log
+    assert "sample: fini" in log
+    plugin.symlink_to(sample_modules / "sample.so")
+    log = t.reload()
+    assert re.search(r"core: module sample 1\.0 started", log), log
+    t.stop()
+
+
+def test_sighup_during_stop_is_ignored(ternd):
+    t, port = sample_server(ternd)
+    with tnhelp.LineClient(port):  # keeps the drain going
+        t.daemon["shutdown_timeout"] = "1s"
+        t.send_signal(signal.SIGTERM)
+        t.wait_log(r"stopping gracefully")
+        mark = t.log_size()
+        t.send_signal(signal.SIGHUP)
+        assert t.wait_exit(10) == 0
+    assert "reloading" not in t.log()[mark:]
+
+
+def test_module_that_failed_on_reload_can_be_fixed_by_another(ternd):
+    # a module whose init failed during a reload is not running: the next
+    # reload must start it, not hand it a new configuration as if it ran
+    t = ternd()
+    t.start()
+    port = tnhelp.free_port()
+    t.sections = {"sample": {"listen": "127.0.0.1:%d" % port, "fail_init": True}}
+    log = t.reload()
+    assert "init refused (fail_init is set)" in log
+    t.sections["sample"]["fail_init"] = False
+    log = t.reload()
+    assert t.alive(), t.log()
+    assert re.search(r"core: module sample 1\.0 started", log), log
+    with tnhelp.LineClient(port) as c:
+        assert c.ask("fixed") == "hello fixed"
+    t.stop()
+
+
+def test_reload_changes_shutdown_timeout(ternd):
+    t, port = tnhelp.start_sample(ternd, daemon={"shutdown_timeout": "30s"})
+    t.daemon["shutdown_timeout"] = "300ms"
+    t.reload()
+    with tnhelp.LineClient(port) as c:
+        c.ask("x")  # this connection would hold a 30s drain
+        t0 = time.monotonic()
+        t.stop()
+        assert time.monotonic() - t0 < 3
+    assert "shutdown timeout: closing 1 connections" in t.log()

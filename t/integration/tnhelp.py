@@ -35,6 +35,17 @@ def ternd_bin():
     return BUILD / "server" / "ternd"
 
 
+# Listen on a port the kernel picks: no race with other processes between
+# choosing a free port and binding it. The bound port is read from the log.
+ANY_PORT = "127.0.0.1:0"
+
+
+def logged_port(t, prefix):
+    """The port of the last log line `<prefix> 127.0.0.1:PORT`, or None."""
+    found = re.findall(r"%s 127\.0\.0\.1:(\d+)$" % prefix, t.log(), re.M)
+    return int(found[-1]) if found else None
+
+
 def test_modules_dir():
     """Where `make check` leaves sample.so, sampledep.so and badabi.so."""
     return BUILD / "t" / "modules" / ".libs"
@@ -234,16 +245,37 @@ def request(port, method, path, body=None, headers=None, timeout=5.0):
         return resp
 
 
-def sample_with_lua(t, script_text, **lua):
-    """Configure t (not started) to run the sample module on a free port
-    with script_text as its Lua script (sample.lua in t's directory) and
-    the given lua: keys. Returns (port, script path)."""
-    port = free_port()
+def sample_port(t):
+    """The port the sample module of a started t listens on."""
+    return wait_for(lambda: logged_port(t, r"sample: listening on"), 5,
+                    what="the sample's listening line")
+
+
+def start_sample(make, daemon=None, **keys):
+    """With the `ternd` fixture's factory: a started ternd running the
+    sample module on a port of its own with the given sample keys.
+    Returns (t, port)."""
+    section = {"listen": ANY_PORT}
+    section.update(keys)
+    t = make(daemon=daemon, sections={"sample": section})
+    t.start()
+    return t, sample_port(t)
+
+
+def sample_with_lua(t, script_text, listen=None, **lua):
+    """Configure t (not started) to run the sample module with script_text
+    as its Lua script (sample.lua in t's directory) and the given lua:
+    keys, listening on a free port, or on `listen` (ANY_PORT: a port of its
+    own, sample_port(t) once started). Returns (port or None, script path)."""
+    port = None
+    if listen is None:
+        port = free_port()
+        listen = "127.0.0.1:%d" % port
     script = t.tmp / "sample.lua"
     script.write_text(script_text)
     lua_conf = {"script": str(script)}
     lua_conf.update(lua)
-    t.sections = {"sample": {"listen": "127.0.0.1:%d" % port, "lua": lua_conf}}
+    t.sections = {"sample": {"listen": listen, "lua": lua_conf}}
     t.write_conf()
     return port, script
 
@@ -296,19 +328,25 @@ class Ternd:
         self.tmp.mkdir(parents=True, exist_ok=True)
         self.conf_path = self.tmp / "ternd.yaml"
         self.stderr_path = self.tmp / "stderr.log"
-        self.admin_port = free_port()
         (self.tmp / "plugins").mkdir(exist_ok=True)
         self.daemon = {
             "log_level": "info",
             "data_dir": str(self.tmp / "data"),
             "modules_dir": str(test_modules_dir()),
             "plugins_dir": str(self.tmp / "plugins"),
-            "admin_listen": "127.0.0.1:%d" % self.admin_port,
+            "admin_listen": ANY_PORT,
             "shutdown_timeout": "3s",
         }
         self.daemon.update(daemon or {})
-        if self.daemon.get("admin_listen") is None:
-            self.admin_port = None
+        self.admin_port = None  # known once started when admin_listen is ANY_PORT
+        admin = self.daemon.get("admin_listen")
+        if admin == ANY_PORT and self.daemon.get("log_level") in ("warn", "error"):
+            # the line naming the bound port would not be logged
+            self.daemon["admin_listen"] = "127.0.0.1:%d" % free_port()
+            admin = self.daemon["admin_listen"]
+        m = re.match(r"^127\.0\.0\.1:(\d+)$", str(admin))
+        if m and admin != ANY_PORT:
+            self.admin_port = int(m.group(1))
         self.sections = sections or {}
         self.text = text
         # only what a test asks for reaches the server of systemd's variables
@@ -356,8 +394,12 @@ class Ternd:
             if self.proc.poll() is not None:
                 raise AssertionError("ternd exited with %s before it was ready:\n%s"
                                      % (self.proc.returncode, self.stderr()))
-            if self.admin_port is None:
-                return "] core: ready" in self.stderr()
+            if self.admin_port is None and self.daemon.get("admin_listen") == ANY_PORT:
+                self.admin_port = logged_port(self, r"core: admin HTTP on")
+                if self.admin_port is None:
+                    return False
+            if self.admin_port is None:  # no TCP admin endpoint
+                return "] core: ready" in self.log()
             try:
                 return request(self.admin_port, "GET", "/ping", timeout=1.0).status == 200
             except (OSError, EOFError):

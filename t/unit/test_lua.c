@@ -441,6 +441,72 @@ static void test_instruction_limit(void **state)
     tn_lua_destroy(lua);
 }
 
+/* The coroutine in global `name`, kept alive by that global. */
+static lua_State *global_thread(struct tn_lua *lua, const char *name)
+{
+    lua_State *L = tn_lua_state(lua), *co;
+
+    lua_getglobal(L, name);
+    co = lua_tothread(L, -1);
+    lua_pop(L, 1);
+    assert_non_null(co);
+    return co;
+}
+
+static void test_resume(void **state)
+{
+    struct tn_lua *lua = make(NULL, 1 << 20, 100000);
+    lua_State *co, *fresh;
+    int n = -1;
+
+    /* a thread made before any call has no hook to inherit */
+    fresh = lua_newthread(tn_lua_state(lua));
+    lua_setglobal(tn_lua_state(lua), "fresh");
+    assert_int_equal(luaL_loadstring(fresh, "while true do end"), LUA_OK);
+
+    assert_int_equal(run(lua,
+                         "co = coroutine.create(function(a) "
+                         "  local b = coroutine.yield(a + 1) error('co failed: ' .. b) end) "
+                         "small = coroutine.create(function() "
+                         "  local n = 0 for i = 1, 2000 do n = n + i end coroutine.yield(n) end) "
+                         "spin = coroutine.create(function() while true do end end) "
+                         "hog = coroutine.create(function() local t = {} "
+                         "  for i = 1, 1e6 do t[i] = ('x'):rep(64) .. i end end)",
+                         0),
+                     0);
+    co = global_thread(lua, "co");
+    lua_pushinteger(co, 41);
+    assert_int_equal(tn_lua_resume(lua, co, 1, &n, "co"), 1); /* yielded */
+    assert_int_equal(n, 1);
+    assert_int_equal(lua_tointeger(co, -1), 42);
+    lua_pop(co, n);
+    lua_pushstring(co, "x");
+    assert_int_equal(tn_lua_resume(lua, co, 1, &n, "co"), TN_ELUA);
+    assert_int_equal(n, 0);
+    assert_int_equal(lua_gettop(co), 0);
+    assert_int_equal(log_count("[error] test: co: [string \"co = coroutine.create"), 1);
+    assert_int_equal(log_count("co failed: x\nstack traceback:"), 1);
+    assert_int_equal(tn_lua_errors(lua), 1);
+
+    /* every resume gets a fresh budget, even right after one ran out */
+    assert_int_equal(run(lua, "while true do end", 0), TN_ELUA);
+    co = global_thread(lua, "small");
+    assert_int_equal(tn_lua_resume(lua, co, 0, &n, "small"), 1);
+    assert_int_equal(lua_tointeger(co, -1), 2001000);
+    lua_pop(co, n);
+    assert_int_equal(tn_lua_resume(lua, co, 0, &n, "small"), 0); /* finished */
+    assert_int_equal(n, 0);
+    assert_int_equal(tn_lua_resume(lua, global_thread(lua, "spin"), 0, &n, "spin"), TN_ELUA);
+    assert_int_equal(tn_lua_resume(lua, fresh, 0, &n, "fresh"), TN_ELUA);
+    assert_int_equal(log_count("instruction limit exceeded (100000)"), 3);
+    /* and the memory limit applies */
+    assert_int_equal(tn_lua_resume(lua, global_thread(lua, "hog"), 0, &n, "hog"), TN_ELUA);
+    assert_int_equal(log_count("test: hog: not enough memory (memory_limit 1048576"), 1);
+    assert_int_equal(tn_lua_errors(lua), 5);
+    assert_int_equal(lua_gettop(tn_lua_state(lua)), 0);
+    tn_lua_destroy(lua);
+}
+
 static void test_sandbox(void **state)
 {
     struct tn_lua *lua = make(NULL, 0, 0);
@@ -600,7 +666,6 @@ static void test_openers(void **state)
 {
     struct tn_lua *lua;
     char err[256];
-    struct tn_lua_conf lc;
 
     assert_int_equal(tn_lua_add_opener("one", opener_one, "first"), 0);
     assert_int_equal(tn_lua_add_opener("two", opener_two, NULL), 0);
@@ -611,10 +676,9 @@ static void test_openers(void **state)
     assert_eval(lua, "return ternd.one .. ' ' .. tostring(ternd.two)", "first true");
     assert_int_equal(lua_gettop(tn_lua_state(lua)), 0);
 
-    /* openers run on reloaded states too */
+    /* openers run on reloaded states too (NULL conf: the defaults) */
     order[0] = '\0';
-    tn_lua_conf_default(&lc);
-    assert_int_equal(tn_lua_reload(lua, &lc, err, sizeof(err)), 0);
+    assert_int_equal(tn_lua_reload(lua, NULL, err, sizeof(err)), 0);
     assert_string_equal(order, "12o");
     tn_lua_destroy(lua);
 
@@ -628,7 +692,7 @@ static void test_openers(void **state)
     /* a failing opener fails the create, naming it */
     assert_int_equal(tn_lua_add_opener("bad", opener_bad, NULL), 0);
     order[0] = '\0';
-    assert_null(tn_lua_create("test", &lc, owner_open, NULL, err, sizeof(err)));
+    assert_null(tn_lua_create("test", NULL, owner_open, NULL, err, sizeof(err)));
     assert_string_equal(order, "2x");
     assert_non_null(strstr(err, "opener 'bad'"));
     tn_lua_remove_opener(opener_bad, NULL);
@@ -853,6 +917,7 @@ int main(void)
         cmocka_unit_test_setup(test_pcall_error, setup),
         cmocka_unit_test_setup(test_memory_limit, setup),
         cmocka_unit_test_setup(test_instruction_limit, setup),
+        cmocka_unit_test_setup(test_resume, setup),
         cmocka_unit_test_setup(test_sandbox, setup),
         cmocka_unit_test_setup(test_log_and_clocks, setup),
         cmocka_unit_test_setup(test_timers, setup),

@@ -90,9 +90,18 @@ static int64_t wait_for(struct pool *p, int64_t (*what)(struct pool *), int64_t 
     return v;
 }
 
-static int64_t running_of(struct pool *p) { return info_of(p).running; }
-static int64_t idle_of(struct pool *p) { return info_of(p).idle; }
-static int64_t started_of(struct pool *p) { return gate_get(&gate.started); }
+static int64_t running_of(struct pool *p)
+{
+    return info_of(p).running;
+}
+static int64_t idle_of(struct pool *p)
+{
+    return info_of(p).idle;
+}
+static int64_t started_of(struct pool *p)
+{
+    return gate_get(&gate.started);
+}
 
 static struct pool_opts opts(int64_t capacity)
 {
@@ -134,7 +143,7 @@ static void test_expiry(void **state)
     struct pool_opts o = opts(8);
     struct pool *p;
 
-    o.expiry_ms = 300;
+    o.expiry_ms = 1000; /* long enough to look at the idle workers first */
     p = make(&o, NULL);
     for (int i = 0; i < 8; i++)
         assert_int_equal(pool_submit(p, gate_task, NULL, NULL, NULL), 0);
@@ -144,7 +153,7 @@ static void test_expiry(void **state)
     assert_int_equal(pool_wait(p, 5000), 0);
     /* idle, but not yet expired */
     assert_int_equal(info_of(p).running, 8);
-    assert_int_equal(wait_for(p, idle_of, 8, 200), 8);
+    assert_int_equal(wait_for(p, idle_of, 8, 500), 8);
     /* each idle worker's wait is its purge timer */
     assert_int_equal(wait_for(p, running_of, 0, 5000), 0);
     assert_int_equal(info_of(p).idle, 0);
@@ -519,12 +528,12 @@ static void test_deliver(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_bad_opts),     cmocka_unit_test(test_expiry),
+        cmocka_unit_test(test_bad_opts),      cmocka_unit_test(test_expiry),
         cmocka_unit_test(test_disable_purge), cmocka_unit_test(test_tune),
-        cmocka_unit_test(test_nonblocking),  cmocka_unit_test(test_max_waiting),
+        cmocka_unit_test(test_nonblocking),   cmocka_unit_test(test_max_waiting),
         cmocka_unit_test(test_drain_timeout), cmocka_unit_test(test_million),
-        cmocka_unit_test(test_failures),     cmocka_unit_test(test_release_reboot),
-        cmocka_unit_test(test_prealloc),     cmocka_unit_test(test_deliver),
+        cmocka_unit_test(test_failures),      cmocka_unit_test(test_release_reboot),
+        cmocka_unit_test(test_prealloc),      cmocka_unit_test(test_deliver),
     };
     pthread_mutex_init(&gate.m, NULL);
     pthread_cond_init(&gate.c, NULL);

@@ -72,6 +72,13 @@ TN_API int tn_lua_getfunc(struct tn_lua *lua, const char *name);
  * "owner: where: message + traceback", counts it, pops it, returns TN_ELUA.
  * `what` names the call for the log (e.g. "on_publish"). */
 TN_API int tn_lua_pcall(struct tn_lua *lua, int nargs, int nresults, const char *what);
+/* Resume the coroutine co (a thread of this state) with nargs values on
+ * its stack, under the budget and memory limit as tn_lua_pcall. Returns 0
+ * when it finished or 1 when it yielded, with *nresults values on co's stack
+ * for the caller to take; or TN_ELUA after logging "owner: what: message +
+ * traceback" and counting the error (co is dead, its stack emptied). */
+TN_API int tn_lua_resume(struct tn_lua *lua, lua_State *co, int nargs, int *nresults,
+                         const char *what);
 
 /* Compile a script without running it (for `ternd -t`). 0 or TN_ELUA. */
 TN_API int tn_lua_check_file(const char *path, char *err, size_t errlen);

@@ -42,11 +42,11 @@ typedef int (*tn_pool_task_pt)(void *arg);
 typedef void (*tn_pool_done_pt)(void *udata, int rc);
 
 struct tn_pool_info {
-    int64_t capacity;  /* most workers */
-    int64_t running;   /* workers alive (busy or idle), as ants' Running() */
-    int64_t idle;      /* of those, waiting for a task */
-    int64_t free;      /* capacity - running */
-    int64_t waiting;   /* tasks queued for a worker */
+    int64_t capacity; /* most workers */
+    int64_t running;  /* workers alive (busy or idle), as ants' Running() */
+    int64_t idle;     /* of those, waiting for a task */
+    int64_t free;     /* capacity - running */
+    int64_t waiting;  /* tasks queued for a worker */
     uint64_t submitted, completed, failed, rejected, cancelled;
 };
 
@@ -109,11 +109,17 @@ static inline int tn_pool_wait(struct tn_pool *p, int64_t timeout_ms)
  * release_timeout also waits (up to timeout_ms, < 0 forever) until every
  * worker has exited: 0 or TN_ETIMEDOUT. reboot reopens a released pool.
  * Any thread. */
-static inline void tn_pool_release(struct tn_pool *p) { p->api->release(p); }
+static inline void tn_pool_release(struct tn_pool *p)
+{
+    p->api->release(p);
+}
 static inline int tn_pool_release_timeout(struct tn_pool *p, int64_t timeout_ms)
 {
     return p->api->release_timeout(p, timeout_ms);
 }
-static inline int tn_pool_reboot(struct tn_pool *p) { return p->api->reboot(p); }
+static inline int tn_pool_reboot(struct tn_pool *p)
+{
+    return p->api->reboot(p);
+}
 
 #endif

@@ -19,6 +19,12 @@ function M.fail(msg) error(msg, 0) end
 function M.fn() return function() end end
 function M.spin(n) local x = 0 for i = 1, n do x = x + i end return x end
 function M.count() COUNT = (COUNT or 0) + 1 return COUNT end
+function M.forever() while true do end end
+function M.hog() local t = {} for i = 1, 1e8 do t[i] = string.rep("x", 100) .. i end end
+function M.probe()
+  return ternd.pool == nil, ternd.timer == nil, type(ternd.log), package.path:match("^[^;]*")
+end
+function M.deep(n) local t = {} for i = 1, n do t = {t} end return t end
 return M
 """
 
@@ -170,8 +176,11 @@ def test_lua_round_trip(host):
     assert res["many"] == "1:200"
     assert res["many_last"] == "1:200"
     assert "never" not in res
-    # failures are logged with their message
-    host.wait_log(r"\[warn\] pool: pool default: task failed: work.fail: boom")
+    # failures are logged with their message, at most one line a second
+    host.wait_log(r"\[warn\] pool: pool default: task failed: (work\.fail: boom|"
+                  r"nosuch\.func: module 'nosuch' not found|work\.nofunc: work\.nofunc is not "
+                  r"a function|work\.fn: result 1: cannot copy a function value)")
+    assert len([x for x in host.log_lines("pool") if "task failed" in x[2]]) <= 2
     host.stop()
 
 
@@ -226,17 +235,28 @@ end
 """
 
 
-@pytest.fixture
-def sample(ternd, tmp_path):
-    """The sample module's script (a Lua evaluator on a line protocol) with
-    the pool module loaded first; work.lua sits next to that script."""
+def sample_server(ternd, tmp_path, pool=POOLS_DICT, **lua):
+    """ternd (not started) with the sample module's script (a Lua evaluator
+    on a line protocol) in its own directory, not the working one, with
+    work.lua beside it, and the pool module loaded first. Returns (t, port)."""
     mdir = pool_modules_dir(tmp_path)
     t = ternd(daemon={"modules_dir": str(mdir)})
-    port, script = tnhelp.sample_with_lua(t, EVAL)
-    (script.parent / "work.lua").write_text(WORK_LUA)
+    port, script = tnhelp.sample_with_lua(t, EVAL, **lua)
+    lua_dir = t.tmp / "lua"
+    lua_dir.mkdir()
+    script = script.rename(lua_dir / "sample.lua")
+    (lua_dir / "work.lua").write_text(WORK_LUA)
+    t.sections["sample"]["lua"]["script"] = str(script)
     # pool first: its init adds ternd.pool before the sample's state is made
-    t.sections = dict([("pool", POOLS_DICT)] + list(t.sections.items()))
+    t.sections = dict([("pool", pool)] + list(t.sections.items()))
     t.write_conf()
+    t.lua_dir = lua_dir
+    return t, port
+
+
+@pytest.fixture
+def sample(ternd, tmp_path):
+    t, port = sample_server(ternd, tmp_path)
     t.start()
     c = tnhelp.LineClient(port)
     yield t, c
@@ -261,6 +281,63 @@ def test_other_module_callback_and_coroutine(sample):
     tnhelp.wait_for(lambda: c.ask("return tostring(#N)") == "6", 5, what="6 counts")
     counts = [int(c.ask("return tostring(N[%d])" % i)) for i in range(1, 7)]
     assert all(n >= 1 for n in counts) and max(counts) >= 2, counts
+    t.stop()
+
+
+def ask_result(c, call):
+    """Submit call (a string of Lua arguments after the pool) with a
+    callback and wait for its results, joined with |."""
+    c.ask('RES = nil ternd.pool.submit("default", %s, function(...) '
+          'local t = table.pack(...) for i = 1, t.n do t[i] = tostring(t[i]) end '
+          'RES = table.concat(t, "|") end) return "sent"' % call)
+    return tnhelp.wait_for(lambda: (lambda r: r if r != "nil" else None)(
+        c.ask("return tostring(RES)")), 10, what="the result of " + call)
+
+
+def test_worker_states(sample):
+    t, c = sample
+    # no ternd.pool or timers inside a task; the script's dir leads package.path
+    pool_nil, timer_nil, log_type, first = ask_result(c, '"work.probe"').split("|")
+    assert (pool_nil, timer_nil, log_type) == ("true", "true", "function")
+    assert first == str(t.lua_dir / "?.lua")
+    # shared subtables are copied (twice), nesting is bounded
+    assert ask_result(c, '"work.echo", (function() local s = {1} return {s, s} end)()') \
+        .startswith("table: ")
+    assert ask_result(c, '"work.deep", 60') .startswith("table: ")
+    assert ask_result(c, '"work.deep", 70') == "nil|result 1: tables nested too deep"
+    assert c.ask('return select(2, pcall(ternd.pool.submit, "default", "work.echo", '
+                 '(function() local t = {} for i = 1, 70 do t = {t} end return t end)(), '
+                 'print))').endswith("argument 1: tables nested too deep")
+    t.stop()
+
+
+def test_worker_limits(ternd, tmp_path):
+    """The pool's lua: limits bound each task in its worker state."""
+    t, port = sample_server(ternd, tmp_path, dict(
+        POOLS_DICT, lua={"instruction_limit": 1000000, "memory_limit": "8MiB"}))
+    t.start()
+    with tnhelp.LineClient(port) as c:
+        r = ask_result(c, '"work.forever"')
+        assert r.startswith("nil|") and "instruction limit exceeded (1000000)" in r, r
+        r = ask_result(c, '"work.hog"')
+        assert r.startswith("nil|") and "not enough memory" in r, r
+        # the worker's state is still usable after both
+        assert ask_result(c, '"work.add", 1, 2') == "3"
+    t.stop()
+
+
+def test_resumed_coroutine_runs_under_the_budget(ternd, tmp_path):
+    """A coroutine the pool resumes gets a fresh instruction budget: a
+    runaway one is stopped and logged, the caller's state goes on."""
+    t, port = sample_server(ternd, tmp_path, instruction_limit=1000000)
+    t.start()
+    with tnhelp.LineClient(port) as c:
+        mark = t.log_size()
+        assert c.ask('coroutine.wrap(function() ternd.pool.submit("default", "work.add", 1, 2) '
+                     'while true do end end)() return "ok"') == "ok"
+        text = t.wait_log(r"instruction limit exceeded \(1000000\)", since=mark)
+        assert "coroutine resumed by ternd.pool.submit: " in text, text
+        assert c.ask('return "alive"') == "alive"
     t.stop()
 
 
@@ -317,4 +394,29 @@ def test_default_pool(ternd, tmp_path):
     m = pool_metrics(t)
     assert m[("ternd_pool_capacity", "default")] == 64
     assert m[("ternd_pool_running", "default")] == 0  # workers start on demand
+    t.stop()
+
+
+def test_c_api_through_the_service(ternd, tmp_path):
+    """A module (t/modules/pooluser.c) that depends on pool finds its pool
+    through the "pool" service, submits C tasks and gets every completion
+    back on the loop thread; it is listed first, the dependency orders it."""
+    mdir = pool_modules_dir(tmp_path)
+    if not (mdir / "pooluser.so").exists():
+        pytest.skip("pooluser.so missing: run `make check` first")
+    t = ternd(daemon={"modules_dir": str(mdir)},
+              text="pooluser: { pool: work, tasks: 1000, tune: 2 }\n"
+                   "pool:\n  pools:\n    work: { size: 4 }\n")
+    t.start()
+    log = t.wait_log(r"pooluser: all done")
+    want = sum(i * i for i in range(1, 1001) if i % 10)
+    assert ("all done: 1000 done, 100 failed, 0 refused, sum %d, off the loop 0, "
+            "pool submitted 1000 failed 100" % want) in log, log
+    assert "tuned work to 2" in log
+    m = pool_metrics(t)
+    assert m[("ternd_pool_capacity", "work")] == 2
+    assert m[("ternd_pool_completed_total", "work")] == 900
+    assert m[("ternd_pool_failed_total", "work")] == 100
+    # C task failures are logged through the failure handler, rate-limited
+    assert "[warn] pool: pool work: task failed: invalid argument" in log
     t.stop()
