@@ -32,7 +32,7 @@ static int gw_init(struct tn_mod *m)
     gw->conf = gc;
     gw_conf_codec(gc, &gw->codec);
     gw->idle_ms = gw_conf_idle_ms(gc);
-    gw->registry = &gw_static_registry;
+    gw->registry = &gw_default_registry;
     if ((rc = gw_lua_start(gw, &gc->lua)) != 0) {
         free(gw);
         return rc;

@@ -223,7 +223,9 @@ struct gw_registry {
     const char *name;
     long (*lookup)(struct gw *gw, const char *service, gw_instance_pt fn, void *arg);
 };
-extern const struct gw_registry gw_static_registry;
+/* The static nodes, then (for names not among them) the discovery
+ * module's registry when that module is loaded. */
+extern const struct gw_registry gw_default_registry;
 
 int gw_node_forward(struct gw *gw, const char *service, struct gw_session *s,
                     const struct gw_packet *pk);

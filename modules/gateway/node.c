@@ -41,23 +41,6 @@ struct gw_link {
     char key[TN_ADDR_TEXT_MAX];
 };
 
-/* ---- the static registry (nodes: in the config) ---------------------------------- */
-
-static long static_lookup(struct gw *gw, const char *service, gw_instance_pt fn, void *arg)
-{
-    for (size_t i = 0; i < gw->conf->nnodes; i++) {
-        const struct gw_node_conf *nc = &gw->conf->nodes[i];
-        if (strcmp(nc->name, service) != 0)
-            continue;
-        for (size_t j = 0; j < nc->n; j++)
-            fn(nc->v[j].addr.text, nc->v[j].weight, arg);
-        return (long)nc->n;
-    }
-    return 0;
-}
-
-const struct gw_registry gw_static_registry = {"static", static_lookup};
-
 /* ---- big-endian helpers ------------------------------------------------------------ */
 
 static void put32(uint8_t *p, uint32_t v)

@@ -3,6 +3,7 @@ starts the real ternd with a gateway section listening for TCP (and WS with
 ws=True) on free loopback ports. A server still running at the end of a test
 is stopped with SIGTERM and must exit 0."""
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -11,6 +12,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tnhelp  # noqa: E402
 from gwhelp import modules_dir  # noqa: E402
+
+NODE = tnhelp.SRCDIR / "scripts" / "gateway" / "example_node.py"
 
 
 def tcp_open(port):
@@ -64,3 +67,23 @@ def gateway(ternd):
     for t in made:
         if t.alive():
             t.stop()
+
+
+@pytest.fixture
+def nodes():
+    """nodes(name) starts scripts/gateway/example_node.py on a free port
+    (p.port); every node is killed at the end of the test."""
+    procs = []
+
+    def start(name):
+        port = tnhelp.free_port()
+        p = subprocess.Popen([sys.executable, str(NODE), "--listen", "127.0.0.1:%d" % port,
+                              "--name", name], stdout=subprocess.PIPE, text=True)
+        assert p.stdout.readline().startswith("listening")
+        procs.append(p)
+        p.port = port
+        return p
+    yield start
+    for p in procs:
+        p.kill()
+        p.wait()

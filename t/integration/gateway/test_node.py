@@ -4,35 +4,12 @@ gateway picks an instance (round-robin, random, weighted) from the static
 a uid, group or everyone, bind, close). The node is
 scripts/gateway/example_node.py."""
 
-import subprocess
-import sys
-import time
-
 import pytest
 
 import tnhelp
 from gwhelp import Client
 
-NODE = tnhelp.SRCDIR / "scripts" / "gateway" / "example_node.py"
 ROUTE = tnhelp.SRCDIR / "scripts" / "gateway" / "route.lua"
-
-
-@pytest.fixture
-def nodes():
-    procs = []
-
-    def start(name):
-        port = tnhelp.free_port()
-        p = subprocess.Popen([sys.executable, str(NODE), "--listen", "127.0.0.1:%d" % port,
-                              "--name", name], stdout=subprocess.PIPE, text=True)
-        assert p.stdout.readline().startswith("listening")
-        procs.append(p)
-        p.port = port
-        return p
-    yield start
-    for p in procs:
-        p.kill()
-        p.wait()
 
 
 FORWARD = "function on_packet(s, route, seq, data) return 'game' end\n"
