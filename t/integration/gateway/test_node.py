@@ -4,8 +4,6 @@ gateway picks an instance (round-robin, random, weighted) from the static
 a uid, group or everyone, bind, close). The node is
 scripts/gateway/example_node.py."""
 
-import pytest
-
 import tnhelp
 from gwhelp import Client
 
