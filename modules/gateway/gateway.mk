@@ -18,3 +18,9 @@ t_unit_test_gateway_codec_SOURCES = t/unit/test_gateway_codec.c modules/gateway/
 t_unit_test_gateway_codec_CFLAGS = $(UNIT_CFLAGS) -I$(top_srcdir)/modules/gateway
 t_unit_test_gateway_codec_LDADD = $(CMOCKA_LIBS)
 endif
+
+# The gateway's load generator (scripts/bench/run-gateway), standalone like
+# nsq_bench: built with the tree so it never rots.
+noinst_PROGRAMS += scripts/bench/gw_bench
+scripts_bench_gw_bench_SOURCES = scripts/bench/gw_bench.c
+scripts_bench_gw_bench_CPPFLAGS =
