@@ -64,6 +64,12 @@ void tn_log_set_level(int level);
 
 void tn_conns_set_limit(size_t max_connections);
 
+/* ---- HTTP (http.c) ----------------------------------------------------------- */
+
+/* Set the limits of servers created from now on (daemon.http); servers
+ * already running keep theirs. */
+void tn_http_set_defaults(const struct tn_http_limits *lim);
+
 /* ---- modules (module.c) --------------------------------------------------- */
 
 struct tn_modset;

@@ -1007,10 +1007,12 @@ struct tn_conn *tn_http_upgrade(struct tn_http_req *r, const struct tn_conn_hand
 
 /* ---- servers and routes --------------------------------------------------------- */
 
+/* The daemon's `daemon.http` limits (built-in values until the core sets
+ * them): what a server gets for NULL limits or a zero field. */
+static struct tn_http_limits defaults = {8 * 1024, 5 * 1024 * 1024, 65000, 30000, 0, 16};
+
 static void limits_fill(struct tn_http_limits *dst, const struct tn_http_limits *src)
 {
-    static const struct tn_http_limits defaults = {8 * 1024, 5 * 1024 * 1024, 65000, 30000, 0, 16};
-
     *dst = src ? *src : defaults;
     if (!dst->max_header_size)
         dst->max_header_size = defaults.max_header_size;
@@ -1022,6 +1024,19 @@ static void limits_fill(struct tn_http_limits *dst, const struct tn_http_limits 
         dst->request_timeout = defaults.request_timeout;
     if (!dst->max_pipeline)
         dst->max_pipeline = defaults.max_pipeline;
+}
+
+void tn_http_set_defaults(const struct tn_http_limits *lim)
+{
+    struct tn_http_limits l;
+
+    limits_fill(&l, lim);
+    defaults = l;
+}
+
+const struct tn_http_limits *tn_http_defaults(void)
+{
+    return &defaults;
 }
 
 struct tn_http_server *tn_http_server_create(const char *name, const struct tn_addr *addr,

@@ -195,6 +195,7 @@ static void apply_daemon_changes(const struct tn_daemon_conf *old, const struct 
         (old->log_file && strcmp(old->log_file, nu->log_file) != 0))
         tn_log_open(nu->log_file);
     tn_conns_set_limit((size_t)nu->max_connections);
+    tn_http_set_defaults(&nu->http);
     if (strcmp(old->admin_listen.text, nu->admin_listen.text) != 0)
         tn_log_warn("core", "daemon.admin_listen changed (%s -> %s): takes effect on restart",
                     old->admin_listen.text, nu->admin_listen.text);
@@ -407,6 +408,7 @@ int main(int argc, char **argv)
     tn_log_info("core", "ternd %s starting, config %s, pid %ld", TN_VERSION_STRING,
                 g.conf_path ? g.conf_path : EMBEDDED_NAME, (long)getpid());
 
+    tn_http_set_defaults(&g.run->dc.http);
     rc = tn_admin_start(&g.run->dc);
     if (rc != 0) {
         tn_log_error("core", "admin HTTP on %s: %s", g.run->dc.admin_listen.text,

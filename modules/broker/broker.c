@@ -42,7 +42,9 @@ static json_t *meta_build(struct broker *bk)
         json_array_append_new(topics, json_pack("{s:s, s:b, s:o}", "name", t->name, "paused",
                                                 t->paused, "channels", chans));
     }
-    return json_pack("{s:s, s:o}", "version", BROKER_VERSION, "topics", topics);
+    /* id_ms: IDs stay unique across a restart even if the clock went back */
+    return json_pack("{s:s, s:I, s:o}", "version", BROKER_VERSION, "id_ms", (json_int_t)bk->id_ms,
+                     "topics", topics);
 }
 
 /* Replace meta.json atomically: write a temporary file, fsync, rename,
@@ -114,6 +116,7 @@ static int meta_load(struct broker *bk)
     int64_t now = broker_now();
 
     snprintf(path, sizeof(path), "%s/meta.json", bk->dir);
+    bk->meta_loaded = 1;
     if (access(path, F_OK) != 0)
         return 0;
     j = json_load_file(path, 0, &jerr);
@@ -125,13 +128,15 @@ static int meta_load(struct broker *bk)
         rename(path, bad);
         return 0;
     }
+    if (json_integer_value(json_object_get(j, "id_ms")) > 0)
+        bk->id_ms = (uint64_t)json_integer_value(json_object_get(j, "id_ms")) + 1;
     topics = json_object_get(j, "topics");
     json_array_foreach(topics, i, jt) meta_load_topic(bk, jt, now);
     json_decref(j);
+    bk->meta_dirty = 0;
     /* what waited in paused state or on disk starts flowing again */
     for (struct broker_topic *t = broker_topic_first(bk); t; t = broker_topic_next(bk, t))
         broker_topic_pump(t, now);
-    bk->meta_dirty = 0;
     tn_log_info(BROKER_LOG, "loaded %zu topics from %s", bk->ntopics, path);
     return 0;
 }
@@ -273,6 +278,12 @@ static int broker_init(struct tn_mod *m)
     broker_store_init(bk);
     m->data = bk;
     broker_self = bk;
+    /* at init, so the states of modules initialized after this one (those
+     * that depend on the broker) have ternd.broker from the start */
+    if ((rc = broker_hook_add_opener()) != 0) {
+        broker_fini(m);
+        return rc;
+    }
     if (bc->lua.script && !(bk->hook = broker_hook_create(bk, &bc->lua))) {
         broker_fini(m); /* a failed init gets no fini from the core */
         return TN_ELUA;
@@ -315,6 +326,8 @@ static int broker_start(struct tn_mod *m)
     ev_set_priority(&bk->prepare, EV_MAXPRI);
     bk->prepare.data = bk;
     ev_prepare_start(tn_loop(), &bk->prepare);
+    if ((err = broker_lookupd_start(bk)) != 0)
+        return err;
     return tn_service_register(TN_BROKER_SERVICE, (void *)&broker_service);
 }
 
@@ -330,6 +343,8 @@ static int broker_stop(struct tn_mod *m)
         return 0;
     bk->stopping = 1;
     tn_service_unregister(TN_BROKER_SERVICE);
+    broker_hook_remove_opener();
+    broker_lookupd_stop(bk);
     if (bk->listener) {
         tn_listener_close(bk->listener);
         bk->listener = NULL;
@@ -340,7 +355,8 @@ static int broker_stop(struct tn_mod *m)
     broker_proto_flush(bk);
     broker_proto_close_all(bk);
     n = broker_store_persist(bk, broker_now());
-    meta_save(bk);
+    if (bk->meta_loaded) /* never overwrite a file we did not read */
+        meta_save(bk);
     ev_prepare_stop(tn_loop(), &bk->prepare);
     tn_log_info(BROKER_LOG, "stopped: %llu messages written to %s", (unsigned long long)n, bk->dir);
     return 0;
@@ -353,6 +369,9 @@ static void broker_fini(struct tn_mod *m)
 
     if (!bk)
         return;
+    /* a start that failed half way gets no stop from the core */
+    if (!bk->stopping)
+        broker_stop(m);
     /* connections still open (the shutdown timeout passed) forget us */
     bk->kick = NULL;
     while ((cl = bk->clients)) {
@@ -368,6 +387,8 @@ static void broker_fini(struct tn_mod *m)
         }
         free(cl);
     }
+    broker_hook_remove_opener();
+    broker_lookupd_free(bk);
     broker_store_free(bk);
     if (bk->http)
         tn_http_server_free(bk->http);
@@ -377,6 +398,16 @@ static void broker_fini(struct tn_mod *m)
         broker_self = NULL;
     free(bk);
     m->data = NULL;
+}
+
+static int addr_lists_equal(const struct tn_addr_list *a, const struct tn_addr_list *b)
+{
+    if (a->n != b->n)
+        return 0;
+    for (size_t i = 0; i < a->n; i++)
+        if (strcmp(a->v[i].text, b->v[i].text) != 0)
+            return 0;
+    return 1;
 }
 
 static int broker_reload(struct tn_mod *m, void *new_conf)
@@ -392,6 +423,8 @@ static int broker_reload(struct tn_mod *m, void *new_conf)
     if ((old->data_dir == NULL) != (nc->data_dir == NULL) ||
         (old->data_dir && strcmp(old->data_dir, nc->data_dir) != 0))
         tn_log_warn(BROKER_LOG, "data_dir changed: takes effect on restart");
+    if (!addr_lists_equal(&old->lookupd, &nc->lookupd))
+        tn_log_warn(BROKER_LOG, "lookupd changed: takes effect on restart");
     bk->conf = nc;
     broker_store_policies(bk);
     if (nc->lua.script) {

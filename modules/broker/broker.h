@@ -67,6 +67,9 @@ struct broker_conf {
     int64_t max_attempts;              /* default per-channel policy; 0: unlimited */
     char *dead_letter_topic;           /* default per-channel policy */
     struct broker_policies channels;   /* per-channel policies */
+    struct tn_addr_list lookupd;       /* directories to register with */
+    char *broadcast_address;           /* announced to them; NULL: the hostname */
+    int64_t lookupd_interval;          /* ms between PINGs, longest reconnect delay */
     struct tn_lua_conf lua;
 };
 
@@ -199,6 +202,7 @@ struct broker_client {
 /* ---- the broker ------------------------------------------------------------------ */
 
 struct broker_lua;
+struct broker_lookupd;
 
 struct broker {
     struct tn_mod *mod;
@@ -219,12 +223,17 @@ struct broker {
     ev_timer scan;
     ev_prepare prepare;
     int meta_dirty;
+    int meta_loaded; /* meta.json was read (or absent): it may be written */
     int stopping;
     int64_t start_time; /* seconds since the epoch */
     /* delivery: write one message frame to a client (proto.c; tests stub it) */
     void (*send_msg)(struct broker_client *c, const struct broker_ent *e);
     /* a channel the client is on went away: close the client */
     void (*kick)(struct broker_client *c);
+    /* a topic or channel (NULL: the topic) was created (reg 1) or deleted
+     * (reg 0): tell the directories (lookupd.c) */
+    void (*announce)(struct broker *bk, int reg, const char *topic, const char *channel);
+    struct broker_lookupd *lookupd;
     uint64_t published, dropped_by_hook, dead_lettered;
 };
 
@@ -331,6 +340,20 @@ void broker_proto_close_all(struct broker *bk);
 
 int broker_http_routes(struct broker *bk, struct tn_http_server *s);
 
+/* ---- lookupd.c: registration with nsqlookupd-compatible directories ---- */
+
+/* Connect to every broker.lookupd address (after the listeners started:
+ * their ports are announced). */
+int broker_lookupd_start(struct broker *bk);
+void broker_lookupd_stop(struct broker *bk);
+void broker_lookupd_free(struct broker *bk);
+void broker_lookupd_announce(struct broker *bk, int reg, const char *topic, const char *channel);
+/* The address announced (broadcast_address or the hostname), and the
+ * ports actually bound (0 when that listener is off). */
+const char *broker_broadcast_address(struct broker *bk);
+int broker_tcp_port(struct broker *bk);
+int broker_http_port(struct broker *bk);
+
 /* ---- hook.c: Lua ---------------------------------------------------------------------------- */
 
 struct broker_lua *broker_hook_create(struct broker *bk, const struct tn_lua_conf *lc);
@@ -341,5 +364,8 @@ void broker_hook_destroy(struct broker_lua *h);
 int broker_hook_publish(struct broker_lua *h, const char *topic, const void *body, size_t len,
                         const char **topic_out, const void **body_out, size_t *len_out);
 uint64_t broker_hook_errors(const struct broker_lua *h);
+/* ternd.broker in every Lua state built on the loop thread (start / stop). */
+int broker_hook_add_opener(void);
+void broker_hook_remove_opener(void);
 
 #endif

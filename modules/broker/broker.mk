@@ -5,7 +5,7 @@
 mod_LTLIBRARIES += modules/broker/broker.la
 BROKER_SOURCES = \
 	modules/broker/broker.c modules/broker/config.c modules/broker/store.c modules/broker/proto.c \
-	modules/broker/http.c modules/broker/hook.c modules/broker/diskq.c \
+	modules/broker/http.c modules/broker/hook.c modules/broker/lookupd.c modules/broker/diskq.c \
 	modules/broker/broker.h modules/broker/diskq.h modules/broker/tn_broker.h
 modules_broker_broker_la_SOURCES = $(BROKER_SOURCES)
 modules_broker_broker_la_LDFLAGS = $(MODULE_LDFLAGS)
@@ -27,3 +27,7 @@ check_LTLIBRARIES += t/modules/brokerplug.la
 t_modules_brokerplug_la_SOURCES = t/modules/brokerplug.c
 t_modules_brokerplug_la_CFLAGS = $(AM_CFLAGS) -I$(top_srcdir)/modules/broker
 t_modules_brokerplug_la_LDFLAGS = $(TEST_MODULE_LDFLAGS)
+
+# The example on_publish hook (scripts/broker.lua), installed for reference.
+brokerscriptdir = $(pkgdatadir)/scripts
+dist_brokerscript_DATA = scripts/broker.lua

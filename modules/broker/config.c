@@ -106,6 +106,9 @@ const struct tn_conf_cmd broker_conf_table[] = {
     {"max_attempts", TN_CONF_INT, OFF(max_attempts), &r_attempts, NULL, NULL},
     {"dead_letter_topic", TN_CONF_STRING, OFF(dead_letter_topic), NULL, NULL, check_topic},
     {"channels", TN_CONF_CUSTOM, OFF(channels), NULL, set_policies, NULL},
+    {"lookupd", TN_CONF_ADDR_LIST, OFF(lookupd), NULL, NULL, NULL},
+    {"broadcast_address", TN_CONF_STRING, OFF(broadcast_address), NULL, NULL, NULL},
+    {"lookupd_interval", TN_CONF_DURATION, OFF(lookupd_interval), NULL, NULL, NULL},
     {"lua", TN_CONF_SECTION, OFF(lua), tn_lua_conf_table, NULL, NULL},
     TN_CONF_END};
 
@@ -138,6 +141,7 @@ void broker_conf_default(struct broker_conf *bc)
     bc->deflate = 1;
     bc->max_deflate_level = 6;
     bc->queue_scan_interval = 100;
+    bc->lookupd_interval = 15 * 1000;
     tn_lua_conf_default(&bc->lua);
 }
 
@@ -166,6 +170,8 @@ int broker_conf_check(struct tn_conf *cf, struct broker_conf *bc)
         tn_conf_error_key(cf, "max_bytes_per_file", "must be at least 1KiB");
     if (bc->queue_scan_interval < 1 || bc->queue_scan_interval > 60000)
         tn_conf_error_key(cf, "queue_scan_interval", "must be 1ms .. 60s");
+    if (bc->lookupd_interval < 1000 || bc->lookupd_interval > 3600 * 1000)
+        tn_conf_error_key(cf, "lookupd_interval", "must be 1s .. 1h");
     if (bc->sync_every > UINT32_MAX)
         tn_conf_error_key(cf, "sync_every", "too large");
     if (bc->lua.script && tn_lua_check_file(bc->lua.script, err, sizeof(err)) != 0)

@@ -3,8 +3,9 @@
  * broker.lua.script, which may drop a message (return false), replace its
  * body (return a string) or reroute it (return topic, body); and the
  * functions scripts call, ternd.broker.publish(topic, body [, defer_ms]) and
- * ternd.broker.depth(topic). A failing hook lets the message pass unchanged
- * (the error is logged and counted by the Lua host).
+ * ternd.broker.depth(topic), in the broker's state and in every other
+ * module's state on the loop thread. A failing hook lets the message pass
+ * unchanged (the error is logged and counted by the Lua host).
  */
 #include <lauxlib.h>
 #include <lua.h>
@@ -21,15 +22,29 @@ struct broker_lua {
     struct tn_buf body;
 };
 
+/* Set on the loop thread only: pool workers build Lua states on their own
+ * threads, and the broker must not be touched from there. */
+static __thread int on_loop_thread;
+
+/* The functions find the broker at call time: a state that outlives the
+ * module (another module's, after a reload without a broker) gets an error
+ * instead of a dangling pointer. */
+static struct broker *running(lua_State *L)
+{
+    if (!broker_self)
+        luaL_error(L, "ternd.broker: the broker module is not running");
+    return broker_self;
+}
+
 /* ternd.broker.publish(topic, body [, defer_ms]) -> true | nil, error */
 static int l_publish(lua_State *L)
 {
-    struct broker_lua *h = lua_touserdata(L, lua_upvalueindex(1));
+    struct broker *bk = running(L);
     const char *topic = luaL_checkstring(L, 1);
     size_t len;
     const char *body = luaL_checklstring(L, 2, &len);
     lua_Integer defer = luaL_optinteger(L, 3, 0);
-    int rc = broker_publish(h->bk, topic, body, len, (int64_t)defer, 1);
+    int rc = broker_publish(bk, topic, body, len, (int64_t)defer, 1);
 
     if (rc != 0) {
         lua_pushnil(L);
@@ -43,8 +58,7 @@ static int l_publish(lua_State *L)
 /* ternd.broker.depth(topic) -> messages waiting in the topic, or nil */
 static int l_depth(lua_State *L)
 {
-    struct broker_lua *h = lua_touserdata(L, lua_upvalueindex(1));
-    struct broker_topic *t = broker_topic_find(h->bk, luaL_checkstring(L, 1));
+    struct broker_topic *t = broker_topic_find(running(L), luaL_checkstring(L, 1));
 
     if (!t)
         lua_pushnil(L);
@@ -53,15 +67,29 @@ static int l_depth(lua_State *L)
     return 1;
 }
 
+/* Adds ternd.broker (the `ternd` table is on the top of the stack): to the
+ * broker's own state, and, as an opener, to every state built on the loop
+ * thread (the gateway's scripts publish this way). */
 static int hook_open(lua_State *L, void *ud)
 {
     static const luaL_Reg fns[] = {{"publish", l_publish}, {"depth", l_depth}, {NULL, NULL}};
 
-    lua_newtable(L);
-    lua_pushlightuserdata(L, ud);
-    luaL_setfuncs(L, fns, 1);
+    if (!on_loop_thread)
+        return 0;
+    luaL_newlib(L, fns);
     lua_setfield(L, -2, "broker");
     return 0;
+}
+
+int broker_hook_add_opener(void)
+{
+    on_loop_thread = 1;
+    return tn_lua_add_opener("broker", hook_open, NULL);
+}
+
+void broker_hook_remove_opener(void)
+{
+    tn_lua_remove_opener(hook_open, NULL);
 }
 
 struct broker_lua *broker_hook_create(struct broker *bk, const struct tn_lua_conf *lc)
@@ -72,6 +100,7 @@ struct broker_lua *broker_hook_create(struct broker *bk, const struct tn_lua_con
     if (!h)
         return NULL;
     h->bk = bk;
+    on_loop_thread = 1; /* init runs on the loop thread */
     h->lua = tn_lua_create("broker", lc, hook_open, h, err, sizeof(err));
     if (!h->lua) {
         tn_log_error(BROKER_LOG, "lua: %s", err);

@@ -100,12 +100,6 @@ static int h_ping(struct tn_http_req *r, void *ud)
     return reply_text(r, "OK");
 }
 
-static int addr_port(const struct tn_addr *a)
-{
-    const char *colon = strrchr(a->text, ':');
-    return a->len && colon ? atoi(colon + 1) : 0;
-}
-
 static int h_info(struct tn_http_req *r, void *ud)
 {
     struct broker *bk = ud;
@@ -116,9 +110,9 @@ static int h_info(struct tn_http_req *r, void *ud)
     return reply_json(
         r,
         json_pack("{s:s, s:s, s:s, s:i, s:i, s:I, s:I, s:I, s:I, s:I, s:s, s:s}", "version",
-                  BROKER_VERSION, "broadcast_address", host, "hostname", host, "http_port",
-                  addr_port(&bc->http_listen), "tcp_port", addr_port(&bc->tcp_listen), "start_time",
-                  (json_int_t)bk->start_time, "max_heartbeat_interval",
+                  BROKER_VERSION, "broadcast_address", broker_broadcast_address(bk), "hostname",
+                  host, "http_port", broker_http_port(bk), "tcp_port", broker_tcp_port(bk),
+                  "start_time", (json_int_t)bk->start_time, "max_heartbeat_interval",
                   (json_int_t)bc->max_heartbeat_interval * 1000000, "max_output_buffer_size",
                   (json_int_t)bc->max_output_buffer_size, "max_output_buffer_timeout",
                   (json_int_t)bc->max_output_buffer_timeout * 1000000, "max_deflate_level",

@@ -483,7 +483,8 @@ static int64_t now_ms(void)
 }
 
 /* Body commands: wait for [4B size][body], after checking the size. The
- * checks and texts follow nsqd's for each command. `min1` rejects 0. */
+ * checks and texts follow nsqd's for each command (E_BAD_BODY for whole
+ * command bodies, E_BAD_MESSAGE for one message). */
 static int need_body(struct broker_client *cl, struct tn_buf *in, const struct cmd *c,
                      const char *what, const char *code, uint64_t max, const char **body,
                      size_t *len)

@@ -530,6 +530,8 @@ struct broker_topic *broker_topic_get(struct broker *bk, const char *name, int *
     bk->ntopics++;
     bk->meta_dirty = 1;
     tn_log_info(BROKER_LOG, "topic %s created", name);
+    if (bk->announce)
+        bk->announce(bk, 1, name, NULL);
     return t;
 }
 
@@ -573,6 +575,8 @@ void broker_topic_delete(struct broker_topic *t)
     topic_unlink(t);
     bk->meta_dirty = 1;
     tn_log_info(BROKER_LOG, "topic %s deleted", t->name);
+    if (bk->announce)
+        bk->announce(bk, 0, t->name, NULL);
     free(t);
 }
 
@@ -901,6 +905,8 @@ struct broker_channel *broker_channel_get(struct broker_topic *t, const char *na
     t->nchannels++;
     bk->meta_dirty = 1;
     tn_log_info(BROKER_LOG, "channel %s/%s created", t->name, name);
+    if (bk->announce)
+        bk->announce(bk, 1, t->name, name);
     /* the first channel starts the flow of what waited in the topic */
     broker_topic_pump(t, now);
     return ch;
@@ -958,6 +964,8 @@ static void channel_free(struct broker_channel *ch, int remove_files)
         else
             tn_diskq_close(ch->dq);
     }
+    if (remove_files && bk->announce) /* deleted, not just freed at exit */
+        bk->announce(bk, 0, t->name, ch->name);
     bk->meta_dirty = 1;
     free(ch);
 }

@@ -284,9 +284,6 @@ def test_sample_idle_timeout_closes_quiet_connections(ternd):
     t.stop()
 
 
-@pytest.mark.xfail(strict=True, reason="a module's HTTP server created with NULL limits gets "
-                   "http.c's built-in defaults, not daemon.http as conf/ternd.yaml documents; "
-                   "modules have no API to read daemon.http")
 def test_daemon_http_limits_apply_to_module_http_servers(ternd):
     hport = tnhelp.free_port()
     t, port = tnhelp.start_sample(ternd, daemon={"http": {"max_body_size": "1KiB"}},

@@ -40,9 +40,10 @@ def ternd_bin():
 ANY_PORT = "127.0.0.1:0"
 
 
-def logged_port(t, prefix):
-    """The port of the last log line `<prefix> 127.0.0.1:PORT`, or None."""
-    found = re.findall(r"%s 127\.0\.0\.1:(\d+)$" % prefix, t.log(), re.M)
+def logged_port(t, prefix, since=0):
+    """The port of the last log line `<prefix> 127.0.0.1:PORT` (after log
+    offset since), or None."""
+    found = re.findall(r"%s 127\.0\.0\.1:(\d+)$" % prefix, t.log()[since:], re.M)
     return int(found[-1]) if found else None
 
 
@@ -247,7 +248,7 @@ def request(port, method, path, body=None, headers=None, timeout=5.0):
 
 def sample_port(t):
     """The port the sample module of a started t listens on."""
-    return wait_for(lambda: logged_port(t, r"sample: listening on"), 5,
+    return wait_for(lambda: logged_port(t, r"sample: listening on", getattr(t, "start_mark", 0)), 5,
                     what="the sample's listening line")
 
 
@@ -339,6 +340,7 @@ class Ternd:
         }
         self.daemon.update(daemon or {})
         self.admin_port = None  # known once started when admin_listen is ANY_PORT
+        self.start_mark = 0     # log offset where the current run began
         admin = self.daemon.get("admin_listen")
         if admin == ANY_PORT and self.daemon.get("log_level") in ("warn", "error"):
             # the line naming the bound port would not be logged
@@ -381,6 +383,10 @@ class Ternd:
     # ---- process ----------------------------------------------------------
 
     def start(self, wait=True):
+        # a restart logs anew: ports picked by the kernel are read from here on
+        self.start_mark = self.log_size()
+        if self.daemon.get("admin_listen") == ANY_PORT:
+            self.admin_port = None
         self.stderr_file = open(self.stderr_path, "ab")
         self.proc = subprocess.Popen([str(ternd_bin()), "-c", str(self.conf_path)] + self.args,
                                      stdin=subprocess.DEVNULL, stdout=self.stderr_file,
@@ -395,7 +401,7 @@ class Ternd:
                 raise AssertionError("ternd exited with %s before it was ready:\n%s"
                                      % (self.proc.returncode, self.stderr()))
             if self.admin_port is None and self.daemon.get("admin_listen") == ANY_PORT:
-                self.admin_port = logged_port(self, r"core: admin HTTP on")
+                self.admin_port = logged_port(self, r"core: admin HTTP on", self.start_mark)
                 if self.admin_port is None:
                     return False
             if self.admin_port is None:  # no TCP admin endpoint

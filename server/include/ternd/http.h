@@ -74,6 +74,11 @@ struct tn_http_req {
     void (*on_abort)(struct tn_http_req *r);
 };
 
+/* The process-wide limits (the `daemon.http` section): a server created
+ * with NULL limits gets them, and every zero field of given limits is
+ * taken from them. Copy and adjust to derive a module's own. */
+TN_API const struct tn_http_limits *tn_http_defaults(void);
+
 TN_API struct tn_http_server *tn_http_server_create(const char *name,
                                                     const struct tn_addr *addr,
                                                     const struct tn_http_limits *lim,

@@ -6,6 +6,7 @@ import json
 import zlib
 
 import nsqwire as nw
+import tnhelp
 from nsqwire import FRAME_RESPONSE
 
 
@@ -152,3 +153,19 @@ def test_deflate_pipelined_burst_larger_than_body_limit(broker):
         c.expect_ok()
     d = nw.consumer(b.tcp_port, "burst", "ch", rdy=1)
     assert d.read_message().body == b"\0" * 1000
+
+
+def test_shipped_example_script(broker):
+    """scripts/broker.lua, the example hook shipped with ternd."""
+    script = tnhelp.SRCDIR / "scripts" / "broker.lua"
+    b = broker(http=False, lua={"script": str(script)})
+    login = nw.consumer(b.tcp_port, "events.login", "ch", rdy=5)
+    invalid = nw.consumer(b.tcp_port, "events.invalid", "ch", rdy=5)
+    audit = nw.consumer(b.tcp_port, "audit", "ch", rdy=5)
+    orders = nw.consumer(b.tcp_port, "orders", "ch", rdy=5)
+    nw.publish(b.tcp_port, "events", [b'{"type":"login","user":1}', b"not json"])
+    assert login.read_message().body == b'{"type":"login","user":1}'
+    assert invalid.read_message().body == b"not json"
+    nw.publish(b.tcp_port, "orders", [b"audit:order 7"])
+    assert orders.read_message().body == b"order 7"
+    assert audit.read_message().body == b"orders order 7"

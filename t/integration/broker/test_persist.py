@@ -128,3 +128,28 @@ def test_sigkill_loses_nothing_synced(broker):
     c = nw.consumer(b.tcp_port, "k", "ch", rdy=50)
     assert sorted(int(m.body) for m in drain(c)) == list(range(20))
     time.sleep(0.1)
+
+
+def test_failed_start_keeps_data(broker):
+    """The HTTP port is taken: start fails after the TCP listener opened;
+    ternd exits non-zero without crashing, and the next start still has
+    every topic and message."""
+    b = broker(http=False)
+    nw.consumer(b.tcp_port, "keep", "ch").close()
+    nw.publish(b.tcp_port, "keep", [b"a", b"b"])
+    b.stop()
+    busy = socket.socket()
+    busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    b.sections["broker"]["http_listen"] = "127.0.0.1:%d" % busy.getsockname()[1]
+    b.write_conf()
+    b.start(wait=False)
+    assert b.wait_exit() != 0
+    assert "Sanitizer" not in b.stderr() and "runtime error" not in b.stderr()
+    busy.close()
+    b.sections["broker"]["http_listen"] = None
+    b.write_conf()
+    restart(b)
+    c = nw.consumer(b.tcp_port, "keep", "ch", rdy=5)
+    assert sorted(m.body for m in drain(c)) == [b"a", b"b"]
