@@ -92,6 +92,10 @@ struct tn_discovery_service {
     int (*producer_unregister)(struct tn_discovery_producer *p, const char *topic,
                                const char *channel);
     void (*unregister_producer)(struct tn_discovery_producer *p);
+
+    /* The bound address of discovery.tcp_listen ("127.0.0.1:4160"), NULL
+     * when it is off: a broker skips a TCP registration with itself. */
+    const char *(*tcp_address)(void);
 };
 
 #endif
