@@ -319,7 +319,7 @@ void broker_lookupd_local(struct broker *bk, const char *local_tcp)
             p->connected = 0;
             if (p->conn) /* its on_close schedules no retry */
                 tn_conn_close(p->conn, 0);
-        } else if (!p->conn) { /* else the pending close schedules a retry */
+        } else if (!p->conn && !tn_stopping()) { /* else its close schedules a retry */
             p->backoff = 0;
             p->down_logged = 0;
             peer_connect(p);
