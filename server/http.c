@@ -1074,6 +1074,12 @@ struct tn_http_server *tn_http_server_create(const char *name, const struct tn_a
     return s;
 }
 
+void tn_http_server_set_tls(struct tn_http_server *s, struct tn_tls_ctx *ctx)
+{
+    if (s->l)
+        tn_listener_set_tls(s->l, ctx);
+}
+
 const char *tn_http_server_addr(const struct tn_http_server *s)
 {
     return s->l ? tn_listener_addr(s->l) : "";

@@ -291,13 +291,41 @@ static int broker_init(struct tn_mod *m)
     return meta_load(bk);
 }
 
+/* The HTTP API on addr, over TLS when tls is given. */
+static struct tn_http_server *http_start(struct broker *bk, const char *name,
+                                         const struct tn_addr *addr, struct tn_tls_ctx *tls,
+                                         int *err)
+{
+    struct tn_http_limits lim = {0};
+    struct tn_http_server *s;
+
+    /* room above max_body_size so the handlers, not the core, refuse
+     * slightly larger bodies with nsqd's codes (BODY_TOO_BIG, ...) */
+    lim.max_body_size = 2 * (size_t)bk->conf->max_body_size;
+    if (!(s = tn_http_server_create(name, addr, &lim, err)))
+        return NULL;
+    if (tls)
+        tn_http_server_set_tls(s, tls);
+    if ((*err = broker_http_routes(bk, s)) != 0) {
+        tn_http_server_free(s);
+        return NULL;
+    }
+    tn_log_info(BROKER_LOG, "%s listening on %s", tls ? "HTTPS" : "HTTP", tn_http_server_addr(s));
+    return s;
+}
+
 static int broker_start(struct tn_mod *m)
 {
     struct broker *bk = m->data;
     const struct broker_conf *bc = bk->conf;
     struct tn_listen_opts lo = {0};
+    char why[512];
     int err = 0;
 
+    if (tn_tls_conf_enabled(&bc->tls) && !(bk->tls = tn_tls_ctx_new(&bc->tls, why, sizeof(why)))) {
+        tn_log_error(BROKER_LOG, "tls: %s", why);
+        return TN_EINVAL;
+    }
     if (bc->tcp_listen.len) {
         lo.name = "broker.tcp";
         lo.max_conns = (size_t)bc->max_connections;
@@ -306,17 +334,12 @@ static int broker_start(struct tn_mod *m)
             return err;
         tn_log_info(BROKER_LOG, "TCP listening on %s", tn_listener_addr(bk->listener));
     }
-    if (bc->http_listen.len) {
-        struct tn_http_limits lim = {0};
-        /* room above max_body_size so the handlers, not the core, refuse
-         * slightly larger bodies with nsqd's codes (BODY_TOO_BIG, ...) */
-        lim.max_body_size = 2 * (size_t)bc->max_body_size;
-        if (!(bk->http = tn_http_server_create("broker.http", &bc->http_listen, &lim, &err)))
-            return err;
-        if ((err = broker_http_routes(bk, bk->http)) != 0)
-            return err;
-        tn_log_info(BROKER_LOG, "HTTP listening on %s", tn_http_server_addr(bk->http));
-    }
+    if (bc->http_listen.len &&
+        !(bk->http = http_start(bk, "broker.http", &bc->http_listen, NULL, &err)))
+        return err;
+    if (bc->https_listen.len &&
+        !(bk->https = http_start(bk, "broker.https", &bc->https_listen, bk->tls, &err)))
+        return err;
     ev_timer_init(&bk->scan, scan_cb, 0., (double)bc->queue_scan_interval / 1000.0);
     bk->scan.data = bk;
     ev_timer_again(tn_loop(), &bk->scan);
@@ -356,6 +379,8 @@ static int broker_stop(struct tn_mod *m)
     }
     if (bk->http)
         tn_http_server_close(bk->http);
+    if (bk->https)
+        tn_http_server_close(bk->https);
     ev_timer_stop(tn_loop(), &bk->scan);
     broker_proto_flush(bk);
     broker_proto_close_all(bk);
@@ -397,6 +422,9 @@ static void broker_fini(struct tn_mod *m)
     broker_store_free(bk);
     if (bk->http)
         tn_http_server_free(bk->http);
+    if (bk->https)
+        tn_http_server_free(bk->https);
+    tn_tls_ctx_free(bk->tls);
     if (bk->hook)
         broker_hook_destroy(bk->hook);
     if (broker_self == bk)
