@@ -41,6 +41,30 @@ static int gw_init(struct tn_mod *m)
     return 0;
 }
 
+/* TLS for the listener just opened (the head of gw->listeners): it holds
+ * its own reference to the context. */
+static int listener_tls(struct gw *gw, const struct gw_listen_conf *lc)
+{
+    struct gw_listener *gl = gw->listeners;
+    struct tn_tls_ctx *ctx;
+    char why[512];
+
+    if (!tn_tls_conf_enabled(&lc->tls))
+        return 0;
+    if (!(ctx = tn_tls_ctx_new(&lc->tls, why, sizeof(why)))) {
+        tn_log_error(GW_LOG, "%s: tls: %s", lc->addr.text, why);
+        return TN_EINVAL;
+    }
+    if (gl->tcp)
+        tn_listener_set_tls(gl->tcp, ctx);
+    else if (gl->http)
+        tn_http_server_set_tls(gl->http, ctx);
+    tn_tls_ctx_free(ctx);
+    tn_log_info(GW_LOG, "TLS on %s (%s)", lc->addr.text,
+                lc->proto == GW_PROTO_WS ? "wss" : "tcp");
+    return 0;
+}
+
 static int gw_start(struct tn_mod *m)
 {
     struct gw *gw = m->data;
@@ -49,6 +73,8 @@ static int gw_start(struct tn_mod *m)
     for (size_t i = 0; i < gw->conf->nlisten; i++) {
         const struct gw_listen_conf *lc = &gw->conf->listen[i];
         rc = lc->proto == GW_PROTO_WS ? gw_ws_listen(gw, lc) : gw_tcp_listen(gw, lc);
+        if (rc == 0)
+            rc = listener_tls(gw, lc);
         if (rc != 0)
             return rc;
     }

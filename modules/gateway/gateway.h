@@ -41,6 +41,7 @@ struct gw_listen_conf {
     int proto; /* GW_PROTO_* */
     struct tn_addr addr;
     char *path; /* ws: the upgrade path ("/ws") */
+    struct tn_tls_conf tls; /* cert set: TLS on this listener (tcp+tls, wss) */
 };
 
 struct gw_node_addr {

@@ -22,6 +22,7 @@ whenever that is, and every wait is bounded.
 import os
 import re
 import signal
+import socket
 import struct
 import threading
 import time
@@ -118,17 +119,23 @@ def sigkill(b):
     assert b.wait_exit() == -signal.SIGKILL
 
 
-def consume_all(b, topic, channel, quiet=2.0):
-    """Everything the channel delivers (FINed) until quiet seconds pass.
-    With sync_every 1 every take is an fsync and a first SUB copies the
-    topic's backlog record by record: on a busy disk the first answer may
-    take seconds, hence the long read timeout."""
-    c = nw.Conn(b.tcp_port, timeout=20.0)
+def consume_all(b, topic, channel, quiet=2.0, first=20.0):
+    """Everything the channel delivers (FINed) until quiet seconds pass
+    after the first message (which may take up to `first` seconds: with
+    sync_every 1 every disk take is an fsync, a first SUB copies the
+    topic's backlog record by record, and a RDY of 1000 takes up to 1000
+    records before the first of them is written out)."""
+    c = nw.Conn(b.tcp_port, timeout=first)
     try:
         c.sub(topic, channel)
         c.expect_ok()
         c.rdy(1000)
-        return [m.body for m in drain(c, quiet=quiet)]
+        try:
+            m = c.read_message(timeout=first)
+        except socket.timeout:
+            return []
+        c.fin(m.id)
+        return [m.body] + [x.body for x in drain(c, quiet=quiet)]
     finally:
         c.close()
 
