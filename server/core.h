@@ -43,6 +43,7 @@ struct tn_daemon_conf {
     int64_t max_connections;   /* 10000 process-wide */
     int64_t shutdown_timeout;  /* ms (10s) */
     struct tn_http_limits http; /* shared HTTP defaults */
+    struct tn_tls_conf admin_tls; /* cert set: the admin endpoints over HTTPS */
 };
 extern const struct tn_conf_cmd tn_daemon_conf_table[];
 void tn_daemon_conf_default(struct tn_daemon_conf *dc);

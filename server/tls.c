@@ -48,16 +48,18 @@ int tn_tls_conf_enabled(const struct tn_tls_conf *tc)
     return tc && tc->cert != NULL;
 }
 
-int tn_tls_conf_check(struct tn_conf *cf, const char *relpath, const struct tn_tls_conf *tc)
+int tn_tls_conf_check(struct tn_conf *cf, const struct tn_conf_node *node,
+                      const struct tn_conf_cmd *cmd, void *conf)
 {
+    const struct tn_tls_conf *tc = (const struct tn_tls_conf *)((char *)conf + cmd->offset);
     char err[512];
     struct tn_tls_ctx *ctx;
 
-    if (!tc || (!tc->cert && !tc->key && !tc->ca))
+    if (!tc->cert && !tc->key && !tc->ca)
         return 0;
     ctx = tn_tls_ctx_new(tc, err, sizeof(err));
     if (!ctx)
-        return tn_conf_error_key(cf, relpath, "%s", err);
+        return tn_conf_error(cf, node, "%s", err);
     tn_tls_ctx_free(ctx);
     return 0;
 }

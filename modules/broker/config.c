@@ -81,7 +81,7 @@ const struct tn_conf_cmd broker_conf_table[] = {
     {"tcp_listen", TN_CONF_ADDR, OFF(tcp_listen), NULL, NULL, NULL},
     {"http_listen", TN_CONF_ADDR, OFF(http_listen), NULL, NULL, NULL},
     {"https_listen", TN_CONF_ADDR, OFF(https_listen), NULL, NULL, NULL},
-    {"tls", TN_CONF_SECTION, OFF(tls), tn_tls_conf_table, NULL, NULL},
+    {"tls", TN_CONF_SECTION, OFF(tls), tn_tls_conf_table, NULL, tn_tls_conf_check},
     {"tls_required", TN_CONF_BOOL, OFF(tls_required), NULL, NULL, NULL},
     {"data_dir", TN_CONF_PATH, OFF(data_dir), NULL, NULL, NULL},
     {"mem_queue_size", TN_CONF_INT, OFF(mem_queue_size), &r_nonneg, NULL, NULL},
@@ -178,7 +178,6 @@ int broker_conf_check(struct tn_conf *cf, struct broker_conf *bc)
         tn_conf_error_key(cf, "lookupd_interval", "must be 1s .. 1h");
     if (bc->sync_every > UINT32_MAX)
         tn_conf_error_key(cf, "sync_every", "too large");
-    tn_tls_conf_check(cf, "tls", &bc->tls);
     if (!tn_tls_conf_enabled(&bc->tls) && bc->https_listen.len)
         tn_conf_error_key(cf, "https_listen", "needs tls.cert and tls.key");
     if (!tn_tls_conf_enabled(&bc->tls) && bc->tls_required)

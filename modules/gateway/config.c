@@ -26,22 +26,14 @@ static const struct tn_conf_cmd listen_table[] = {
     {"proto", TN_CONF_ENUM, offsetof(struct gw_listen_conf, proto), e_proto, NULL, NULL},
     {"addr", TN_CONF_ADDR, offsetof(struct gw_listen_conf, addr), NULL, NULL, NULL},
     {"path", TN_CONF_STRING, offsetof(struct gw_listen_conf, path), NULL, NULL, NULL},
-    {"tls", TN_CONF_SECTION, offsetof(struct gw_listen_conf, tls), tn_tls_conf_table, NULL, NULL},
+    {"tls", TN_CONF_SECTION, offsetof(struct gw_listen_conf, tls), tn_tls_conf_table, NULL,
+     tn_tls_conf_check},
     TN_CONF_END};
 
 static const struct tn_conf_cmd node_addr_table[] = {
     {"addr", TN_CONF_ADDR, offsetof(struct gw_node_addr, addr), NULL, NULL, NULL},
     {"weight", TN_CONF_INT, offsetof(struct gw_node_addr, weight), &r_weight, NULL, NULL},
     TN_CONF_END};
-
-/* A tls: section must load (files readable, key matching). */
-static int listen_tls_check(struct tn_conf *cf, size_t i, const struct gw_listen_conf *lc)
-{
-    char key[64];
-
-    snprintf(key, sizeof(key), "listen[%zu].tls", i);
-    return tn_tls_conf_check(cf, key, &lc->tls) != 0 ? TN_ECONF : 0;
-}
 
 /* listen: [ {proto: tcp|ws, addr: host:port, path: /ws, tls: {...}}, ... ] */
 static int set_listen(struct tn_conf *cf, const struct tn_conf_node *node,
@@ -73,8 +65,6 @@ static int set_listen(struct tn_conf *cf, const struct tn_conf_node *node,
             rc = tn_conf_error(cf, it, "addr is required");
         else if (lc->proto == GW_PROTO_WS && (!lc->path || lc->path[0] != '/'))
             rc = tn_conf_error(cf, it, "path must start with /");
-        else if (listen_tls_check(cf, i, lc) != 0)
-            rc = TN_ECONF;
         tn_conf_pop(cf);
     }
     gc->nlisten = node->n;

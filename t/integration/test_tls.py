@@ -355,3 +355,18 @@ def test_gateway_tcp_over_tls(ternd, certs, tmp_path):
                 break
             buf += s.recv(65536)
         assert (p["route"], p["seq"], p["data"]) == (1, 9, b"echo:over tls")
+
+
+def test_admin_over_https(ternd, certs):
+    """daemon.admin_tls: /ping, /stats and /metrics over HTTPS."""
+    port = tnhelp.free_port()
+    t = ternd(daemon={"admin_listen": "127.0.0.1:%d" % port,
+                      "admin_tls": {"cert": str(certs["cert"]), "key": str(certs["key"])}})
+    t.start(wait=False)
+    t.wait_log(r"\] core: ready")
+    assert "core: admin HTTPS on 127.0.0.1:%d" % port in t.log()
+    ctx = client_ctx(certs)
+    r = https_request(port, ctx, "/ping")
+    assert (r.status, r.body) == (200, b"OK")
+    assert "ternd_conn_accepted_total" in https_request(port, ctx, "/metrics").text()
+    t.stop()

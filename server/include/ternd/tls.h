@@ -30,10 +30,12 @@ TN_API extern const struct tn_conf_cmd tn_tls_conf_table[];
 TN_API void tn_tls_conf_default(struct tn_tls_conf *tc);
 /* Non-zero when the section turns TLS on (a cert is set). */
 TN_API int tn_tls_conf_enabled(const struct tn_tls_conf *tc);
-/* For a module's check_conf: build a context from tc to prove the files
- * load and match, reporting problems at the section key `relpath` (e.g.
- * "tls" or "listen[1].tls"). 0 or TN_ECONF. Nothing to do when TLS is off. */
-TN_API int tn_tls_conf_check(struct tn_conf *cf, const char *relpath, const struct tn_tls_conf *tc);
+/* The check for a `tls` key of a table (a tn_conf_check_pt): builds a
+ * context from the section to prove the files load and match, reporting
+ * problems at the section. 0 or TN_ECONF. Nothing to do when TLS is off:
+ *   {"tls", TN_CONF_SECTION, OFF(tls), tn_tls_conf_table, NULL, tn_tls_conf_check} */
+TN_API int tn_tls_conf_check(struct tn_conf *cf, const struct tn_conf_node *node,
+                             const struct tn_conf_cmd *cmd, void *conf);
 
 /* A server context (certificate, key, verification, versions). Reference
  * counted: listeners and connections using it hold their own reference, so
