@@ -443,6 +443,24 @@ static int addr_lists_equal(const struct tn_addr_list *a, const struct tn_addr_l
     return 1;
 }
 
+/* Certificates are read again on reload (rotation without a restart): new
+ * connections and upgrades get the new context, established ones keep
+ * theirs. */
+static void tls_reload(struct broker *bk, const struct broker_conf *nc)
+{
+    struct tn_tls_ctx *ctx = NULL;
+    char why[512];
+
+    if (tn_tls_conf_enabled(&nc->tls) && !(ctx = tn_tls_ctx_new(&nc->tls, why, sizeof(why)))) {
+        tn_log_error(BROKER_LOG, "tls: %s (keeping the previous certificate)", why);
+        return;
+    }
+    tn_tls_ctx_free(bk->tls);
+    bk->tls = ctx;
+    if (bk->https && ctx)
+        tn_http_server_set_tls(bk->https, ctx);
+}
+
 static int broker_reload(struct tn_mod *m, void *new_conf)
 {
     struct broker *bk = m->data;
@@ -451,8 +469,11 @@ static int broker_reload(struct tn_mod *m, void *new_conf)
     int rc = 0;
 
     if (strcmp(old->tcp_listen.text, nc->tcp_listen.text) != 0 ||
-        strcmp(old->http_listen.text, nc->http_listen.text) != 0)
-        tn_log_warn(BROKER_LOG, "tcp_listen/http_listen changed: takes effect on restart");
+        strcmp(old->http_listen.text, nc->http_listen.text) != 0 ||
+        strcmp(old->https_listen.text, nc->https_listen.text) != 0)
+        tn_log_warn(BROKER_LOG,
+                    "tcp_listen/http_listen/https_listen changed: takes effect on restart");
+    tls_reload(bk, nc);
     if ((old->data_dir == NULL) != (nc->data_dir == NULL) ||
         (old->data_dir && strcmp(old->data_dir, nc->data_dir) != 0))
         tn_log_warn(BROKER_LOG, "data_dir changed: takes effect on restart");

@@ -370,3 +370,25 @@ def test_admin_over_https(ternd, certs):
     assert (r.status, r.body) == (200, b"OK")
     assert "ternd_conn_accepted_total" in https_request(port, ctx, "/metrics").text()
     t.stop()
+
+
+def test_reload_rotates_the_certificate(tls_broker, certs):
+    """SIGHUP reads the certificate again: new connections (HTTPS and the
+    tls_v1 upgrade) get the new one; an established TLS connection goes on."""
+    b = https_broker(tls_broker)
+    with nw.Conn(b.tcp_port) as old:
+        upgrade(old, certs)
+        b.sections["broker"]["tls"] = {"cert": str(certs["other_cert"]),
+                                       "key": str(certs["other_key"])}
+        assert "reload done" in b.reload()
+        new_ctx = client_ctx(certs, cafile=certs["other_cert"])
+        assert https_request(b.https_port, new_ctx, "/ping").status == 200
+        with pytest.raises(ssl.SSLCertVerificationError):
+            https_request(b.https_port, client_ctx(certs), "/ping")
+        with nw.Conn(b.tcp_port) as c:
+            c.cmd("IDENTIFY", json.dumps({"feature_negotiation": True, "tls_v1": True}).encode())
+            c.expect(nw.FRAME_RESPONSE)
+            c.sock = new_ctx.wrap_socket(c.sock, server_hostname="127.0.0.1")
+            c.expect_ok()
+        old.pub("rot", b"old connection still works")
+        old.expect_ok()
