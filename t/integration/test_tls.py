@@ -26,21 +26,11 @@ OPENSSL = shutil.which("openssl")
 pytestmark = pytest.mark.skipif(OPENSSL is None, reason="the openssl command is missing")
 
 
-def make_cert(d, name):
-    """A self-signed certificate for 127.0.0.1 (also usable as its own CA)."""
-    cert, key = d / ("%s.pem" % name), d / ("%s.key" % name)
-    subprocess.run([OPENSSL, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-                    "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True, timeout=60)
-    return cert, key
-
-
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory):
     d = tmp_path_factory.mktemp("certs")
-    server = make_cert(d, "server")
-    other = make_cert(d, "other")  # a different, untrusted identity
+    server = tnhelp.self_signed_cert(d, "server")
+    other = tnhelp.self_signed_cert(d, "other")  # a different, untrusted identity
     return {"cert": server[0], "key": server[1], "other_cert": other[0], "other_key": other[1]}
 
 

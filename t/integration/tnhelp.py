@@ -60,6 +60,17 @@ def header_define(header, name):
     return m.group(1).strip('"')
 
 
+def self_signed_cert(d, name="server"):
+    """A self-signed certificate for 127.0.0.1 (usable as its own CA), made
+    with the openssl command in directory d: (cert path, key path)."""
+    cert, key = Path(d) / ("%s.pem" % name), Path(d) / ("%s.key" % name)
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)
+    return cert, key
+
+
 def free_port():
     """A TCP port free on 127.0.0.1 right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

@@ -60,22 +60,16 @@ def run_interop(d, port, topic, *extra):
     return json.loads(lines[-1]), p
 
 
-def self_signed(d):
-    """cert and key files for 127.0.0.1, made with the openssl command."""
-    cert, key = d / "cert.pem", d / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-                    "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True, timeout=60)
-    return {"cert": str(cert), "key": str(key)}
-
-
 @pytest.mark.parametrize("mode", ["plain", "deflate", "tls", "tls+deflate"])
 def test_nsqjs_publish_consume_requeue(nsqjs_dir, broker, mode, tmp_path):
     tls = "tls" in mode
     if tls and shutil.which("openssl") is None:
         pytest.skip("the openssl command is missing")
-    t = broker(tls=self_signed(tmp_path)) if tls else broker()
+    if tls:
+        cert, key = tnhelp.self_signed_cert(tmp_path)
+        t = broker(tls={"cert": str(cert), "key": str(key)})
+    else:
+        t = broker()
     extra = [mode] if mode != "plain" else []
     res, p = run_interop(nsqjs_dir, t.tcp_port, "interop_" + mode.replace("+", "_"), *extra)
     detail = "%s\nstderr:\n%s\nternd:\n%s" % (res, p.stderr, t.stderr()[-3000:])
