@@ -232,8 +232,10 @@ static void deliver(struct conn_impl *ci)
 static void eof(struct conn_impl *ci)
 {
     /* A peer that half-closes after its request still gets the answer
-     * already queued; anything else ends the connection now. */
-    if (pending_bytes(ci) > 0 && !ci->closing) {
+     * already queued; anything else ends the connection now (as does a
+     * TLS peer gone before its handshake ended: what waits for it cannot
+     * be sent). */
+    if (pending_bytes(ci) > 0 && !ci->closing && (!ci->tls || tn_tls_sess_done(ci->tls))) {
         ci->close_reason = TN_EPEER;
         tn_conn_close_after_write(&ci->c);
         return;
@@ -479,7 +481,9 @@ static void flush(struct conn_impl *ci)
     }
     len = tn_buf_rlen(w);
     if (len == 0) {
-        if (ci->close_after && pending_bytes(ci) == 0)
+        /* (TLS: plaintext still in c->out waits for a handshake that will
+         * not happen now that reading stopped) */
+        if (ci->close_after)
             tn_conn_close(c, ci->close_reason);
         return;
     }
