@@ -194,6 +194,9 @@ struct broker_client {
     ev_timer hb;
     char client_id[256], hostname[256], user_agent[256];
     char auth_identity[256];
+    char auth_authority[64]; /* the plugin that accepted the secret */
+    char *auth_secret;       /* kept for the auth.authorize events (malloc) */
+    size_t auth_secret_len;
     int authed;
     int64_t connect_ts; /* seconds since the epoch */
     uint64_t message_count, finish_count, requeue_count, pub_count;

@@ -7,6 +7,8 @@
 #ifndef TERND_SERVICE_H
 #define TERND_SERVICE_H
 
+#include <stddef.h>
+#include <stdint.h>
 #include <ternd/core.h>
 
 /* Publish ptr under name ("broker", "discovery.registry"). TN_EEXIST if the
@@ -26,5 +28,57 @@ TN_API void tn_event_off(const char *event, tn_event_pt fn, void *ud);
 TN_API int tn_event_emit(const char *event, void *arg);
 /* Are there subscribers (skip building the argument when not)? */
 TN_API int tn_event_has(const char *event);
+
+/*
+ * Authentication, shared by every protocol module that takes a secret (the
+ * broker's NSQ AUTH, service "nsq"; a gateway login, service "gateway") and
+ * answered by auth plugins (auth_file). The emitter zeroes the struct, sets
+ * the inputs and permission_count = -1, and emits TN_AUTH_CHECK_EVENT. A
+ * subscriber that knows the secret sets ok = 1, identity, identity_url,
+ * authority (its own name, so that it alone decides the authorize events of
+ * this client) and permission_count, and returns 0. Nobody setting ok means
+ * the secret is refused.
+ */
+#define TN_AUTH_CHECK_EVENT "auth.check"
+#define TN_AUTH_NAME_MAX 256
+
+struct tn_auth_check {
+    const char *secret;      /* in: not NUL-terminated */
+    size_t secret_len;       /* in */
+    const char *remote_addr; /* in: "ip:port" */
+    int ok;                  /* out: 1 accepted */
+    char identity[TN_AUTH_NAME_MAX];     /* out */
+    char identity_url[TN_AUTH_NAME_MAX]; /* out */
+    const char *service;     /* in: "nsq", "gateway" (NULL from old emitters) */
+    char authority[64];      /* out: the accepting plugin's name, or "" */
+    int64_t permission_count;/* out: rules granted; -1 when not counted */
+};
+
+/*
+ * Authorization, per operation of an authenticated client: the emitter
+ * fills a struct tn_auth_authorize and emits TN_AUTH_AUTHORIZE_EVENT; a
+ * subscriber denies by returning a negative code (-EACCES), which stops the
+ * emit, and allows by returning 0. Only the plugin named in authority
+ * should judge (others return 0), so a client with no rule against it is
+ * allowed: with no auth plugin, authenticated means allowed.
+ * The broker asks before PUB, MPUB and DPUB (TN_AUTH_PUBLISH, channel NULL)
+ * and SUB (TN_AUTH_SUBSCRIBE), and answers a denial with E_UNAUTHORIZED.
+ * A gateway would pass its route as topic and its group as channel.
+ */
+#define TN_AUTH_AUTHORIZE_EVENT "auth.authorize"
+
+enum { TN_AUTH_PUBLISH = 1, TN_AUTH_SUBSCRIBE = 2 };
+
+struct tn_auth_authorize {
+    const char *service;     /* "nsq", "gateway" */
+    const char *authority;   /* auth.check's authority for this client ("" if none) */
+    const char *secret;      /* the secret the client authenticated with */
+    size_t secret_len;
+    const char *identity;
+    const char *remote_addr;
+    int action;              /* TN_AUTH_PUBLISH or TN_AUTH_SUBSCRIBE */
+    const char *topic;
+    const char *channel;     /* TN_AUTH_SUBSCRIBE: the channel; else NULL */
+};
 
 #endif
