@@ -21,6 +21,7 @@ static int hello_create_conf(struct tn_mod *m, void *conf)
 {
     struct hello_conf *c = conf;
 
+    (void)m;
     c->greeting = "hello, world"; /* the default when the section is absent */
     return 0;
 }
@@ -38,6 +39,7 @@ static int hello_reload(struct tn_mod *m, void *new_conf)
 {
     const struct hello_conf *c = new_conf; /* m->conf still holds the old one */
 
+    (void)m;
     tn_stat_inc(&hello_reloads);
     tn_log_info("hello", "%s (reload %lld)", c->greeting, (long long)tn_stat_get(&hello_reloads));
     return 0;
@@ -45,6 +47,7 @@ static int hello_reload(struct tn_mod *m, void *new_conf)
 
 static int hello_stop(struct tn_mod *m)
 {
+    (void)m;
     tn_stat_unregister(&hello_reloads);
     return 0;
 }
