@@ -79,3 +79,30 @@ def test_copied_plugin_file_works_too(plugged, tmp_path):
     shutil.copy(plugins_built() / "auth_file.so", t.tmp / "plugins" / "auth_file.so")
     t.start()
     assert started(t, "auth_file"), t.log()
+
+
+CONF = tnhelp.SRCDIR / "conf" / "ternd.yaml"
+KEYS = {"auth_file": ["file"], "statsd": ["address", "prefix", "interval", "udp_packet_size"],
+        "stats_file": ["path", "format", "interval"]}
+
+
+def commented_section(name):
+    m = re.search(r"^#%s:\n((?:#.*\n?)*)" % name, CONF.read_text(), re.M)
+    assert m, "no commented %s section in conf/ternd.yaml" % name
+    return "%s:\n" % name + "".join(line[1:] + "\n" for line in m.group(1).splitlines())
+
+
+@pytest.mark.parametrize("name", sorted(KEYS))
+def test_commented_sections_are_valid(plugged, name):
+    section = commented_section(name)
+    for key in KEYS[name]:
+        assert re.search(r"^  %s:" % key, section, re.M), key
+    t = plugged(plugins=SHIPPED, start=False)
+    secrets = t.tmp / "secrets.json"
+    secrets.write_text('{"secrets": []}')
+    t.text = section.replace("/etc/ternd/secrets.json", str(secrets))
+    t.write_conf()
+    r = t.check()
+    assert r.returncode == 0 and "configuration OK" in r.stdout + r.stderr, r.stderr
+    # and none of them is on in the default configuration
+    assert not re.search(r"^%s:" % name, CONF.read_text(), re.M)
