@@ -4,8 +4,9 @@
  *
  *     cc -shared -fPIC $(pkg-config --cflags ternd) -o hello.so hello.c
  *
- * It logs its greeting at start and on every reload, and exports how many
- * reloads it has seen as ternd_hello_reloads_total.
+ * It logs its greeting at start and on every reload, exports how many
+ * reloads it has seen, and watches clients come and go through the core's
+ * conn.open / conn.close events.
  */
 #include <stddef.h>
 #include <ternd/ternd.h>
@@ -16,6 +17,28 @@ struct hello_conf {
 
 TN_STAT_DECL(hello_reloads, "ternd_hello_reloads_total", TN_STAT_COUNTER,
              "Reloads seen by the hello plugin");
+TN_STAT_DECL(hello_accepted, "ternd_hello_connections_total", TN_STAT_COUNTER,
+             "Connections accepted, as seen through conn.open");
+TN_STAT_DECL(hello_open, "ternd_hello_connections_open", TN_STAT_GAUGE,
+             "Connections open, as seen through conn.open and conn.close");
+
+static int on_open(const char *event, void *arg, void *ud)
+{
+    const struct tn_conn *c = arg;
+
+    (void)event, (void)ud;
+    tn_stat_inc(&hello_accepted);
+    tn_stat_inc(&hello_open);
+    tn_log_debug("hello", "%s connected", c->peer);
+    return 0;
+}
+
+static int on_close(const char *event, void *arg, void *ud)
+{
+    (void)event, (void)arg, (void)ud;
+    tn_stat_dec(&hello_open);
+    return 0;
+}
 
 static int hello_create_conf(struct tn_mod *m, void *conf)
 {
@@ -26,11 +49,29 @@ static int hello_create_conf(struct tn_mod *m, void *conf)
     return 0;
 }
 
+static int hello_stop(struct tn_mod *m)
+{
+    (void)m;
+    tn_event_off(TN_CONN_OPEN_EVENT, on_open, NULL);
+    tn_event_off(TN_CONN_CLOSE_EVENT, on_close, NULL);
+    tn_stat_unregister(&hello_reloads);
+    tn_stat_unregister(&hello_accepted);
+    tn_stat_unregister(&hello_open);
+    return 0;
+}
+
 static int hello_start(struct tn_mod *m)
 {
     const struct hello_conf *c = m->conf;
 
     tn_stat_register(&hello_reloads);
+    tn_stat_register(&hello_accepted);
+    tn_stat_register(&hello_open);
+    if (tn_event_on(TN_CONN_OPEN_EVENT, on_open, NULL) != 0 ||
+        tn_event_on(TN_CONN_CLOSE_EVENT, on_close, NULL) != 0) {
+        hello_stop(m); /* a failed start gets no stop from the core */
+        return TN_ENOMEM;
+    }
     tn_log_info("hello", "%s", c->greeting);
     return 0;
 }
@@ -42,13 +83,6 @@ static int hello_reload(struct tn_mod *m, void *new_conf)
     (void)m;
     tn_stat_inc(&hello_reloads);
     tn_log_info("hello", "%s (reload %lld)", c->greeting, (long long)tn_stat_get(&hello_reloads));
-    return 0;
-}
-
-static int hello_stop(struct tn_mod *m)
-{
-    (void)m;
-    tn_stat_unregister(&hello_reloads);
     return 0;
 }
 

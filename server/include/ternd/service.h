@@ -18,7 +18,8 @@ TN_API void tn_service_unregister(const char *name);
 TN_API void *tn_service_lookup(const char *name);
 
 /*
- * Events: "conn.open", "conn.close", "broker.publish", "auth.check", ...
+ * Events: "conn.open", "conn.close" (conn.h), "auth.check", "auth.authorize"
+ * (below), "broker.publish" (tn_broker.h), ...
  * A subscriber returns 0 to let the event pass; tn_event_emit stops at the
  * first non-zero return and gives it back (used for vetoes such as auth).
  */

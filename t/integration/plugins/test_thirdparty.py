@@ -81,4 +81,11 @@ def test_hello_builds_against_installed_headers_and_loads(installed, ternd, monk
     t.reload()
     assert "hello: hi from a third party (reload 1)" in t.log()
     assert t.metrics()["ternd_hello_reloads_total"] == 1
+    # conn.open / conn.close: every admin request is a connection
+    before = t.metrics()["ternd_hello_connections_total"]
+    for _ in range(3):
+        assert t.get("/ping").status == 200
+    m = tnhelp.wait_for(lambda: (lambda m: m["ternd_hello_connections_open"] == 1 and m)(
+        t.metrics()), 5, what="closed connections seen")  # only the /metrics one is open
+    assert m["ternd_hello_connections_total"] >= before + 4
     assert t.stop() == 0
