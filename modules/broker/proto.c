@@ -513,17 +513,20 @@ static int need_body(struct broker_client *cl, struct tn_buf *in, const struct c
 }
 
 /* With broker.auth on: authenticated first, then the auth plugin that
- * accepted the secret may deny this topic (and channel, for SUB). */
+ * accepted the secret (its authority) must allow this topic (and channel,
+ * for SUB); a client accepted by a plugin without rules passes unless some
+ * subscriber denies. */
 static int check_auth(struct broker_client *cl, const char *what, const char *topic,
                       const char *channel)
 {
     struct tn_auth_authorize az;
+    int judged = cl->auth_authority[0] != '\0';
 
     if (!cl->bk->conf->auth)
         return DONE;
     if (!cl->authed)
         return client_error(cl, 1, "E_AUTH_FIRST", "AUTH required before %s", what);
-    if (!tn_event_has(TN_AUTH_AUTHORIZE_EVENT))
+    if (!judged && !tn_event_has(TN_AUTH_AUTHORIZE_EVENT))
         return DONE;
     az.service = "nsq";
     az.authority = cl->auth_authority;
@@ -534,7 +537,8 @@ static int check_auth(struct broker_client *cl, const char *what, const char *to
     az.action = channel ? TN_AUTH_SUBSCRIBE : TN_AUTH_PUBLISH;
     az.topic = topic;
     az.channel = channel;
-    if (tn_event_emit(TN_AUTH_AUTHORIZE_EVENT, &az) != 0)
+    az.allowed = 0;
+    if (tn_event_emit(TN_AUTH_AUTHORIZE_EVENT, &az) != 0 || (judged && !az.allowed))
         return client_error(cl, 1, "E_UNAUTHORIZED", "AUTH failed for %s on \"%s\" \"%s\"",
                             what, topic, channel ? channel : "");
     return DONE;

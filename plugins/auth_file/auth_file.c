@@ -341,7 +341,7 @@ static int on_check(const char *event, void *arg, void *ud)
 static int on_authorize(const char *event, void *arg, void *ud)
 {
     struct af_state *st = ud;
-    const struct tn_auth_authorize *az = arg;
+    struct tn_auth_authorize *az = arg;
     const struct af_secret *s;
 
     if (!az->authority || strcmp(az->authority, AF_NAME) != 0)
@@ -351,6 +351,7 @@ static int on_authorize(const char *event, void *arg, void *ud)
         for (size_t i = 0; i < s->nrules; i++)
             if (rule_allows(&s->rules[i], az->action, az->topic, az->channel)) {
                 st->allowed++;
+                az->allowed = 1;
                 return 0;
             }
     st->denied++;

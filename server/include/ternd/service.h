@@ -57,11 +57,14 @@ struct tn_auth_check {
 
 /*
  * Authorization, per operation of an authenticated client: the emitter
- * fills a struct tn_auth_authorize and emits TN_AUTH_AUTHORIZE_EVENT; a
- * subscriber denies by returning a negative code (-EACCES), which stops the
- * emit, and allows by returning 0. Only the plugin named in authority
- * should judge (others return 0), so a client with no rule against it is
- * allowed: with no auth plugin, authenticated means allowed.
+ * fills a struct tn_auth_authorize (allowed = 0) and emits
+ * TN_AUTH_AUTHORIZE_EVENT. Only the plugin named in authority judges (the
+ * others return 0): it allows by setting allowed = 1 and returning 0, and
+ * denies by returning a negative code (-EACCES), which stops the emit.
+ * When authority is set and nobody allowed, the operation is denied, so a
+ * client keeps no rights its plugin can no longer confirm (the plugin was
+ * removed or lost its rules). With authority "" (the accepting plugin
+ * keeps no rules) the operation is allowed unless a subscriber denies it.
  * The broker asks before PUB, MPUB and DPUB (TN_AUTH_PUBLISH, channel NULL)
  * and SUB (TN_AUTH_SUBSCRIBE), and answers a denial with E_UNAUTHORIZED.
  * A gateway would pass its route as topic and its group as channel.
@@ -80,6 +83,7 @@ struct tn_auth_authorize {
     int action;              /* TN_AUTH_PUBLISH or TN_AUTH_SUBSCRIBE */
     const char *topic;
     const char *channel;     /* TN_AUTH_SUBSCRIBE: the channel; else NULL */
+    int allowed;             /* out: set to 1 by the authority */
 };
 
 #endif

@@ -153,6 +153,24 @@ def test_secrets_reloaded_on_sighup(plugged):
     assert denied(kept, "SUB", "orders", "archive")
 
 
+def test_clients_lose_their_rights_with_the_file(plugged):
+    """A client auth_file vouched for is judged by auth_file alone: once the
+    file is no longer configured, nothing confirms its rights and every
+    operation is refused (not allowed by default)."""
+    t = start(plugged)
+    kept, _ = authed(t, "pub-orders")
+    kept.pub("orders", b"before")
+    kept.expect_ok()
+    del t.sections["auth_file"]
+    log = t.reload()
+    assert "core: reload done" in log, log
+    kept.pub("orders", b"after")
+    assert denied(kept, "PUB", "orders")
+    c = nw.Conn(t.tcp_port)
+    c.cmd("AUTH", b"pub-orders")
+    assert c.expect_closed() == [(FRAME_ERROR, b"E_AUTH_FAILED AUTH failed")]
+
+
 def test_broken_secrets_file(plugged):
     t = start(plugged)
     t.secrets.write_text('{"secrets": [\n  {"secret": "a", "authorizations": [}\n]}\n')
