@@ -539,8 +539,8 @@ static int check_auth(struct broker_client *cl, const char *what, const char *to
     az.channel = channel;
     az.allowed = 0;
     if (tn_event_emit(TN_AUTH_AUTHORIZE_EVENT, &az) != 0 || (judged && !az.allowed))
-        return client_error(cl, 1, "E_UNAUTHORIZED", "AUTH failed for %s on \"%s\" \"%s\"",
-                            what, topic, channel ? channel : "");
+        return client_error(cl, 1, "E_UNAUTHORIZED", "AUTH failed for %s on \"%s\" \"%s\"", what,
+                            topic, channel ? channel : "");
     return DONE;
 }
 
@@ -848,7 +848,8 @@ static int do_auth(struct broker_client *cl, const char *body, size_t len)
     snprintf(cl->auth_identity, sizeof(cl->auth_identity), "%s", a.identity);
     snprintf(cl->auth_authority, sizeof(cl->auth_authority), "%s", a.authority);
     o = json_pack("{s:s, s:s, s:I}", "identity", a.identity, "identity_url", a.identity_url,
-                  "permission_count", (json_int_t)(a.permission_count < 0 ? 1 : a.permission_count));
+                  "permission_count",
+                  (json_int_t)(a.permission_count < 0 ? 1 : a.permission_count));
     s = o ? json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
     json_decref(o);
     send_str(cl, s ? s : "{}");

@@ -107,8 +107,7 @@ static int compile(regex_t *re, json_t *j, const char *where, char *err)
     rc = regcomp(re, json_string_value(j), REG_EXTENDED | REG_NOSUB);
     if (rc != 0) {
         regerror(rc, re, msg, sizeof(msg));
-        return fail(err, "%s: bad regular expression \"%s\": %s", where, json_string_value(j),
-                    msg);
+        return fail(err, "%s: bad regular expression \"%s\": %s", where, json_string_value(j), msg);
     }
     return 0;
 }
@@ -121,15 +120,15 @@ static int parse_perms(json_t *j, const char *where, int *out, char *err)
     if (!json_is_array(j))
         return fail(err, "%s.permissions: must be a list of \"publish\" / \"subscribe\"", where);
     *out = 0;
-    json_array_foreach(j, i, p) {
+    json_array_foreach(j, i, p)
+    {
         const char *s = json_string_value(p);
         if (s && strcmp(s, "publish") == 0)
             *out |= AF_PUBLISH;
         else if (s && strcmp(s, "subscribe") == 0)
             *out |= AF_SUBSCRIBE;
         else
-            return fail(err, "%s.permissions[%zu]: must be \"publish\" or \"subscribe\"", where,
-                        i);
+            return fail(err, "%s.permissions[%zu]: must be \"publish\" or \"subscribe\"", where, i);
     }
     return 0;
 }
@@ -159,7 +158,8 @@ static int parse_rule(json_t *j, const char *where, struct af_rule *r, char *err
         regfree(&r->topic);
         return fail(err, "out of memory");
     }
-    json_array_foreach(chans, i, c) {
+    json_array_foreach(chans, i, c)
+    {
         snprintf(at, sizeof(at), "%s.channels[%zu]", where, i);
         if (compile(&r->channels[i], c, at, err) != 0) {
             rule_free(r);
@@ -211,7 +211,8 @@ static int parse_secret(json_t *j, const char *where, struct af_secret *s, char 
         return fail(err, "%s.authorizations: must be a list", where);
     if (!(s->rules = calloc(json_array_size(rules) + 1, sizeof(*s->rules))))
         return fail(err, "out of memory");
-    json_array_foreach(rules, i, r) {
+    json_array_foreach(rules, i, r)
+    {
         snprintf(at, sizeof(at), "%s.authorizations[%zu]", where, i);
         if (parse_rule(r, at, &s->rules[i], err) != 0)
             return TN_EINVAL;
@@ -240,11 +241,13 @@ static struct af_table *table_load(const char *path, char *err)
         fail(err, "%s: the top level must be {\"secrets\": [...]}", path);
         goto fail;
     }
-    if (!(t = calloc(1, sizeof(*t))) || !(t->v = calloc(json_array_size(list) + 1, sizeof(*t->v)))) {
+    if (!(t = calloc(1, sizeof(*t))) ||
+        !(t->v = calloc(json_array_size(list) + 1, sizeof(*t->v)))) {
         fail(err, "out of memory");
         goto fail;
     }
-    json_array_foreach(list, i, j) {
+    json_array_foreach(list, i, j)
+    {
         snprintf(where, sizeof(where), "secrets[%zu]", i);
         msg[0] = '\0';
         t->n++;
@@ -272,8 +275,8 @@ static void warn_mode(const char *path)
     struct stat st;
 
     if (stat(path, &st) == 0 && (st.st_mode & 077))
-        tn_log_warn(AF_NAME, "%s is readable by group or others (mode %03o): chmod 600 it",
-                    path, (unsigned)(st.st_mode & 0777));
+        tn_log_warn(AF_NAME, "%s is readable by group or others (mode %03o): chmod 600 it", path,
+                    (unsigned)(st.st_mode & 0777));
 }
 
 /* Equal-length secrets compare in constant time: the time taken tells only
@@ -297,7 +300,10 @@ static const struct af_secret *table_find(const struct af_table *t, const char *
     return NULL;
 }
 
-static int matches(const regex_t *re, const char *s) { return regexec(re, s, 0, NULL, 0) == 0; }
+static int matches(const regex_t *re, const char *s)
+{
+    return regexec(re, s, 0, NULL, 0) == 0;
+}
 
 /* nsqauthd's rule: the permission, the topic, and for a subscribe one of
  * the channels. */
@@ -424,7 +430,10 @@ static int load(struct af_state *st, const struct af_conf *c)
     return 0;
 }
 
-static int af_start(struct tn_mod *m) { return load(m->data, m->conf); }
+static int af_start(struct tn_mod *m)
+{
+    return load(m->data, m->conf);
+}
 
 static int af_reload(struct tn_mod *m, void *new_conf)
 {
@@ -462,8 +471,8 @@ static void af_stats(struct tn_mod *m, struct tn_stats_out *o)
     static const char *const den[] = {"result", "denied", NULL};
     const char *ck = "ternd_auth_file_checks_total", *az = "ternd_auth_file_authorizations_total";
 
-    tn_stats_emit(o, "ternd_auth_file_secrets", TN_STAT_GAUGE, "Secrets loaded from the file",
-                  NULL, st->table ? (double)st->table->n : 0);
+    tn_stats_emit(o, "ternd_auth_file_secrets", TN_STAT_GAUGE, "Secrets loaded from the file", NULL,
+                  st->table ? (double)st->table->n : 0);
     tn_stats_emit(o, ck, TN_STAT_COUNTER, "Secrets checked", acc, (double)st->accepted);
     tn_stats_emit(o, ck, TN_STAT_COUNTER, "Secrets checked", unk, (double)st->unknown);
     tn_stats_emit(o, az, TN_STAT_COUNTER, "Operations judged", alw, (double)st->allowed);
@@ -473,8 +482,7 @@ static void af_stats(struct tn_mod *m, struct tn_stats_out *o)
 }
 
 static const struct tn_conf_cmd af_conf_table[] = {
-    {"file", TN_CONF_PATH, offsetof(struct af_conf, file), NULL, NULL, NULL},
-    TN_CONF_END};
+    {"file", TN_CONF_PATH, offsetof(struct af_conf, file), NULL, NULL, NULL}, TN_CONF_END};
 
 TN_API const struct tn_module ternd_module = {
     TN_MODULE_HEAD(AF_NAME, TN_VERSION_STRING),

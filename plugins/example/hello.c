@@ -93,15 +93,15 @@ static const struct tn_conf_cmd hello_conf_table[] = {
 /* The one exported symbol; the file name (hello.so) must match the name. */
 TN_API const struct tn_module ternd_module = {
     TN_MODULE_HEAD("hello", "1.0"),
-    NULL,                     /* deps */
+    NULL, /* deps */
     hello_conf_table,
     sizeof(struct hello_conf),
     hello_create_conf,
-    NULL,                     /* check_conf */
-    NULL,                     /* init */
+    NULL, /* check_conf */
+    NULL, /* init */
     hello_start,
     hello_stop,
-    NULL,                     /* fini */
+    NULL, /* fini */
     hello_reload,
-    NULL,                     /* stats: the registered counter is enough */
+    NULL, /* stats: the registered counter is enough */
 };

@@ -109,8 +109,7 @@ static void sf_activate(struct sf_state *st)
 
     if (!c->path)
         return;
-    ev_timer_init(&st->timer, timer_cb, (double)c->interval / 1000.0,
-                  (double)c->interval / 1000.0);
+    ev_timer_init(&st->timer, timer_cb, (double)c->interval / 1000.0, (double)c->interval / 1000.0);
     st->timer.data = st;
     ev_timer_start(tn_loop(), &st->timer);
     st->active = 1;
@@ -185,15 +184,16 @@ static void sf_stats(struct tn_mod *m, struct tn_stats_out *o)
 
     if (!st || !st->active)
         return;
-    tn_stats_emit(o, "ternd_stats_file_writes_total", TN_STAT_COUNTER, "Stats files written",
-                  NULL, (double)st->writes);
+    tn_stats_emit(o, "ternd_stats_file_writes_total", TN_STAT_COUNTER, "Stats files written", NULL,
+                  (double)st->writes);
     tn_stats_emit(o, "ternd_stats_file_errors_total", TN_STAT_COUNTER,
                   "Stats files that could not be written", NULL, (double)st->errors);
 }
 
-static const struct tn_conf_enum sf_formats[] = {
-    {"prometheus", TN_STATS_PROMETHEUS}, {"json", TN_STATS_JSON}, {"text", TN_STATS_TEXT},
-    {NULL, 0}};
+static const struct tn_conf_enum sf_formats[] = {{"prometheus", TN_STATS_PROMETHEUS},
+                                                 {"json", TN_STATS_JSON},
+                                                 {"text", TN_STATS_TEXT},
+                                                 {NULL, 0}};
 static const struct tn_conf_range r_interval = {10, 24LL * 3600 * 1000};
 
 #define OFF(f) offsetof(struct sf_conf, f)

@@ -265,8 +265,7 @@ static int sd_open(struct sd_state *st)
     }
     st->fd = fd;
     build_prefix(st, c->prefix);
-    ev_timer_init(&st->timer, timer_cb, (double)c->interval / 1000.0,
-                  (double)c->interval / 1000.0);
+    ev_timer_init(&st->timer, timer_cb, (double)c->interval / 1000.0, (double)c->interval / 1000.0);
     st->timer.data = st;
     ev_timer_start(tn_loop(), &st->timer);
     tn_log_info(SD_NAME, "pushing to %s every %lldms, prefix \"%s\"", c->address.text,

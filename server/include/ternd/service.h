@@ -44,15 +44,15 @@ TN_API int tn_event_has(const char *event);
 #define TN_AUTH_NAME_MAX 256
 
 struct tn_auth_check {
-    const char *secret;      /* in: not NUL-terminated */
-    size_t secret_len;       /* in */
-    const char *remote_addr; /* in: "ip:port" */
-    int ok;                  /* out: 1 accepted */
+    const char *secret;                  /* in: not NUL-terminated */
+    size_t secret_len;                   /* in */
+    const char *remote_addr;             /* in: "ip:port" */
+    int ok;                              /* out: 1 accepted */
     char identity[TN_AUTH_NAME_MAX];     /* out */
     char identity_url[TN_AUTH_NAME_MAX]; /* out */
-    const char *service;     /* in: "nsq", "gateway" (NULL from old emitters) */
-    char authority[64];      /* out: the accepting plugin's name, or "" */
-    int64_t permission_count;/* out: rules granted; -1 when not counted */
+    const char *service;                 /* in: "nsq", "gateway" (NULL from old emitters) */
+    char authority[64];                  /* out: the accepting plugin's name, or "" */
+    int64_t permission_count;            /* out: rules granted; -1 when not counted */
 };
 
 /*
@@ -74,16 +74,16 @@ struct tn_auth_check {
 enum { TN_AUTH_PUBLISH = 1, TN_AUTH_SUBSCRIBE = 2 };
 
 struct tn_auth_authorize {
-    const char *service;     /* "nsq", "gateway" */
-    const char *authority;   /* auth.check's authority for this client ("" if none) */
-    const char *secret;      /* the secret the client authenticated with */
+    const char *service;   /* "nsq", "gateway" */
+    const char *authority; /* auth.check's authority for this client ("" if none) */
+    const char *secret;    /* the secret the client authenticated with */
     size_t secret_len;
     const char *identity;
     const char *remote_addr;
-    int action;              /* TN_AUTH_PUBLISH or TN_AUTH_SUBSCRIBE */
+    int action; /* TN_AUTH_PUBLISH or TN_AUTH_SUBSCRIBE */
     const char *topic;
-    const char *channel;     /* TN_AUTH_SUBSCRIBE: the channel; else NULL */
-    int allowed;             /* out: set to 1 by the authority */
+    const char *channel; /* TN_AUTH_SUBSCRIBE: the channel; else NULL */
+    int allowed;         /* out: set to 1 by the authority */
 };
 
 #endif
