@@ -179,8 +179,10 @@ static char *dup_field(json_t *o, const char *key, const char *where, size_t max
         j = json_string("");
     else
         json_incref(j);
-    if (!json_is_string(j) || json_string_length(j) > max) {
-        fail(err, "%s.%s: must be a string of at most %zu bytes", where, key, max);
+    /* a NUL inside would cut the C string short: "a\u0000b" must not be "a" */
+    if (!json_is_string(j) || json_string_length(j) > max ||
+        strlen(json_string_value(j)) != json_string_length(j)) {
+        fail(err, "%s.%s: must be a string of at most %zu bytes, without NUL", where, key, max);
         json_decref(j);
         return NULL;
     }
