@@ -194,7 +194,7 @@ def test_broken_secrets_file(plugged):
          "secrets[1].secret: the same secret as secrets[0]"),
         ({"users": []}, 'the top level must be {"secrets": [...]}'),
         ({"secrets": [{"secret": "a\u0000b", "authorizations": []}]},
-         "secrets[0].secret: must be a string of at most 1024 bytes, without NUL"),
+         "\\u0000 is not allowed"),  # jansson refuses it: no secret is cut short at a NUL
     ]
     for doc, msg in cases:
         write_secrets(t.secrets, doc)
