@@ -337,7 +337,7 @@ static void sample_end(struct sample *s, const char *path, json_int_t start_time
         json_decref(o);
     }
     if (s->prev && s->elapsed > 0)
-        printf("rates: messages per second over the last %.1fs\n", s->elapsed);
+        printf("rates: messages per second over the last %.3fs\n", s->elapsed);
     else
         printf("rates: run again for messages per second\n");
     json_decref(s->prev);
