@@ -481,10 +481,14 @@ static int read_frame(int fd, struct tcl_str *f)
     return (int)be32(hdr + 4);
 }
 
-static int tail_subscribe(int fd, const char *topic, const char *channel, struct tcl_str *f)
+/* RDY: at most max messages in flight, so that with -n none is taken from a
+ * named channel only to be requeued when we leave. */
+static int tail_subscribe(int fd, const char *topic, const char *channel, long max,
+                          struct tcl_str *f)
 {
     char cmd[256];
-    int n = snprintf(cmd, sizeof(cmd), "  V2SUB %s %s\nRDY 32\n", topic, channel);
+    int n = snprintf(cmd, sizeof(cmd), "  V2SUB %s %s\nRDY %ld\n", topic, channel,
+                     max > 0 && max < 32 ? max : 32);
 
     if (tcl_write_all(fd, cmd, (size_t)n) != 0 || read_frame(fd, f) != FRAME_RESPONSE ||
         strcmp(f->p, "OK") != 0)
@@ -551,12 +555,17 @@ static int cmd_tail(int argc, char **argv)
 
     optind = 1;
     while ((c = getopt(argc, argv, "n:c:")) != -1) {
-        if (c == 'n')
-            max = strtol(optarg, NULL, 10);
-        else if (c == 'c')
+        switch (c) {
+        case 'n':
+            if ((max = strtol(optarg, NULL, 10)) <= 0)
+                return fail("tail -n: want a count of messages above 0");
+            break;
+        case 'c':
             chan = optarg;
-        else
+            break;
+        default:
             return fail("usage: ternctl tail [-n N] [-c CHANNEL] TOPIC");
+        }
     }
     if (optind + 1 != argc)
         return fail("usage: ternctl tail [-n N] [-c CHANNEL] TOPIC");
@@ -568,7 +577,7 @@ static int cmd_tail(int argc, char **argv)
         return 1;
     if ((fd = tcl_connect(opt.broker_tcp, opt.timeout_ms, err, sizeof(err))) < 0)
         return fail("broker TCP: %s (is ternd running? see -t)", err);
-    rc = tail_subscribe(fd, argv[optind], chan, &f);
+    rc = tail_subscribe(fd, argv[optind], chan, max, &f);
     tcl_str_free(&f);
     if (rc == 0)
         rc = tail_loop(fd, max);

@@ -241,7 +241,8 @@ def test_server_down(tmp_path):
 def test_usage_errors():
     if not ternctl_bin().exists():
         pytest.skip("ternctl missing")
-    for args in ([], ["frobnicate"], ["pub"], ["pause"], ["tail"], ["-T", "0", "ping"]):
+    for args in ([], ["frobnicate"], ["pub"], ["pause"], ["tail"], ["-T", "0", "ping"],
+                 ["tail", "-n", "0", "t"]):
         r = subprocess.run([str(ternctl_bin())] + args, capture_output=True, text=True,
                            timeout=RUN_TIMEOUT)
         assert r.returncode in (1, 2), args
