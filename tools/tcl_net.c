@@ -19,7 +19,7 @@ void tcl_str_free(struct tcl_str *s)
     s->len = s->cap = 0;
 }
 
-int tcl_str_add(struct tcl_str *s, const void *p, size_t n)
+int tcl_str_reserve(struct tcl_str *s, size_t n)
 {
     if (s->len + n + 1 > s->cap) {
         size_t cap = s->cap ? s->cap : 256;
@@ -31,7 +31,15 @@ int tcl_str_add(struct tcl_str *s, const void *p, size_t n)
         s->p = np;
         s->cap = cap;
     }
-    memcpy(s->p + s->len, p, n);
+    return 0;
+}
+
+int tcl_str_add(struct tcl_str *s, const void *p, size_t n)
+{
+    if (tcl_str_reserve(s, n) != 0)
+        return -1;
+    if (n)
+        memcpy(s->p + s->len, p, n);
     s->len += n;
     s->p[s->len] = '\0';
     return 0;

@@ -15,6 +15,8 @@ struct tcl_str {
 };
 
 void tcl_str_free(struct tcl_str *s);
+/* Room for n more bytes (and the NUL): 0, or -1 out of memory. */
+int tcl_str_reserve(struct tcl_str *s, size_t n);
 int tcl_str_add(struct tcl_str *s, const void *p, size_t n);
 
 /* Connect to "host:port" ("[v6]:port" too); every later read and write on

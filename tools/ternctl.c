@@ -465,17 +465,9 @@ static int read_frame(int fd, struct tcl_str *f)
     if (size < 4 || size > MAX_FRAME)
         return -1;
     f->len = 0;
-    if (size > 4) {
-        if (tcl_str_add(f, NULL, 0) != 0 || f->cap < size) {
-            char *p = realloc(f->p, size);
-            if (!p)
-                return -1;
-            f->p = p;
-            f->cap = size;
-        }
-        if (tcl_read_exact(fd, f->p, size - 4) != 0)
-            return -1;
-    }
+    if (tcl_str_reserve(f, size - 4) != 0 ||
+        (size > 4 && tcl_read_exact(fd, f->p, size - 4) != 0))
+        return -1;
     f->len = size - 4;
     f->p[f->len] = '\0';
     return (int)be32(hdr + 4);
