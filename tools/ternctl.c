@@ -74,25 +74,35 @@ static void error_text(const struct tcl_str *body, char *buf, size_t len)
     json_decref(j);
 }
 
+/* An HTTP server of ternd: its name and the option that sets its address,
+ * for the messages. */
+struct endpoint {
+    const char *name, *flag;
+    const char **addr;
+};
+
+static const struct endpoint admin_ep = {"admin endpoint", "-a", &opt.admin};
+static const struct endpoint broker_ep = {"broker HTTP API", "-b", &opt.broker_http};
+
 /* One request; returns the status (with the body in out) or -1 after
- * saying what failed. what names the endpoint and its option. */
-static int call(const char *addr, const char *what, const char *method, const char *target,
+ * saying what failed. */
+static int call(const struct endpoint *ep, const char *method, const char *target,
                 const char *body, size_t blen, struct tcl_str *out)
 {
     char err[512];
-    int st = tcl_http(addr, method, target, body, blen, opt.timeout_ms, out, err, sizeof(err));
+    int st =
+        tcl_http(*ep->addr, method, target, body, blen, opt.timeout_ms, out, err, sizeof(err));
 
     if (st < 0)
-        fail("%s: %s (is ternd running? see %s)", what, err,
-             strcmp(what, "admin endpoint") == 0 ? "-a" : "-b");
+        fail("%s: %s (is ternd running? see %s)", ep->name, err, ep->flag);
     return st;
 }
 
 /* A call whose success is 200: 0, or 1 after reporting the answer. */
-static int call_ok(const char *addr, const char *what, const char *method, const char *target,
+static int call_ok(const struct endpoint *ep, const char *method, const char *target,
                    const char *body, size_t blen, struct tcl_str *out)
 {
-    int st = call(addr, what, method, target, body, blen, out);
+    int st = call(ep, method, target, body, blen, out);
     char msg[256];
 
     if (st < 0)
@@ -104,30 +114,30 @@ static int call_ok(const char *addr, const char *what, const char *method, const
     return 0;
 }
 
-static json_t *get_json(const char *addr, const char *what, const char *target)
+static json_t *get_json(const struct endpoint *ep, const char *target)
 {
     struct tcl_str body = {0};
     json_t *j = NULL;
     json_error_t je;
 
-    if (call_ok(addr, what, "GET", target, NULL, 0, &body) == 0 &&
+    if (call_ok(ep, "GET", target, NULL, 0, &body) == 0 &&
         !(j = json_loads(body.p ? body.p : "", 0, &je)))
-        fail("%s: GET %s: bad JSON: %s", what, target, je.text);
+        fail("%s: GET %s: bad JSON: %s", ep->name, target, je.text);
     tcl_str_free(&body);
     return j;
 }
 
 /* ---- ping ------------------------------------------------------------------- */
 
-static int ping_one(const char *label, const char *addr, const char *what)
+static int ping_one(const char *label, const struct endpoint *ep)
 {
     struct tcl_str body = {0};
-    int st = call(addr, what, "GET", "/ping", NULL, 0, &body);
+    int st = call(ep, "GET", "/ping", NULL, 0, &body);
     char msg[256];
 
     if (st >= 0) {
         error_text(&body, msg, sizeof(msg));
-        printf("%s %s: %s%s\n", label, addr, st == 200 ? "" : "failing: ", msg);
+        printf("%s %s: %s%s\n", label, *ep->addr, st == 200 ? "" : "failing: ", msg);
     }
     tcl_str_free(&body);
     return st == 200 ? 0 : 1;
@@ -141,9 +151,9 @@ static int cmd_ping(int argc, char **argv)
     if (argc > 2 || (only && strcmp(only, "admin") != 0 && strcmp(only, "broker") != 0))
         return fail("usage: ternctl ping [admin|broker]");
     if (!only || strcmp(only, "admin") == 0)
-        rc |= ping_one("admin", opt.admin, "admin endpoint");
+        rc |= ping_one("admin", &admin_ep);
     if (!only || strcmp(only, "broker") == 0)
-        rc |= ping_one("broker", opt.broker_http, "broker HTTP API");
+        rc |= ping_one("broker", &broker_ep);
     return rc;
 }
 
@@ -185,7 +195,7 @@ static int cmd_pub(int argc, char **argv)
         rc = read_stdin(&msg);
     if (rc == 0) {
         snprintf(target, sizeof(target), "/pub?topic=%s", topic);
-        rc = call_ok(opt.broker_http, "broker HTTP API", "POST", target, msg.p ? msg.p : "",
+        rc = call_ok(&broker_ep, "POST", target, msg.p ? msg.p : "",
                      msg.len, &out);
     }
     tcl_str_free(&msg);
@@ -213,7 +223,7 @@ static int cmd_pause(int argc, char **argv)
     } else {
         snprintf(target, sizeof(target), "/topic/%s?topic=%s", argv[0], topic);
     }
-    rc = call_ok(opt.broker_http, "broker HTTP API", "POST", target, NULL, 0, &out);
+    rc = call_ok(&broker_ep, "POST", target, NULL, 0, &out);
     tcl_str_free(&out);
     return rc;
 }
@@ -254,7 +264,7 @@ static int cmd_reload(int argc, char **argv)
         return fail("usage: ternctl reload [-p PIDFILE]");
     if (pid_file)
         return signal_pid_file(pid_file);
-    rc = call_ok(opt.admin, "admin endpoint", "POST", "/reload", NULL, 0, &out);
+    rc = call_ok(&admin_ep, "POST", "/reload", NULL, 0, &out);
     if (rc == 0)
         fputs(out.p ? out.p : "reload done\n", stdout);
     tcl_str_free(&out);
@@ -424,11 +434,10 @@ static int cmd_stats(int argc, char **argv)
     }
     if (optind != argc)
         return fail("usage: ternctl stats [-S STATEFILE]");
-    core = get_json(opt.admin, "admin endpoint", "/stats");
+    core = get_json(&admin_ep, "/stats");
     if (core)
         print_core(core);
-    bk = get_json(opt.broker_http, "broker HTTP API",
-                  "/stats?format=json&include_clients=false&include_mem=false");
+    bk = get_json(&broker_ep, "/stats?format=json&include_clients=false&include_mem=false");
     if (bk) {
         json_int_t st = jint(bk, "start_time");
         printf("broker %s (HTTP %s): health %s\n\n",
