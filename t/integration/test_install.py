@@ -62,6 +62,7 @@ def test_tree(installed):
     assert not list(at("pkglibdir", "modules").glob("*.la")), "libtool archives installed"
     assert at("pkglibdir", "plugins").is_dir()
     assert at("pkgdatadir", "scripts", "broker.lua").is_file()
+    assert at("pkgdatadir", "scripts", "gateway", "route.lua").is_file()
     assert at("sysconfdir", "ternd", "ternd.yaml").is_file()
     for page in ("man1/ternctl.1", "man5/ternd.yaml.5", "man7/ternd-lua.7", "man8/ternd.8"):
         assert at("mandir", page).is_file(), page
@@ -80,6 +81,8 @@ def test_installed_config_uses_fhs_paths(installed):
     assert re.search(r"^  data_dir: %s  #" % re.escape(v["terndstatedir"]), text, re.M)
     assert v["terndstatedir"] == "/var/lib/ternd" or "--with-statedir" in \
         (tnhelp.BUILD / "config.log").read_text()
+    # example scripts named by the installed paths
+    assert "#    script: %s/scripts/gateway/route.lua" % v["pkgdatadir"] in text
     # the built-in default (conf/ternd.yaml, embedded) keeps ./data
     assert "\n  data_dir: ./data\n" in (tnhelp.SRCDIR / "conf" / "ternd.yaml").read_text()
 
