@@ -27,4 +27,4 @@ build-plugins-dir: $(plugin_LTLIBRARIES)
 
 # The example a third party builds against the installed headers
 # (plugins/README.md; t/integration/plugins/test_thirdparty.py builds it).
-EXTRA_DIST += plugins/README.md plugins/example/hello.c
+EXTRA_DIST += plugins/README.md plugins/example/hello.c plugins/auth_file/secrets.example.json
