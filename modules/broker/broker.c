@@ -201,9 +201,13 @@ int broker_publish(struct broker *bk, const char *topic, const void *body, size_
 
 static int svc_publish(const char *topic, const void *body, size_t len, int64_t defer_ms)
 {
+    int rc;
+
     if (!broker_self)
         return TN_ESTOPPED;
-    return broker_publish(broker_self, topic, body, len, defer_ms, 1);
+    rc = broker_publish(broker_self, topic, body, len, defer_ms, 1);
+    /* the caller may acknowledge at once: the records go out now */
+    return rc == 0 ? broker_store_flush(broker_self) : rc;
 }
 
 static int64_t svc_topic_depth(const char *topic)
@@ -225,12 +229,18 @@ static void scan_cb(struct ev_loop *loop, ev_timer *w, int revents)
     broker_store_sync_due(bk);
 }
 
-/* Once per loop iteration, before blocking: compress what deflate clients
- * queued and persist metadata changes. */
+/* Once per loop iteration, before blocking: write what the disk queues
+ * buffered, compress what deflate clients queued and persist metadata
+ * changes. Priority EV_MAXPRI puts this before the connection layer's
+ * prepare watcher, which sends the replies: a publisher's OK never leaves
+ * before its messages are in the page cache (kill -9 safe). Publish paths
+ * whose reply may go out sooner flush on their own (proto.c's on_read,
+ * http.c, hook.c, svc_publish); this covers the rest (pumps, timers). */
 static void prepare_cb(struct ev_loop *loop, ev_prepare *w, int revents)
 {
     struct broker *bk = w->data;
 
+    broker_store_flush(bk);
     broker_proto_flush(bk);
     if (bk->meta_dirty)
         meta_save(bk);

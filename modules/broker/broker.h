@@ -212,6 +212,7 @@ struct broker {
     size_t tmask, ntopics;
     struct broker_ent *ent_free;
     size_t nfree;
+    struct tn_diskq_group dq_group; /* every disk queue: records buffered until a flush */
     uint64_t id_ms, id_seq;
     struct tn_listener *listener;
     struct tn_http_server *http;
@@ -310,6 +311,10 @@ uint64_t broker_store_persist(struct broker *bk, int64_t now);
 void broker_store_policies(struct broker *bk);
 /* Sync the disk queues whose sync timeout has passed. */
 void broker_store_sync_due(struct broker *bk);
+/* Write the records the disk queues buffered (one write per queue): due
+ * before anything that acknowledges a publish can reach a socket. 0 or
+ * the first -errno (the records stay buffered and are retried). */
+int broker_store_flush(struct broker *bk);
 
 /* Iterate topics: for (t = broker_topic_first(bk); t; t = broker_topic_next(bk, t)) */
 struct broker_topic *broker_topic_first(struct broker *bk);

@@ -49,6 +49,11 @@ struct tn_diskq {
     uint64_t depth;
 
     int wfd;       /* write segment, -1 when not open */
+    unsigned char *wbuf; /* buffered records (o.write_buffer > 0): they */
+    size_t wlen;         /* end wpos; the file ends at wpos - wlen */
+    int werr;            /* the last flush failed with this (0: none) */
+    int glinked;         /* on o.group's dirty list */
+    struct tn_diskq *gnext;
     struct rd r;   /* read segment (r.fd -1 when not open) */
     uint64_t rend; /* end of the read segment when rfile < wfile */
     int peeked;    /* a record is peeked: [rpos, peek_next) */
@@ -123,6 +128,98 @@ static int do_fsync(struct tn_diskq *q, int fd)
 {
     q->st.fsyncs++;
     return fsync(fd) < 0 ? -errno : 0;
+}
+
+/* ---- the write buffer ---------------------------------------------------- */
+
+static void group_link(struct tn_diskq *q)
+{
+    struct tn_diskq_group *g = q->o.group;
+
+    if (g == NULL || q->glinked)
+        return;
+    q->glinked = 1;
+    q->gnext = g->dirty;
+    g->dirty = q;
+}
+
+static void group_unlink(struct tn_diskq *q)
+{
+    struct tn_diskq **pp;
+
+    if (!q->glinked)
+        return;
+    for (pp = &q->o.group->dirty; *pp != q; pp = &(*pp)->gnext)
+        ;
+    *pp = q->gnext;
+    q->gnext = NULL;
+    q->glinked = 0;
+}
+
+static int write_all(int fd, struct iovec *iov, int cnt, uint64_t off);
+
+/* Write the buffered records to the segment with one write. On failure the
+ * part written is cut off again and the records stay buffered (retried by
+ * the next flush); puts fail meanwhile (werr). */
+static int wbuf_flush(struct tn_diskq *q)
+{
+    uint64_t off = q->wpos - q->wlen;
+    struct iovec v;
+    int rc;
+
+    if (q->wlen == 0)
+        return 0;
+    v.iov_base = q->wbuf;
+    v.iov_len = q->wlen;
+    q->st.writes++;
+    rc = q->wfd < 0 ? TN_EINVAL : write_all(q->wfd, &v, 1, off);
+    if (rc < 0) {
+        if (q->wfd >= 0 && ftruncate(q->wfd, (off_t)off) < 0)
+            tn_log_error(LOG_WHO, "disk queue %s: cannot cut a failed write: %s", q->name,
+                         strerror(errno));
+        if (q->werr == 0)
+            tn_log_error(LOG_WHO, "disk queue %s: writing %zu buffered bytes: %s", q->name,
+                         q->wlen, tn_strerror(rc));
+        q->werr = rc;
+        group_link(q);
+        return rc;
+    }
+    q->wlen = 0;
+    q->werr = 0;
+    return 0;
+}
+
+/* Flush every queue of g with records buffered (those of a failed flush stay listed). */
+int tn_diskq_group_flush(struct tn_diskq_group *g)
+{
+    struct tn_diskq *q, *list = g->dirty;
+    int rc, first = 0;
+
+    g->dirty = NULL;
+    while ((q = list) != NULL) {
+        list = q->gnext;
+        q->gnext = NULL;
+        q->glinked = 0;
+        rc = wbuf_flush(q);
+        if (rc < 0 && first == 0)
+            first = rc;
+    }
+    return first;
+}
+
+int tn_diskq_flush(struct tn_diskq *q)
+{
+    return wbuf_flush(q);
+}
+
+/* Before metadata is written: the records of every queue of the group are
+ * written first, so metadata never counts a record moved from another
+ * queue of the group as gone while its copy is only in this process's memory. */
+static int flush_for_sync(struct tn_diskq *q)
+{
+    if (q->o.group != NULL)
+        tn_diskq_group_flush(q->o.group); /* others' errors are theirs to retry */
+    return wbuf_flush(q);
 }
 
 int tn_diskq_name_ok(const char *name)
@@ -478,6 +575,7 @@ static void recount_depth(struct tn_diskq *q)
     uint32_t n;
     int fd, err;
 
+    wbuf_flush(q); /* the count reads the files; an error leaves records out of it */
     for (n = q->rfile;; n++) {
         seg_name(q, n, fname);
         fd = openat(q->dirfd, fname, O_RDONLY | O_CLOEXEC);
@@ -659,13 +757,15 @@ static int opts_apply(struct tn_diskq_opts *o, const struct tn_diskq_opts *in)
     if (o->sync_timeout_ms == 0)
         o->sync_timeout_ms = TN_DISKQ_DEFAULT_SYNC_TIMEOUT_MS;
     if (o->max_msg_size > TN_DISKQ_MSG_LIMIT || o->min_msg_size > o->max_msg_size ||
-        o->max_bytes_per_file >= POS_LIMIT)
+        o->max_bytes_per_file >= POS_LIMIT || o->write_buffer > TN_DISKQ_WRITE_BUFFER_MAX)
         return TN_EINVAL;
     return 0;
 }
 
 static void diskq_free(struct tn_diskq *q)
 {
+    group_unlink(q);
+    free(q->wbuf);
     close_read(q);
     if (q->wfd >= 0)
         close(q->wfd);
@@ -743,8 +843,10 @@ static void note_op(struct tn_diskq *q)
  * it that are not on disk) and start the next one. */
 static int roll_write(struct tn_diskq *q)
 {
-    int rc;
+    int rc = wbuf_flush(q);
 
+    if (rc < 0)
+        return rc;
     if (q->data_dirty) {
         rc = do_fsync(q, q->wfd);
         if (rc < 0)
@@ -788,6 +890,49 @@ static int write_all(int fd, struct iovec *iov, int cnt, uint64_t off)
     return 0;
 }
 
+static void put_done(struct tn_diskq *q, uint64_t len)
+{
+    q->wpos += HDR_SIZE + len;
+    q->depth++;
+    q->st.puts++;
+    q->st.bytes_written += HDR_SIZE + len;
+    q->data_dirty = q->meta_dirty = 1;
+    note_op(q);
+}
+
+/* Append the framed record to the write buffer (written out first when it
+ * is full, or holds records of a failed write). */
+static int put_buffered(struct tn_diskq *q, const struct iovec *iov, int iovcnt, uint32_t len)
+{
+    unsigned char *p;
+    uLong crc;
+    int i, rc;
+
+    if (q->werr != 0 || q->wlen + HDR_SIZE + len > q->o.write_buffer) {
+        rc = wbuf_flush(q);
+        if (rc < 0)
+            return rc;
+    }
+    if (q->wbuf == NULL && (q->wbuf = malloc(q->o.write_buffer)) == NULL)
+        return TN_ENOMEM;
+    p = q->wbuf + q->wlen;
+    put_be32(p, len);
+    for (i = 0, len = HDR_SIZE; i < iovcnt; i++) {
+        if (iov[i].iov_len > 0)
+            memcpy(p + len, iov[i].iov_base, iov[i].iov_len);
+        len += (uint32_t)iov[i].iov_len;
+    }
+    len -= HDR_SIZE;
+    crc = crc32(0L, p, 4);
+    if (len > 0) /* crc32(c, NULL, 0) would restart the crc */
+        crc = crc32(crc, p + HDR_SIZE, len);
+    put_be32(p + 4, (uint32_t)crc);
+    q->wlen += HDR_SIZE + len;
+    group_link(q);
+    put_done(q, len);
+    return 0;
+}
+
 int tn_diskq_putv(struct tn_diskq *q, const struct iovec *iov, int iovcnt)
 {
     struct iovec v[TN_DISKQ_IOV_MAX + 1];
@@ -816,6 +961,11 @@ int tn_diskq_putv(struct tn_diskq *q, const struct iovec *iov, int iovcnt)
         if (rc < 0)
             return rc;
     }
+    if (q->o.write_buffer > 0 && HDR_SIZE + len <= q->o.write_buffer)
+        return put_buffered(q, iov, iovcnt, (uint32_t)len);
+    rc = wbuf_flush(q); /* a record too large for the buffer goes out alone, in order */
+    if (rc < 0)
+        return rc;
     put_be32(hdr, (uint32_t)len);
     crc = crc32(0L, hdr, 4);
     v[0].iov_base = hdr;
@@ -826,6 +976,7 @@ int tn_diskq_putv(struct tn_diskq *q, const struct iovec *iov, int iovcnt)
         v[i + 1] = iov[i];
     }
     put_be32(hdr + 4, (uint32_t)crc);
+    q->st.writes++;
     rc = write_all(q->wfd, v, iovcnt + 1, q->wpos);
     if (rc < 0) {
         /* Leave no partial record behind for the reader or a recovery. */
@@ -834,12 +985,7 @@ int tn_diskq_putv(struct tn_diskq *q, const struct iovec *iov, int iovcnt)
                          strerror(errno));
         return rc;
     }
-    q->wpos += HDR_SIZE + len;
-    q->depth++;
-    q->st.puts++;
-    q->st.bytes_written += HDR_SIZE + len;
-    q->data_dirty = q->meta_dirty = 1;
-    note_op(q);
+    put_done(q, len);
     return 0;
 }
 
@@ -917,7 +1063,13 @@ static int read_ready(struct tn_diskq *q, uint64_t *limit)
             if (rc < 0)
                 return rc;
         }
-        *limit = q->rfile == q->wfile ? q->wpos : q->rend;
+        if (q->rfile == q->wfile && q->wlen > 0 && q->rpos >= q->wpos - q->wlen) {
+            /* the reader caught up with records still buffered */
+            rc = wbuf_flush(q);
+            if (rc < 0)
+                return rc;
+        }
+        *limit = q->rfile == q->wfile ? q->wpos - q->wlen : q->rend;
         if (q->rpos < *limit)
             return 1;
         next_read_file(q);
@@ -988,8 +1140,10 @@ uint64_t tn_diskq_depth(const struct tn_diskq *q)
 int tn_diskq_sync(struct tn_diskq *q)
 {
     char fname[FNAME_MAX];
-    int rc;
+    int rc = flush_for_sync(q);
 
+    if (rc < 0)
+        return rc;
     if (q->data_dirty && q->wfd >= 0) {
         rc = do_fsync(q, q->wfd);
         if (rc < 0)
@@ -1030,6 +1184,8 @@ int tn_diskq_empty(struct tn_diskq *q)
     if (q->wfd >= 0)
         close(q->wfd);
     q->wfd = -1;
+    q->wlen = 0; /* buffered records are dropped with the rest */
+    q->werr = 0;
     /* Point the metadata at a fresh segment first, then remove the old
      * ones: a crash in between leaves files the next open deletes, never
      * metadata counting records that are gone. Numbers keep growing, so

@@ -952,6 +952,11 @@ static void on_read(struct tn_conn *c)
     }
     if (tn_conn_closing(c))
         tn_buf_consume(&c->in, tn_buf_rlen(&c->in));
+    /* The OKs of this batch of commands are queued, not sent: write the
+     * records they acknowledge now, since a connection with output pending
+     * sends from its write watcher, possibly before the prepare watchers.
+     * A failure is logged by the queue, whose puts fail until it recovers. */
+    broker_store_flush(cl->bk);
 }
 
 static void client_free(struct broker_client *cl)

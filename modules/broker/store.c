@@ -362,6 +362,8 @@ static void idmap_remove(struct broker_idmap *m, struct broker_ent *e)
 
 /* ---- disk queues --------------------------------------------------------------- */
 
+#define DQ_WRITE_BUFFER (256 * 1024)
+
 static struct tn_diskq *dq_open(struct broker *bk, const char *name, int *err)
 {
     const struct broker_conf *bc = bk->conf;
@@ -375,6 +377,10 @@ static struct tn_diskq *dq_open(struct broker *bk, const char *name, int *err)
     o.max_msg_size = TN_DISKQ_MSG_LIMIT;
     o.sync_every = (uint32_t)bc->sync_every;
     o.sync_timeout_ms = (uint32_t)bc->sync_timeout;
+    /* one write per loop iteration (or 256 KiB) instead of one per
+     * message; broker_store_flush runs before replies go out */
+    o.write_buffer = DQ_WRITE_BUFFER;
+    o.group = &bk->dq_group;
     return tn_diskq_open(bk->dir, name, &o, err);
 }
 
@@ -1193,6 +1199,11 @@ void broker_scan(struct broker *bk, int64_t now)
         for (struct broker_channel *ch = t->channels; ch; ch = ch->next)
             channel_scan(ch, now);
     }
+}
+
+int broker_store_flush(struct broker *bk)
+{
+    return bk->dq_group.dirty ? tn_diskq_group_flush(&bk->dq_group) : 0;
 }
 
 void broker_store_sync_due(struct broker *bk)

@@ -931,6 +931,185 @@ static void test_100k_round_trip(void **state)
     assert_int_equal(count_files(dir), 2);
 }
 
+/* ---- write buffering ------------------------------------------------------- */
+
+static struct tn_diskq_group group; /* the buffered queues' group */
+
+/* Open `name` with a write buffer of wbuf bytes in `group`. */
+static struct tn_diskq *bopen(const char *dir, const char *name, uint64_t file_size_max,
+                              uint32_t wbuf)
+{
+    struct tn_diskq_opts o = {0};
+    struct tn_diskq *q;
+    int err = 0;
+
+    o.max_bytes_per_file = file_size_max;
+    o.max_msg_size = 4096;
+    o.sync_every = 100000;
+    o.write_buffer = wbuf;
+    o.group = &group;
+    q = tn_diskq_open(dir, name, &o, &err);
+    assert_non_null(q);
+    return q;
+}
+
+static void test_buffered_one_write_in_order(void **state)
+{
+    const char *dir = *state;
+    struct tn_diskq *q = bopen(dir, QNAME, 0, 256 * 1024);
+    struct tn_diskq_stats st;
+    char path[512];
+
+    seg_path(path, sizeof(path), dir, QNAME, 0);
+    put_range(q, 0, 300);
+    tn_diskq_get_stats(q, &st);
+    assert_int_equal(st.writes, 0); /* all still buffered */
+    assert_int_equal(file_size(path), 0);
+    assert_int_equal(tn_diskq_depth(q), 300);
+    assert_int_equal(tn_diskq_group_flush(&group), 0);
+    tn_diskq_get_stats(q, &st);
+    assert_int_equal(st.writes, 1);
+    assert_int_equal(file_size(path), recs_size(0, 300));
+    assert_null(group.dirty);
+    /* buffered records are read too, after those on disk, in order */
+    put_range(q, 300, 400);
+    expect_range(q, 0, 250);
+    put_range(q, 400, 450);
+    expect_range(q, 250, 450);
+    expect_empty(q);
+    tn_diskq_get_stats(q, &st);
+    assert_int_equal(st.writes, 2); /* the reader caught up once */
+    assert_int_equal(tn_diskq_close(q), 0);
+}
+
+static void test_buffered_small_buffer_and_rollovers(void **state)
+{
+    const char *dir = *state;
+    struct tn_diskq *q = bopen(dir, QNAME, 2048, 1024);
+    struct tn_diskq_stats st;
+
+    put_range(q, 0, 1000);
+    tn_diskq_get_stats(q, &st);
+    assert_true(st.writes > 0 && st.writes < 1000 / 4);
+    assert_true(st.write_file > 10);
+    expect_range(q, 0, 600);
+    assert_int_equal(tn_diskq_close(q), 0);
+    q = bopen(dir, QNAME, 2048, 1024);
+    assert_int_equal(tn_diskq_depth(q), 400);
+    expect_range(q, 600, 1000);
+    expect_empty(q);
+    tn_diskq_close(q);
+}
+
+static void test_buffered_flush_on_close(void **state)
+{
+    const char *dir = *state;
+    struct tn_diskq *q = bopen(dir, QNAME, 0, 256 * 1024);
+    struct tn_diskq_stats st;
+
+    put_range(q, 0, 50);
+    assert_non_null(group.dirty);
+    assert_int_equal(tn_diskq_close(q), 0);
+    assert_null(group.dirty); /* a closed queue leaves the group */
+    q = bopen(dir, QNAME, 0, 256 * 1024);
+    tn_diskq_get_stats(q, &st);
+    assert_int_equal(st.recovered, 0); /* the close synced them */
+    expect_range(q, 0, 50);
+    expect_empty(q);
+    tn_diskq_close(q);
+}
+
+/* Child: 300 records flushed (never synced), 7 more only buffered, death. */
+static void crash_after_flush(const char *dir)
+{
+    struct tn_diskq *q = bopen(dir, QNAME, 2048, 256 * 1024);
+
+    put_range(q, 0, 300);
+    if (tn_diskq_group_flush(&group) != 0)
+        _exit(1);
+    put_range(q, 300, 307);
+}
+
+static void test_buffered_crash_after_flush_keeps_all(void **state)
+{
+    const char *dir = *state;
+    struct tn_diskq_stats st;
+    struct tn_diskq *q;
+
+    in_crashing_child(crash_after_flush, dir);
+    q = bopen(dir, QNAME, 2048, 256 * 1024);
+    tn_diskq_get_stats(q, &st);
+    assert_int_equal(st.recovered, 300);
+    assert_int_equal(st.corrupt, 0);
+    assert_int_equal(tn_diskq_depth(q), 300); /* the unflushed 7 died with the process */
+    expect_range(q, 0, 300);
+    expect_empty(q);
+    tn_diskq_close(q);
+}
+
+/* A sync of one queue of a group writes out the others first. */
+static void test_group_sync_flushes_all(void **state)
+{
+    const char *dir = *state;
+    struct tn_diskq *a = bopen(dir, "a", 0, 256 * 1024);
+    struct tn_diskq *b = bopen(dir, "b", 0, 256 * 1024);
+    char path[512];
+
+    seg_path(path, sizeof(path), dir, "a", 0);
+    put_range(a, 0, 20);
+    put_range(b, 0, 5);
+    assert_int_equal(file_size(path), 0);
+    expect_range(b, 0, 1);
+    assert_int_equal(tn_diskq_sync(b), 0);
+    assert_int_equal(file_size(path), recs_size(0, 20));
+    assert_null(group.dirty);
+    expect_range(a, 0, 20);
+    expect_range(b, 1, 5);
+    tn_diskq_close(a);
+    tn_diskq_close(b);
+}
+
+/* sync_every 1 with a buffer: every put is written and fsynced before
+ * the put returns (what "fsync before the OK" needs). */
+static void test_buffered_sync_every_one(void **state)
+{
+    const char *dir = *state;
+    struct tn_diskq_opts o = {0};
+    struct tn_diskq_stats st;
+    struct tn_diskq *q;
+    char path[512];
+    int err;
+
+    o.sync_every = 1;
+    o.write_buffer = 64 * 1024;
+    o.group = &group;
+    q = tn_diskq_open(dir, QNAME, &o, &err);
+    assert_non_null(q);
+    seg_path(path, sizeof(path), dir, QNAME, 0);
+    put_range(q, 0, 10);
+    tn_diskq_get_stats(q, &st);
+    assert_int_equal(st.writes, 10);
+    assert_int_equal(file_size(path), recs_size(0, 10));
+    assert_false(tn_diskq_sync_due(q));
+    tn_diskq_close(q);
+}
+
+static void test_buffered_larger_record_keeps_order(void **state)
+{
+    const char *dir = *state;
+    struct tn_diskq *q = bopen(dir, QNAME, 0, 64); /* records over 64 bytes bypass it */
+    struct tn_diskq_opts o = {0};
+    int err = 0;
+
+    put_range(q, 0, 200);
+    expect_range(q, 0, 200);
+    expect_empty(q);
+    tn_diskq_close(q);
+    o.write_buffer = TN_DISKQ_WRITE_BUFFER_MAX + 1;
+    assert_null(tn_diskq_open(dir, QNAME, &o, &err));
+    assert_int_equal(err, TN_EINVAL);
+}
+
 int main(void)
 {
 #define T(f) cmocka_unit_test_setup_teardown(f, setup_dir, teardown_dir)
@@ -958,6 +1137,13 @@ int main(void)
         T(test_unreadable_meta_fails_open),
         T(test_failed_write_leaves_no_partial_record),
         T(test_100k_round_trip),
+        T(test_buffered_one_write_in_order),
+        T(test_buffered_small_buffer_and_rollovers),
+        T(test_buffered_flush_on_close),
+        T(test_buffered_crash_after_flush_keeps_all),
+        T(test_group_sync_flushes_all),
+        T(test_buffered_sync_every_one),
+        T(test_buffered_larger_record_keeps_order),
     };
 #undef T
     return cmocka_run_group_tests(tests, NULL, NULL);
