@@ -113,9 +113,15 @@ struct broker_fifo {
     size_t n;
 };
 
-/* Binary min-heap of entries ordered by `when`. */
+/* Binary min-heap of entries ordered by `when` (a copy of the entry's,
+ * kept in the slot so sifting does not chase pointers). */
+struct broker_heap_slot {
+    int64_t when;
+    struct broker_ent *e;
+};
+
 struct broker_heap {
-    struct broker_ent **v;
+    struct broker_heap_slot *v;
     size_t n, cap;
 };
 

@@ -220,53 +220,58 @@ static struct broker_ent *fifo_pop(struct broker_fifo *f)
     return e;
 }
 
-static void heap_swap(struct broker_heap *h, size_t a, size_t b)
+/* Sift with a hole: slots carry the key, so comparisons touch only the
+ * array, never the entries (the in-flight heap is walked on every FIN). */
+static void heap_set(struct broker_heap *h, size_t i, struct broker_heap_slot s)
 {
-    struct broker_ent *t = h->v[a];
-    h->v[a] = h->v[b];
-    h->v[b] = t;
-    h->v[a]->hidx = (uint32_t)a;
-    h->v[b]->hidx = (uint32_t)b;
+    h->v[i] = s;
+    s.e->hidx = (uint32_t)i;
 }
 
 static void heap_up(struct broker_heap *h, size_t i)
 {
+    struct broker_heap_slot s = h->v[i];
+
     while (i > 0) {
         size_t p = (i - 1) / 2;
-        if (h->v[p]->when <= h->v[i]->when)
+        if (h->v[p].when <= s.when)
             break;
-        heap_swap(h, p, i);
+        heap_set(h, i, h->v[p]);
         i = p;
     }
+    heap_set(h, i, s);
 }
 
 static void heap_down(struct broker_heap *h, size_t i)
 {
+    struct broker_heap_slot s = h->v[i];
+
     for (;;) {
-        size_t l = 2 * i + 1, r = l + 1, m = i;
-        if (l < h->n && h->v[l]->when < h->v[m]->when)
-            m = l;
-        if (r < h->n && h->v[r]->when < h->v[m]->when)
+        size_t l = 2 * i + 1, r = l + 1, m = l;
+        if (l >= h->n)
+            break;
+        if (r < h->n && h->v[r].when < h->v[l].when)
             m = r;
-        if (m == i)
-            return;
-        heap_swap(h, i, m);
+        if (s.when <= h->v[m].when)
+            break;
+        heap_set(h, i, h->v[m]);
         i = m;
     }
+    heap_set(h, i, s);
 }
 
 static int heap_push(struct broker_heap *h, struct broker_ent *e)
 {
     if (h->n == h->cap) {
         size_t cap = h->cap ? h->cap * 2 : 64;
-        struct broker_ent **v = realloc(h->v, cap * sizeof(*v));
+        struct broker_heap_slot *v = realloc(h->v, cap * sizeof(*v));
         if (!v)
             return TN_ENOMEM;
         h->v = v;
         h->cap = cap;
     }
-    h->v[h->n] = e;
-    e->hidx = (uint32_t)h->n;
+    h->v[h->n].when = e->when;
+    h->v[h->n].e = e;
     h->n++;
     heap_up(h, h->n - 1);
     return 0;
@@ -278,16 +283,17 @@ static void heap_remove(struct broker_heap *h, struct broker_ent *e)
 
     h->n--;
     if (i != h->n) {
-        h->v[i] = h->v[h->n];
-        h->v[i]->hidx = (uint32_t)i;
+        struct broker_ent *moved = h->v[h->n].e;
+        heap_set(h, i, h->v[h->n]);
         heap_up(h, i);
-        heap_down(h, h->v[i]->hidx);
+        heap_down(h, moved->hidx);
     }
 }
 
 /* The entry's `when` changed: restore the heap order. */
 static void heap_fix(struct broker_heap *h, struct broker_ent *e)
 {
+    h->v[e->hidx].when = e->when;
     heap_up(h, e->hidx);
     heap_down(h, e->hidx);
 }
@@ -921,7 +927,7 @@ struct broker_channel *broker_channel_get(struct broker_topic *t, const char *na
 static void heap_clear(struct broker *bk, struct broker_heap *h)
 {
     for (size_t i = 0; i < h->n; i++) {
-        struct broker_ent *e = h->v[i];
+        struct broker_ent *e = h->v[i].e;
         if (e->client)
             client_unlink(e);
         ent_free(bk, e);
@@ -1177,12 +1183,12 @@ int broker_touch(struct broker_client *c, uint64_t id, int64_t now)
 
 static void channel_scan(struct broker_channel *ch, int64_t now)
 {
-    while (ch->inflight.n && ch->inflight.v[0]->when <= now) {
+    while (ch->inflight.n && ch->inflight.v[0].when <= now) {
         ch->timeout_count++;
-        requeue(ch, ch->inflight.v[0], 0, now);
+        requeue(ch, ch->inflight.v[0].e, 0, now);
     }
-    while (ch->deferred.n && ch->deferred.v[0]->when <= now) {
-        struct broker_ent *e = ch->deferred.v[0];
+    while (ch->deferred.n && ch->deferred.v[0].when <= now) {
+        struct broker_ent *e = ch->deferred.v[0].e;
         heap_remove(&ch->deferred, e);
         channel_queue(ch, e);
     }
@@ -1240,7 +1246,7 @@ static uint64_t persist_channel(struct broker_channel *ch)
     snprintf(what, sizeof(what), "%s/%s", ch->topic->name, ch->name);
     /* in flight first: those were the oldest to be delivered */
     while (ch->inflight.n) {
-        e = ch->inflight.v[0];
+        e = ch->inflight.v[0].e;
         heap_remove(&ch->inflight, e);
         idmap_remove(&ch->ids, e);
         if (e->client)
@@ -1250,7 +1256,7 @@ static uint64_t persist_channel(struct broker_channel *ch)
     while ((e = fifo_pop(&ch->mem)))
         n += persist_ent(bk, ch->dq, e, 0, what);
     while (ch->deferred.n) {
-        e = ch->deferred.v[0];
+        e = ch->deferred.v[0].e;
         heap_remove(&ch->deferred, e);
         n += persist_ent(bk, ch->dq, e, e->when, what);
     }
