@@ -477,9 +477,12 @@ static int do_identify(struct broker_client *cl, const char *body, size_t len)
 
 /* ---- commands ----------------------------------------------------------------------------- */
 
+/* Wall-clock ms as of this loop iteration (libev's ev_now is the real
+ * time): FIN, REQ, TOUCH and RDY come by the thousand per read, and one
+ * clock read per read is enough for deadlines in ms. */
 static int64_t now_ms(void)
 {
-    return broker_now();
+    return tn_now_ms();
 }
 
 /* Body commands: wait for [4B size][body], after checking the size. The

@@ -407,7 +407,8 @@ static int dq_put(struct tn_diskq *dq, const struct broker_msg *m, uint16_t atte
 /* Take the oldest record off a disk queue as a new entry; corrupt records
  * (which the disk queue already checked) that do not decode are logged and
  * skipped. NULL when empty or on a read error. */
-static struct broker_ent *dq_take(struct broker *bk, struct tn_diskq *dq, const char *what)
+static struct broker_ent *dq_take(struct broker *bk, struct tn_diskq *dq, const char *topic,
+                                  const char *channel)
 {
     for (;;) {
         const void *p;
@@ -421,12 +422,14 @@ static struct broker_ent *dq_take(struct broker *bk, struct tn_diskq *dq, const 
         if (rc == TN_EAGAIN)
             return NULL;
         if (rc != 0) {
-            tn_log_error(BROKER_LOG, "%s: disk queue read failed: %s", what, tn_strerror(rc));
+            tn_log_error(BROKER_LOG, "%s%s%s: disk queue read failed: %s", topic, channel ? "/" : "",
+                         channel ? channel : "", tn_strerror(rc));
             return NULL;
         }
         m = broker_rec_decode(p, len, &attempts, &defer_until);
         if (!m) {
-            tn_log_warn(BROKER_LOG, "%s: skipping a malformed record (%zu bytes)", what, len);
+            tn_log_warn(BROKER_LOG, "%s%s%s: skipping a malformed record (%zu bytes)", topic,
+                        channel ? "/" : "", channel ? channel : "", len);
             tn_diskq_advance(dq);
             continue;
         }
@@ -672,12 +675,10 @@ static void channel_put(struct broker_channel *ch, struct broker_msg *m, uint16_
 static struct broker_ent *channel_take(struct broker_channel *ch, int64_t now)
 {
     struct broker_ent *e = fifo_pop(&ch->mem);
-    char what[2 * BROKER_NAME_MAX + 2];
 
     if (e || !ch->dq || tn_diskq_depth(ch->dq) == 0)
         return e;
-    snprintf(what, sizeof(what), "%s/%s", ch->topic->name, ch->name);
-    while ((e = dq_take(ch->topic->bk, ch->dq, what))) {
+    while ((e = dq_take(ch->topic->bk, ch->dq, ch->topic->name, ch->name))) {
         if (e->when <= now)
             return e;
         channel_defer(ch, e, e->when);
@@ -830,7 +831,7 @@ void broker_topic_pump(struct broker_topic *t, int64_t now)
 
     if (!t->channels || t->paused)
         return;
-    while ((e = fifo_pop(&t->mem)) || (t->dq && (e = dq_take(t->bk, t->dq, t->name)))) {
+    while ((e = fifo_pop(&t->mem)) || (t->dq && (e = dq_take(t->bk, t->dq, t->name, NULL)))) {
         struct broker_msg *m = e->msg;
         uint16_t attempts = e->attempts;
         int64_t when = e->when;
