@@ -8,6 +8,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -65,11 +67,28 @@ struct tn_diskq {
     int data_dirty;    /* written since the last fsync of wfd */
     int meta_dirty;    /* positions changed since the metadata was written */
     uint32_t ops;      /* puts + advances since the last sync */
+    struct sync_job *job; /* the automatic sync running, or NULL */
     int64_t dirty_since;
     struct tn_diskq_stats st;
 };
 
 enum { FR_OK, FR_END, FR_BADLEN, FR_BADCRC, FR_IOERR };
+
+/* An automatic sync run on a thread of its own (opts.async_sync): the
+ * fsyncs and the metadata write of a snapshot taken on the queue's
+ * thread. The worker touches only this and q's immutable dirfd and name;
+ * the queue's thread reaps it (sync_finish) and then deletes the segments
+ * the new metadata no longer needs. */
+struct sync_job {
+    pthread_t th;
+    const struct tn_diskq *q;
+    int fd;            /* a dup of the write segment to fsync, or -1 */
+    int meta_len;      /* 0: no metadata to write */
+    char meta[META_MAX];
+    uint32_t del_upto; /* rfile of the snapshot */
+    int rc, fsyncs;
+    atomic_int done;
+};
 
 /* ---- small helpers --------------------------------------------------------- */
 
@@ -157,6 +176,7 @@ static void group_unlink(struct tn_diskq *q)
 }
 
 static int write_all(int fd, struct iovec *iov, int cnt, uint64_t off);
+static void sync_finish(struct tn_diskq *q, int wait);
 
 /* Write the buffered records to the segment with one write. On failure the
  * part written is cut off again and the records stay buffered (retried by
@@ -355,13 +375,12 @@ static int meta_format(const struct tn_diskq *q, char *buf)
 
 /* Write the metadata to a temporary file, fsync it, rename it over the old
  * one and fsync the directory: a crash leaves the old or the new, whole. */
-static int meta_write(struct tn_diskq *q)
+static int meta_store(const struct tn_diskq *q, const char *text, int n, int *fsyncs)
 {
-    char text[META_MAX], tmp[FNAME_MAX], fin[FNAME_MAX];
-    int fd, n, rc = 0;
+    char tmp[FNAME_MAX], fin[FNAME_MAX];
+    int fd, rc = 0;
     ssize_t w;
 
-    n = meta_format(q, text);
     meta_name(q, tmp, 1);
     meta_name(q, fin, 0);
     fd = openat(q->dirfd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
@@ -370,13 +389,30 @@ static int meta_write(struct tn_diskq *q)
     w = write(fd, text, (size_t)n);
     if (w != n)
         rc = w < 0 ? -errno : TN_EIO;
-    if (rc == 0)
-        rc = do_fsync(q, fd);
+    if (rc == 0) {
+        (*fsyncs)++;
+        if (fsync(fd) < 0)
+            rc = -errno;
+    }
     close(fd);
     if (rc == 0 && renameat(q->dirfd, tmp, q->dirfd, fin) < 0)
         rc = -errno;
-    if (rc == 0)
-        rc = do_fsync(q, q->dirfd);
+    if (rc == 0) {
+        (*fsyncs)++;
+        if (fsync(q->dirfd) < 0)
+            rc = -errno;
+    }
+    return rc;
+}
+
+static int meta_write(struct tn_diskq *q)
+{
+    char text[META_MAX], fin[FNAME_MAX];
+    int n = meta_format(q, text), fsyncs = 0;
+    int rc = meta_store(q, text, n, &fsyncs);
+
+    q->st.fsyncs += (uint64_t)fsyncs;
+    meta_name(q, fin, 0);
     if (rc != 0)
         tn_log_error(LOG_WHO, "disk queue %s: cannot write %s: %s", q->name, fin, tn_strerror(rc));
     return rc;
@@ -764,6 +800,7 @@ static int opts_apply(struct tn_diskq_opts *o, const struct tn_diskq_opts *in)
 
 static void diskq_free(struct tn_diskq *q)
 {
+    sync_finish(q, 1);
     group_unlink(q);
     free(q->wbuf);
     close_read(q);
@@ -822,15 +859,111 @@ fail:
     return NULL;
 }
 
+/* Delete the segments below `upto` that the metadata no longer counts. */
+static void drop_read_segments(struct tn_diskq *q, uint32_t upto)
+{
+    char fname[FNAME_MAX];
+
+    for (; q->del_from < upto; q->del_from++) {
+        seg_name(q, q->del_from, fname);
+        if (unlinkat(q->dirfd, fname, 0) < 0 && errno != ENOENT)
+            tn_log_warn(LOG_WHO, "disk queue %s: cannot remove %s: %s", q->name, fname,
+                        strerror(errno));
+    }
+}
+
+/* ---- automatic syncs on a thread (opts.async_sync) ------------------------ */
+
+static void *sync_main(void *arg)
+{
+    struct sync_job *j = arg;
+    int rc = 0;
+
+    if (j->fd >= 0) {
+        j->fsyncs++;
+        if (fsync(j->fd) < 0)
+            rc = -errno;
+        close(j->fd);
+    }
+    if (rc == 0 && j->meta_len > 0)
+        rc = meta_store(j->q, j->meta, j->meta_len, &j->fsyncs);
+    j->rc = rc;
+    atomic_store_explicit(&j->done, 1, memory_order_release);
+    return NULL;
+}
+
+/* Reap the job when it is done (or, wait: once it is). A failed one leaves
+ * the queue dirty, so the next sync does it again. */
+static void sync_finish(struct tn_diskq *q, int wait)
+{
+    struct sync_job *j = q->job;
+
+    if (j == NULL || (!wait && !atomic_load_explicit(&j->done, memory_order_acquire)))
+        return;
+    pthread_join(j->th, NULL);
+    q->job = NULL;
+    q->st.fsyncs += (uint64_t)j->fsyncs;
+    if (j->rc < 0) {
+        q->data_dirty = q->meta_dirty = 1;
+        if (q->dirty_since == 0)
+            q->dirty_since = mono_ms();
+        q->st.sync_errors++;
+        tn_log_error(LOG_WHO, "disk queue %s: sync failed: %s", q->name, tn_strerror(j->rc));
+    } else {
+        if (j->meta_len > 0)
+            q->st.syncs++;
+        drop_read_segments(q, j->del_upto);
+    }
+    free(j);
+}
+
+/* Write the buffer, then fsync and write the metadata of this moment on a
+ * new thread; the queue goes on meanwhile. 0, or <0: sync inline instead. */
+static int sync_start(struct tn_diskq *q)
+{
+    struct sync_job *j;
+    int rc = flush_for_sync(q);
+
+    if (rc < 0)
+        return rc;
+    if ((j = calloc(1, sizeof(*j))) == NULL)
+        return TN_ENOMEM;
+    j->q = q;
+    j->fd = -1;
+    if (q->data_dirty && q->wfd >= 0 && (j->fd = fcntl(q->wfd, F_DUPFD_CLOEXEC, 0)) < 0) {
+        free(j);
+        return TN_ENOMEM;
+    }
+    if (q->meta_dirty)
+        j->meta_len = meta_format(q, j->meta);
+    j->del_upto = q->rfile;
+    if (pthread_create(&j->th, NULL, sync_main, j) != 0) {
+        if (j->fd >= 0)
+            close(j->fd);
+        free(j);
+        return TN_ENOMEM;
+    }
+    q->job = j;
+    q->data_dirty = q->meta_dirty = 0;
+    q->ops = 0;
+    q->dirty_since = 0;
+    return 0;
+}
+
 /* Count one put or advance toward the next automatic sync. */
 static void note_op(struct tn_diskq *q)
 {
     int rc;
 
+    if (q->job != NULL)
+        sync_finish(q, 0);
     if (q->dirty_since == 0)
         q->dirty_since = mono_ms();
     if (++q->ops < q->o.sync_every)
         return;
+    /* sync_every 1 means "durable before the put returns": never async */
+    if (q->o.async_sync && q->o.sync_every > 1 && (q->job != NULL || sync_start(q) == 0))
+        return; /* one job at a time: the ops after it start the next */
     rc = tn_diskq_sync(q);
     if (rc < 0) {
         q->ops = 0; /* retried after the next sync_every operations */
@@ -1139,9 +1272,10 @@ uint64_t tn_diskq_depth(const struct tn_diskq *q)
 
 int tn_diskq_sync(struct tn_diskq *q)
 {
-    char fname[FNAME_MAX];
-    int rc = flush_for_sync(q);
+    int rc;
 
+    sync_finish(q, 1);
+    rc = flush_for_sync(q);
     if (rc < 0)
         return rc;
     if (q->data_dirty && q->wfd >= 0) {
@@ -1159,12 +1293,7 @@ int tn_diskq_sync(struct tn_diskq *q)
     }
     q->ops = 0;
     q->dirty_since = 0;
-    for (; q->del_from < q->rfile; q->del_from++) {
-        seg_name(q, q->del_from, fname);
-        if (unlinkat(q->dirfd, fname, 0) < 0 && errno != ENOENT)
-            tn_log_warn(LOG_WHO, "disk queue %s: cannot remove %s: %s", q->name, fname,
-                        strerror(errno));
-    }
+    drop_read_segments(q, q->rfile);
     return 0;
 }
 
@@ -1180,6 +1309,7 @@ int tn_diskq_empty(struct tn_diskq *q)
     uint32_t lo = 0, hi = 0;
     int rc;
 
+    sync_finish(q, 1);
     close_read(q);
     if (q->wfd >= 0)
         close(q->wfd);
@@ -1224,6 +1354,7 @@ int tn_diskq_delete(struct tn_diskq *q)
 
     if (q == NULL)
         return 0;
+    sync_finish(q, 1);
     close_read(q);
     rc = remove_files(q, 1);
     if (rc == 0)

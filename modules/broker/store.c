@@ -387,6 +387,9 @@ static struct tn_diskq *dq_open(struct broker *bk, const char *name, int *err)
      * message; broker_store_flush runs before replies go out */
     o.write_buffer = DQ_WRITE_BUFFER;
     o.group = &bk->dq_group;
+    /* the fsyncs of sync_every run off the loop thread (sync_every 1 stays
+     * inline: an OK then means on disk) */
+    o.async_sync = 1;
     return tn_diskq_open(bk->dir, name, &o, err);
 }
 

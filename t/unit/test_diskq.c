@@ -1110,6 +1110,71 @@ static void test_buffered_larger_record_keeps_order(void **state)
     assert_int_equal(err, TN_EINVAL);
 }
 
+/* Open QNAME buffered, with automatic syncs every 10 operations on a thread. */
+static struct tn_diskq *aopen(const char *dir)
+{
+    struct tn_diskq_opts o = {0};
+    struct tn_diskq *q;
+    int err = 0;
+
+    o.max_bytes_per_file = 2048;
+    o.max_msg_size = 4096;
+    o.sync_every = 10;
+    o.write_buffer = 4096;
+    o.group = &group;
+    o.async_sync = 1;
+    q = tn_diskq_open(dir, QNAME, &o, &err);
+    assert_non_null(q);
+    return q;
+}
+
+static void test_async_sync(void **state)
+{
+    const char *dir = *state;
+    struct tn_diskq *q = aopen(dir);
+    struct tn_diskq_stats st;
+
+    put_range(q, 0, 1000);
+    expect_range(q, 0, 1000);
+    expect_empty(q);
+    assert_int_equal(tn_diskq_sync(q), 0); /* waits for the job running */
+    tn_diskq_get_stats(q, &st);
+    assert_true(st.syncs >= 2);
+    assert_true(st.fsyncs >= 3);
+    assert_int_equal(st.sync_errors, 0);
+    assert_int_equal(count_files(dir), 2); /* read segments deleted: metadata + one */
+    assert_int_equal(tn_diskq_close(q), 0);
+    q = aopen(dir);
+    expect_empty(q);
+    tn_diskq_close(q);
+}
+
+/* Child: 1000 records with syncs on threads, 400 read, all flushed, death
+ * (maybe while a sync runs). */
+static void crash_during_async_syncs(const char *dir)
+{
+    struct tn_diskq *q = aopen(dir);
+
+    put_range(q, 0, 1000);
+    expect_range(q, 0, 400);
+    if (tn_diskq_group_flush(&group) != 0)
+        _exit(1);
+}
+
+static void test_async_sync_crash_keeps_all(void **state)
+{
+    const char *dir = *state;
+    struct tn_diskq_stats st;
+    struct tn_diskq *q;
+
+    in_crashing_child(crash_during_async_syncs, dir);
+    q = aopen(dir);
+    tn_diskq_get_stats(q, &st);
+    assert_int_equal(st.corrupt, 0);
+    expect_from_first(q, 400, 1000); /* reads may come back, puts are all there */
+    tn_diskq_close(q);
+}
+
 int main(void)
 {
 #define T(f) cmocka_unit_test_setup_teardown(f, setup_dir, teardown_dir)
@@ -1144,6 +1209,8 @@ int main(void)
         T(test_group_sync_flushes_all),
         T(test_buffered_sync_every_one),
         T(test_buffered_larger_record_keeps_order),
+        T(test_async_sync),
+        T(test_async_sync_crash_keeps_all),
     };
 #undef T
     return cmocka_run_group_tests(tests, NULL, NULL);
