@@ -302,11 +302,53 @@ static int rd_get(struct rd *r, uint64_t pos, size_t n, uint64_t limit, const un
     return 1;
 }
 
+/* ---- the record crc: zlib's crc32, eight bytes a step ---------------------- */
+
+/* Every message is checksummed twice (put and read), and zlib 1.2's
+ * crc32 was a quarter of the broker's profile; a slicing-by-8 table
+ * lookup computes the same CRC-32 (IEEE, reflected) in about two thirds of
+ * the time. Tables are built once, on first open. */
+static uint32_t crc_tab[8][256];
+static pthread_once_t crc_once = PTHREAD_ONCE_INIT;
+
+static void crc_init(void)
+{
+    uint32_t i, c;
+    int k;
+
+    for (i = 0; i < 256; i++) {
+        for (c = i, k = 0; k < 8; k++)
+            c = c & 1 ? (c >> 1) ^ 0xedb88320u : c >> 1;
+        crc_tab[0][i] = c;
+    }
+    for (k = 1; k < 8; k++)
+        for (i = 0; i < 256; i++)
+            crc_tab[k][i] = (crc_tab[k - 1][i] >> 8) ^ crc_tab[0][crc_tab[k - 1][i] & 0xff];
+}
+
+/* crc32(crc, p, n) as zlib computes it (also for n == 0). */
+static uint32_t crc_update(uint32_t crc, const unsigned char *p, size_t n)
+{
+    crc = ~crc;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    for (; n >= 8; p += 8, n -= 8) {
+        uint64_t w;
+
+        memcpy(&w, p, 8);
+        w ^= crc;
+        crc = crc_tab[7][w & 0xff] ^ crc_tab[6][(w >> 8) & 0xff] ^ crc_tab[5][(w >> 16) & 0xff] ^
+              crc_tab[4][(w >> 24) & 0xff] ^ crc_tab[3][(w >> 32) & 0xff] ^
+              crc_tab[2][(w >> 40) & 0xff] ^ crc_tab[1][(w >> 48) & 0xff] ^ crc_tab[0][w >> 56];
+    }
+#endif
+    for (; n > 0; p++, n--)
+        crc = (crc >> 8) ^ crc_tab[0][(crc ^ *p) & 0xff];
+    return ~crc;
+}
+
 static uint32_t frame_crc(const unsigned char *hdr, const unsigned char *payload, uint32_t len)
 {
-    uLong c = crc32(0L, hdr, 4);
-
-    return len > 0 ? (uint32_t)crc32(c, payload, len) : (uint32_t)c;
+    return crc_update(crc_update(0, hdr, 4), payload, len);
 }
 
 /* Parse the frame at pos (ending at or before limit). FR_OK with *len (and
@@ -819,6 +861,7 @@ struct tn_diskq *tn_diskq_open(const char *dir, const char *name, const struct t
     struct tn_diskq *q;
     int rc;
 
+    pthread_once(&crc_once, crc_init);
     if (dir == NULL || !tn_diskq_name_ok(name)) {
         *err = TN_EINVAL;
         return NULL;
@@ -1038,7 +1081,6 @@ static void put_done(struct tn_diskq *q, uint64_t len)
 static int put_buffered(struct tn_diskq *q, const struct iovec *iov, int iovcnt, uint32_t len)
 {
     unsigned char *p;
-    uLong crc;
     int i, rc;
 
     if (q->werr != 0 || q->wlen + HDR_SIZE + len > q->o.write_buffer) {
@@ -1056,10 +1098,7 @@ static int put_buffered(struct tn_diskq *q, const struct iovec *iov, int iovcnt,
         len += (uint32_t)iov[i].iov_len;
     }
     len -= HDR_SIZE;
-    crc = crc32(0L, p, 4);
-    if (len > 0) /* crc32(c, NULL, 0) would restart the crc */
-        crc = crc32(crc, p + HDR_SIZE, len);
-    put_be32(p + 4, (uint32_t)crc);
+    put_be32(p + 4, frame_crc(p, p + HDR_SIZE, len));
     q->wlen += HDR_SIZE + len;
     group_link(q);
     put_done(q, len);
@@ -1071,7 +1110,7 @@ int tn_diskq_putv(struct tn_diskq *q, const struct iovec *iov, int iovcnt)
     struct iovec v[TN_DISKQ_IOV_MAX + 1];
     unsigned char hdr[HDR_SIZE];
     uint64_t len = 0;
-    uLong crc;
+    uint32_t crc;
     int i, rc;
 
     if (iovcnt < 0 || iovcnt > TN_DISKQ_IOV_MAX)
@@ -1100,12 +1139,11 @@ int tn_diskq_putv(struct tn_diskq *q, const struct iovec *iov, int iovcnt)
     if (rc < 0)
         return rc;
     put_be32(hdr, (uint32_t)len);
-    crc = crc32(0L, hdr, 4);
+    crc = crc_update(0, hdr, 4);
     v[0].iov_base = hdr;
     v[0].iov_len = HDR_SIZE;
     for (i = 0; i < iovcnt; i++) {
-        if (iov[i].iov_len > 0) /* crc32(c, NULL, 0) would restart the crc */
-            crc = crc32(crc, iov[i].iov_base, (uInt)iov[i].iov_len);
+        crc = crc_update(crc, iov[i].iov_base, iov[i].iov_len);
         v[i + 1] = iov[i];
     }
     put_be32(hdr + 4, (uint32_t)crc);

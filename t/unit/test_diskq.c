@@ -21,6 +21,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <zlib.h>
+
 #include <ternd/error.h>
 
 #include "../../modules/broker/diskq.h"
@@ -1175,6 +1177,91 @@ static void test_async_sync_crash_keeps_all(void **state)
     tn_diskq_close(q);
 }
 
+#define HDR_BYTES 8 /* [4B length][4B crc] */
+
+static uint32_t be32(const unsigned char *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+static void put32(unsigned char *p, uint32_t v)
+{
+    p[0] = (unsigned char)(v >> 24);
+    p[1] = (unsigned char)(v >> 16);
+    p[2] = (unsigned char)(v >> 8);
+    p[3] = (unsigned char)v;
+}
+
+/* The record crc is zlib's crc32 (the on-disk format): records the queue
+ * writes check out with zlib, and records framed with zlib read back. */
+static void test_crc_is_zlibs(void **state)
+{
+    const char *dir = *state;
+    unsigned char buf[HDR_BYTES + 300], *file;
+    struct tn_diskq_stats st;
+    struct tn_diskq *q = qopen(dir, 0, 0);
+    char path[512];
+    size_t off, size;
+    unsigned i, n = 0;
+    FILE *f;
+
+    for (i = 0; i < 300; i++) {
+        memset(buf, (int)(i * 13), i);
+        assert_int_equal(tn_diskq_put(q, buf, i), 0);
+    }
+    tn_diskq_close(q);
+    seg_path(path, sizeof(path), dir, QNAME, 0);
+    file = malloc(64 * 1024); /* 300 records of 0..299 bytes: 47,250 */
+    f = fopen(path, "rb");
+    assert_non_null(file);
+    assert_non_null(f);
+    size = fread(file, 1, 64 * 1024, f);
+    fclose(f);
+    assert_int_equal(size, 300 * HDR_BYTES + 299 * 300 / 2);
+    for (off = 0; off < size; n++) {
+        uint32_t len = be32(file + off), crc = be32(file + off + 4);
+        uLong c = crc32(0L, file + off, 4);
+
+        assert_int_equal(len, n);
+        assert_int_equal(crc, (uint32_t)crc32(c, file + off + HDR_BYTES, len));
+        off += HDR_BYTES + len;
+    }
+    assert_int_equal(n, 300);
+    free(file);
+
+    /* the other way: a segment framed with zlib, no metadata */
+    assert_int_equal(unlink(path), 0);
+    meta_path(path, sizeof(path), dir, QNAME);
+    assert_int_equal(unlink(path), 0);
+    seg_path(path, sizeof(path), dir, QNAME, 5);
+    f = fopen(path, "wb");
+    assert_non_null(f);
+    for (i = 0; i < 100; i++) {
+        uint32_t len = (i * 37) % 257;
+        uLong c;
+
+        put32(buf, len);
+        memset(buf + HDR_BYTES, (int)i, len);
+        c = crc32(0L, buf, 4);
+        put32(buf + 4, (uint32_t)crc32(c, buf + HDR_BYTES, len));
+        assert_int_equal(fwrite(buf, 1, HDR_BYTES + len, f), HDR_BYTES + len);
+    }
+    fclose(f);
+    q = qopen(dir, 0, 0);
+    assert_int_equal(tn_diskq_depth(q), 100);
+    for (i = 0; i < 100; i++) {
+        const void *data;
+        size_t len;
+
+        assert_int_equal(tn_diskq_peek(q, &data, &len), 0);
+        assert_int_equal(len, (i * 37) % 257);
+        assert_int_equal(tn_diskq_advance(q), 0);
+    }
+    tn_diskq_get_stats(q, &st);
+    assert_int_equal(st.corrupt, 0);
+    tn_diskq_close(q);
+}
+
 int main(void)
 {
 #define T(f) cmocka_unit_test_setup_teardown(f, setup_dir, teardown_dir)
@@ -1211,6 +1298,7 @@ int main(void)
         T(test_buffered_larger_record_keeps_order),
         T(test_async_sync),
         T(test_async_sync_crash_keeps_all),
+        T(test_crc_is_zlibs),
     };
 #undef T
     return cmocka_run_group_tests(tests, NULL, NULL);
