@@ -312,6 +312,8 @@ static int broker_start(struct tn_mod *m)
         lo.name = "broker.tcp";
         lo.max_conns = (size_t)bc->max_connections;
         lo.lim.in_max = (size_t)bc->max_body_size + 8192;
+        /* publishers stream MPUBs: 64 KiB per read(2), not 16 */
+        lo.lim.read_size = 64 * 1024;
         if (!(bk->listener = tn_listen(&bc->tcp_listen, &lo, broker_proto_accept, bk, &err)))
             return err;
         tn_log_info(BROKER_LOG, "TCP listening on %s", tn_listener_addr(bk->listener));
