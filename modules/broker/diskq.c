@@ -51,8 +51,8 @@ struct tn_diskq {
     uint64_t depth;
 
     int wfd;       /* write segment, -1 when not open */
-    unsigned char *wbuf; /* buffered records (o.write_buffer > 0): they */
-    size_t wlen;         /* end wpos; the file ends at wpos - wlen */
+    unsigned char *wbuf; /* records put but not yet written (o.write_buffer) */
+    size_t wlen;         /* their bytes: the segment file ends at wpos - wlen */
     int werr;            /* the last flush failed with this (0: none) */
     int glinked;         /* on o.group's dirty list */
     struct tn_diskq *gnext;
@@ -82,8 +82,8 @@ enum { FR_OK, FR_END, FR_BADLEN, FR_BADCRC, FR_IOERR };
 struct sync_job {
     pthread_t th;
     const struct tn_diskq *q;
-    int fd;            /* a dup of the write segment to fsync, or -1 */
-    int meta_len;      /* 0: no metadata to write */
+    int fd;       /* a dup of the write segment to fsync, or -1 */
+    int meta_len; /* 0: no metadata to write */
     char meta[META_MAX];
     uint32_t del_upto; /* rfile of the snapshot */
     int rc, fsyncs;
@@ -198,8 +198,8 @@ static int wbuf_flush(struct tn_diskq *q)
             tn_log_error(LOG_WHO, "disk queue %s: cannot cut a failed write: %s", q->name,
                          strerror(errno));
         if (q->werr == 0)
-            tn_log_error(LOG_WHO, "disk queue %s: writing %zu buffered bytes: %s", q->name,
-                         q->wlen, tn_strerror(rc));
+            tn_log_error(LOG_WHO, "disk queue %s: writing %zu buffered bytes: %s", q->name, q->wlen,
+                         tn_strerror(rc));
         q->werr = rc;
         group_link(q);
         return rc;

@@ -40,16 +40,19 @@
  *
  * Threading: a queue is used by one thread at a time (the broker's loop
  * thread); nothing here blocks on anything but the disk, and there is no
- * libev inside. With opts.async_sync, the syncs sync_every triggers (when
- * it is over 1) write the buffer on the calling thread and leave the
- * fsyncs and the metadata write of that moment to a short-lived thread,
- * one at a time per queue, so puts and reads never wait for the disk;
- * segments are deleted by the queue's thread once that metadata is
- * written. The guarantee is the same as a late sync: what the metadata
- * does not count yet is recovered (puts) or redelivered (reads) after a
- * crash. Explicit tn_diskq_sync, close, empty and delete wait for it. A queue may be open only once at a time (no lock file).
- * Resources: three fds (directory, write and read segment) and, once read
- * from, a read-ahead buffer of 64 KiB (or the largest record). The caller drives periodic syncs:
+ * libev inside. With opts.async_sync, a sync that sync_every triggers
+ * (when it is over 1) writes the buffer on the calling thread and leaves
+ * the fsyncs and the metadata write of that moment to a short-lived
+ * thread, one at a time per queue, so puts and reads never wait for an
+ * fsync; the queue's thread reaps it on a later operation and deletes the
+ * segments that metadata no longer needs. The guarantee is that of a late
+ * sync: what the metadata does not count yet is recovered (puts) or
+ * redelivered (reads) after a crash. tn_diskq_sync, close, empty and
+ * delete wait for a running one. A queue may be open only once at a time
+ * (no lock file).
+ * Resources: three fds (directory, write and read segment); once read
+ * from, a read-ahead buffer of 64 KiB (or the largest record); once put to
+ * with a write buffer, that buffer. The caller drives periodic syncs:
  * tn_diskq_sync_due() on a timer, tn_diskq_sync() when it says so. Puts and advances sync on their
  * own every `sync_every` operations.
  */
@@ -93,8 +96,8 @@ struct tn_diskq_opts {
     uint32_t write_buffer;       /* bytes of records buffered before a write (0: none,
                                     each put writes; <= WRITE_BUFFER_MAX) */
     struct tn_diskq_group *group; /* NULL: none */
-    int async_sync;              /* syncs counted by sync_every (> 1) run on a
-                                    thread of their own; see above */
+    int async_sync;               /* syncs counted by sync_every (> 1) run on a
+                                     thread of their own; see above */
 };
 
 /* Counters since open (depth and positions are current values). */

@@ -425,8 +425,8 @@ static struct broker_ent *dq_take(struct broker *bk, struct tn_diskq *dq, const 
         if (rc == TN_EAGAIN)
             return NULL;
         if (rc != 0) {
-            tn_log_error(BROKER_LOG, "%s%s%s: disk queue read failed: %s", topic, channel ? "/" : "",
-                         channel ? channel : "", tn_strerror(rc));
+            tn_log_error(BROKER_LOG, "%s%s%s: disk queue read failed: %s", topic,
+                         channel ? "/" : "", channel ? channel : "", tn_strerror(rc));
             return NULL;
         }
         m = broker_rec_decode(p, len, &attempts, &defer_until);
