@@ -164,7 +164,8 @@ int tn_diskq_group_flush(struct tn_diskq_group *g);
 int tn_diskq_sync(struct tn_diskq *q);
 
 /* Non-zero when there are unsynced changes older than sync_timeout_ms
- * (CLOCK_MONOTONIC); the caller then calls tn_diskq_sync(). */
+ * (CLOCK_MONOTONIC), or an automatic sync on a thread has finished; the
+ * caller then calls tn_diskq_sync(). */
 int tn_diskq_sync_due(const struct tn_diskq *q);
 
 /* Drop every record: delete all segment files and start a fresh one. 0 or

@@ -1151,6 +1151,28 @@ static void test_async_sync(void **state)
     tn_diskq_close(q);
 }
 
+/* A finished job makes the queue due for a sync even when nothing else
+ * happens (the sync reaps it). */
+static void test_async_sync_due_when_done(void **state)
+{
+    const char *dir = *state;
+    struct tn_diskq *q = aopen(dir);
+    struct timespec ts = {0, 10 * 1000000};
+    struct tn_diskq_stats st;
+    int i;
+
+    put_range(q, 0, 10); /* the 10th starts a job; nothing is dirty after it */
+    assert_int_equal(count_files(dir), 2);
+    for (i = 0; i < 1000 && !tn_diskq_sync_due(q); i++)
+        nanosleep(&ts, NULL);
+    assert_true(tn_diskq_sync_due(q));
+    assert_int_equal(tn_diskq_sync(q), 0);
+    assert_false(tn_diskq_sync_due(q));
+    tn_diskq_get_stats(q, &st);
+    assert_int_equal(st.syncs, 2); /* the open's and the job's */
+    tn_diskq_close(q);
+}
+
 /* Child: 1000 records with syncs on threads, 400 read, all flushed, death
  * (maybe while a sync runs). */
 static void crash_during_async_syncs(const char *dir)
@@ -1298,6 +1320,7 @@ int main(void)
         T(test_buffered_larger_record_keeps_order),
         T(test_async_sync),
         T(test_async_sync_crash_keeps_all),
+        T(test_async_sync_due_when_done),
         T(test_crc_is_zlibs),
     };
 #undef T
