@@ -53,9 +53,9 @@ static int reply_json(struct tn_http_req *r, json_t *j)
 }
 
 /* Publishing replies: a store error is nsqd's 503 EXITING while stopping,
- * else 500. */
-/* The records are written before the OK is queued: a connection with
- * output pending may send it before the loop's prepare watchers run. */
+ * else 500. The disk queues' buffered records are written before the OK
+ * is queued: a connection with output pending may send it before the
+ * loop's prepare watchers run. */
 static int reply_pub(struct tn_http_req *r, struct broker *bk, int rc)
 {
     if (rc == 0)

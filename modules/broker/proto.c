@@ -478,8 +478,8 @@ static int do_identify(struct broker_client *cl, const char *body, size_t len)
 /* ---- commands ----------------------------------------------------------------------------- */
 
 /* Wall-clock ms as of this loop iteration (libev's ev_now is the real
- * time): FIN, REQ, TOUCH and RDY come by the thousand per read, and one
- * clock read per read is enough for deadlines in ms. */
+ * time, read once per iteration): FIN, REQ, TOUCH and RDY come by the
+ * thousand per read, and ms deadlines need no clock read of their own. */
 static int64_t now_ms(void)
 {
     return tn_now_ms();
