@@ -74,6 +74,10 @@ struct tn_diskq {
 
 enum { FR_OK, FR_END, FR_BADLEN, FR_BADCRC, FR_IOERR };
 
+#define SYNC_THREADS_MAX 8      /* automatic syncs running at once, all queues */
+#define SYNC_STACK (256 * 1024) /* the worker needs a few hundred bytes */
+static atomic_int sync_threads; /* running now */
+
 /* An automatic sync run on a thread of its own (opts.async_sync): the
  * fsyncs and the metadata write of a snapshot taken on the queue's
  * thread. The worker touches only this and q's immutable dirfd and name;
@@ -1006,6 +1010,7 @@ static void *sync_main(void *arg)
     if (rc == 0 && j->meta_len > 0)
         rc = meta_store(j->q, j->meta, j->meta_len, &j->fsyncs);
     j->rc = rc;
+    atomic_fetch_sub(&sync_threads, 1);
     atomic_store_explicit(&j->done, 1, memory_order_release);
     return NULL;
 }
@@ -1035,31 +1040,51 @@ static void sync_finish(struct tn_diskq *q, int wait)
     free(j);
 }
 
+static int sync_spawn(struct sync_job *j)
+{
+    pthread_attr_t a;
+    int rc;
+
+    if (pthread_attr_init(&a) != 0)
+        return TN_ENOMEM;
+    pthread_attr_setstacksize(&a, SYNC_STACK);
+    rc = pthread_create(&j->th, &a, sync_main, j);
+    pthread_attr_destroy(&a);
+    return rc == 0 ? 0 : TN_ENOMEM;
+}
+
 /* Write the buffer, then fsync and write the metadata of this moment on a
- * new thread; the queue goes on meanwhile. 0, or <0: sync inline instead. */
+ * new thread; the queue goes on meanwhile. 0; TN_EAGAIN when
+ * SYNC_THREADS_MAX are running (a later operation tries again, and the
+ * sync_timeout sync bounds the wait); other <0: sync inline instead. */
 static int sync_start(struct tn_diskq *q)
 {
     struct sync_job *j;
-    int rc = flush_for_sync(q);
+    int rc;
 
-    if (rc < 0)
-        return rc;
-    if ((j = calloc(1, sizeof(*j))) == NULL)
-        return TN_ENOMEM;
-    j->q = q;
-    j->fd = -1;
-    if (q->data_dirty && q->wfd >= 0 && (j->fd = fcntl(q->wfd, F_DUPFD_CLOEXEC, 0)) < 0) {
-        free(j);
-        return TN_ENOMEM;
+    if (atomic_fetch_add(&sync_threads, 1) >= SYNC_THREADS_MAX) {
+        atomic_fetch_sub(&sync_threads, 1);
+        return TN_EAGAIN;
     }
-    if (q->meta_dirty)
-        j->meta_len = meta_format(q, j->meta);
-    j->del_upto = q->rfile;
-    if (pthread_create(&j->th, NULL, sync_main, j) != 0) {
-        if (j->fd >= 0)
+    rc = flush_for_sync(q);
+    j = rc < 0 ? NULL : calloc(1, sizeof(*j));
+    if (j != NULL) {
+        j->q = q;
+        j->fd = -1;
+        if (q->data_dirty && q->wfd >= 0 && (j->fd = fcntl(q->wfd, F_DUPFD_CLOEXEC, 0)) < 0)
+            rc = -errno;
+        if (q->meta_dirty)
+            j->meta_len = meta_format(q, j->meta);
+        j->del_upto = q->rfile;
+        if (rc == 0)
+            rc = sync_spawn(j);
+    }
+    if (j == NULL || rc < 0) {
+        atomic_fetch_sub(&sync_threads, 1);
+        if (j != NULL && j->fd >= 0)
             close(j->fd);
         free(j);
-        return TN_ENOMEM;
+        return rc < 0 ? rc : TN_ENOMEM;
     }
     q->job = j;
     q->data_dirty = q->meta_dirty = 0;
@@ -1080,8 +1105,13 @@ static void note_op(struct tn_diskq *q)
     if (++q->ops < q->o.sync_every)
         return;
     /* sync_every 1 means "durable before the put returns": never async */
-    if (q->o.async_sync && q->o.sync_every > 1 && (q->job != NULL || sync_start(q) == 0))
-        return; /* one job at a time: the ops after it start the next */
+    if (q->o.async_sync && q->o.sync_every > 1) {
+        if (q->job != NULL)
+            return; /* one job at a time: the ops after it start the next */
+        rc = sync_start(q);
+        if (rc == 0 || rc == TN_EAGAIN)
+            return;
+    }
     rc = tn_diskq_sync(q);
     if (rc < 0) {
         q->ops = 0; /* retried after the next sync_every operations */

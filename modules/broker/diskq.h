@@ -43,7 +43,9 @@
  * libev inside. With opts.async_sync, a sync that sync_every triggers
  * (when it is over 1) writes the buffer on the calling thread and leaves
  * the fsyncs and the metadata write of that moment to a short-lived
- * thread, one at a time per queue, so puts and reads never wait for an
+ * thread, one at a time per queue and at most 8 at once in the process
+ * (a queue left out tries again on its next operations, and the
+ * sync_timeout sync bounds the wait), so puts and reads never wait for an
  * fsync; the queue's thread reaps it on a later operation and deletes the
  * segments that metadata no longer needs. The guarantee is that of a late
  * sync: what the metadata does not count yet is recovered (puts) or
