@@ -477,9 +477,12 @@ static int do_identify(struct broker_client *cl, const char *body, size_t len)
 
 /* ---- commands ----------------------------------------------------------------------------- */
 
+/* Wall-clock ms as of this loop iteration (libev's ev_now is the real
+ * time, read once per iteration): FIN, REQ, TOUCH and RDY come by the
+ * thousand per read, and ms deadlines need no clock read of their own. */
 static int64_t now_ms(void)
 {
-    return broker_now();
+    return tn_now_ms();
 }
 
 /* Body commands: wait for [4B size][body], after checking the size. The
@@ -989,6 +992,11 @@ static void on_read(struct tn_conn *c)
     }
     if (tn_conn_closing(c))
         tn_buf_consume(&c->in, tn_buf_rlen(&c->in));
+    /* The OKs of this batch of commands are queued, not sent: write the
+     * records they acknowledge now, since a connection with output pending
+     * sends from its write watcher, possibly before the prepare watchers.
+     * A failure is logged by the queue, whose puts fail until it recovers. */
+    broker_store_flush(cl->bk);
 }
 
 static void client_free(struct broker_client *cl)
