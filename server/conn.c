@@ -69,8 +69,8 @@ struct conn_impl {
     unsigned connecting : 1;   /* outgoing, connect not finished */
     unsigned silent_close : 1; /* no on_close (failed connect) */
     int close_reason;
-    struct tn_tls_sess *tls;   /* NULL: plaintext */
-    struct tn_buf wire;        /* TLS: bytes for the socket, in order */
+    struct tn_tls_sess *tls; /* NULL: plaintext */
+    struct tn_buf wire;      /* TLS: bytes for the socket, in order */
 };
 
 static struct {

@@ -25,9 +25,11 @@ static SSL_CTX *ssl_ctx(struct tn_tls_ctx *ctx)
 
 /* ---- configuration ---------------------------------------------------------- */
 
-static const struct tn_conf_enum e_version[] = {
-    {"1.2", TN_TLS_V1_2}, {"TLSv1.2", TN_TLS_V1_2}, {"1.3", TN_TLS_V1_3}, {"TLSv1.3", TN_TLS_V1_3},
-    {NULL, 0}};
+static const struct tn_conf_enum e_version[] = {{"1.2", TN_TLS_V1_2},
+                                                {"TLSv1.2", TN_TLS_V1_2},
+                                                {"1.3", TN_TLS_V1_3},
+                                                {"TLSv1.3", TN_TLS_V1_3},
+                                                {NULL, 0}};
 
 const struct tn_conf_cmd tn_tls_conf_table[] = {
     {"cert", TN_CONF_PATH, offsetof(struct tn_tls_conf, cert), NULL, NULL, NULL},
@@ -94,7 +96,7 @@ static int ctx_fail(SSL_CTX *ctx, char *err, size_t errlen, const char *what, co
 
 static int ctx_verify(SSL_CTX *ctx, const char *ca, char *err, size_t errlen)
 {
-    STACK_OF(X509_NAME) *names;
+    STACK_OF(X509_NAME) * names;
 
     if (SSL_CTX_load_verify_locations(ctx, ca, NULL) != 1)
         return ctx_fail(ctx, err, errlen, "cannot load the CA file", ca);
@@ -163,10 +165,10 @@ struct tn_tls_ctx *tn_tls_ctx_ref(struct tn_tls_ctx *ctx)
 
 struct tn_tls_sess {
     SSL *ssl;
-    BIO *rb, *wb;   /* ciphertext from the peer / for the peer (owned by ssl) */
-    int done;       /* handshake finished */
-    int peer_closed;/* close_notify received */
-    int failed;     /* a fatal error: no close_notify on the way out */
+    BIO *rb, *wb;    /* ciphertext from the peer / for the peer (owned by ssl) */
+    int done;        /* handshake finished */
+    int peer_closed; /* close_notify received */
+    int failed;      /* a fatal error: no close_notify on the way out */
 };
 
 struct tn_tls_sess *tn_tls_sess_new(struct tn_tls_ctx *ctx)
@@ -234,8 +236,8 @@ static int sess_status(struct tn_tls_sess *s, int r, char *why, size_t whylen)
     return TN_EPROTO;
 }
 
-int tn_tls_sess_read(struct tn_tls_sess *s, struct tn_buf *in, size_t room, size_t *got,
-                     char *why, size_t whylen)
+int tn_tls_sess_read(struct tn_tls_sess *s, struct tn_buf *in, size_t room, size_t *got, char *why,
+                     size_t whylen)
 {
     int r;
 

@@ -42,13 +42,13 @@ struct broker_policies {
 struct broker_conf {
     struct tn_addr tcp_listen;
     struct tn_addr http_listen;
-    struct tn_addr https_listen;       /* the HTTP API over TLS (len 0: off) */
-    struct tn_tls_conf tls;            /* TCP tls_v1 upgrade and https_listen */
-    int tls_required;                  /* TCP: no command but IDENTIFY before TLS */
-    char *data_dir;         /* NULL: <daemon.data_dir>/broker */
-    int64_t mem_queue_size; /* messages in memory per topic and per channel */
-    uint64_t max_msg_size;  /* bytes */
-    uint64_t max_body_size; /* bytes (MPUB, IDENTIFY, AUTH bodies) */
+    struct tn_addr https_listen; /* the HTTP API over TLS (len 0: off) */
+    struct tn_tls_conf tls;      /* TCP tls_v1 upgrade and https_listen */
+    int tls_required;            /* TCP: no command but IDENTIFY before TLS */
+    char *data_dir;              /* NULL: <daemon.data_dir>/broker */
+    int64_t mem_queue_size;      /* messages in memory per topic and per channel */
+    uint64_t max_msg_size;       /* bytes */
+    uint64_t max_body_size;      /* bytes (MPUB, IDENTIFY, AUTH bodies) */
     int64_t max_rdy_count;
     int64_t msg_timeout;               /* ms */
     int64_t max_msg_timeout;           /* ms */

@@ -331,8 +331,8 @@ static json_t *client_json(const struct broker_client *cl)
                   "deflate", cl->deflate, "snappy", 0, "user_agent", cl->user_agent, "authed",
                   cl->authed, "auth_identity", cl->auth_identity, "auth_identity_url", "",
                   "pub_counts", pubs, "tls", tls, "tls_cipher_suite", tls_cipher, "tls_version",
-                  tls_version,
-                  "tls_negotiated_protocol", "", "tls_negotiated_protocol_is_mutual", 0);
+                  tls_version, "tls_negotiated_protocol", "", "tls_negotiated_protocol_is_mutual",
+                  0);
     return o;
 }
 

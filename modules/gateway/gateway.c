@@ -60,8 +60,7 @@ static int listener_tls(struct gw *gw, const struct gw_listen_conf *lc)
     else if (gl->http)
         tn_http_server_set_tls(gl->http, ctx);
     tn_tls_ctx_free(ctx);
-    tn_log_info(GW_LOG, "TLS on %s (%s)", lc->addr.text,
-                lc->proto == GW_PROTO_WS ? "wss" : "tcp");
+    tn_log_info(GW_LOG, "TLS on %s (%s)", lc->addr.text, lc->proto == GW_PROTO_WS ? "wss" : "tcp");
     return 0;
 }
 
