@@ -271,8 +271,10 @@ static void tls_fail(struct conn_impl *ci, int rc, const char *why)
 
 /* Decrypt what the session holds into c->in and hand it to the handler,
  * again while the session has more and the handler keeps taking it (no
- * read event announces plaintext already inside the session). */
-static void tls_pump(struct conn_impl *ci)
+ * read event announces plaintext already inside the session). redeliver:
+ * c->in is handed over even without new bytes (after a resume, a handler
+ * switch or an upgrade, as the plaintext path does). */
+static void tls_pump(struct conn_impl *ci, int redeliver)
 {
     struct tn_conn *c = &ci->c;
     char why[256] = "";
@@ -290,8 +292,9 @@ static void tls_pump(struct conn_impl *ci)
             if (tn_buf_rlen(&c->out) > 0)
                 pend_add(ci, PEND_FLUSH);
         }
-        if (got > 0)
+        if (got > 0 || (redeliver && tn_buf_rlen(&c->in) > 0))
             deliver(ci);
+        redeliver = 0;
         if (rc != 0) {
             if (!ci->closing)
                 tls_fail(ci, rc, why);
@@ -324,7 +327,7 @@ static void tls_read(struct conn_impl *ci)
         tn_conn_close(c, TN_ENOMEM);
         return;
     }
-    tls_pump(ci);
+    tls_pump(ci, 0);
 }
 
 /* Encrypt c->out onto the wire (held until the handshake is done). */
@@ -689,7 +692,7 @@ static void pending_cb(struct ev_loop *loop, ev_prepare *w, int revents)
             continue;
         }
         if ((what & PEND_DISPATCH) && ci->tls)
-            tls_pump(ci);
+            tls_pump(ci, 1);
         else if (what & PEND_DISPATCH)
             deliver(ci);
         if (!ci->closing && ((ci->pend | what) & PEND_FLUSH)) {

@@ -396,3 +396,61 @@ def test_client_gone_before_handshake_frees_the_connection(tls_broker, certs):
     # open then: only the admin connection asking
     tnhelp.wait_for(lambda: b.metrics()["ternd_connections_open"] == 1, 5,
                     what="the abandoned connections to close")
+
+
+def test_https_pipelining_and_big_body(tls_broker, certs):
+    """40 requests in one TLS write (past max_pipeline 16: the HTTP layer
+    pauses reading with plaintext still to hand over) and a 1 MiB MPUB
+    body: every answer comes, in order."""
+    b = https_broker(tls_broker)
+    raw = socket.create_connection(("127.0.0.1", b.https_port), timeout=10)
+    with client_ctx(certs).wrap_socket(raw, server_hostname="127.0.0.1") as s:
+        s.sendall(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n" * 40)
+        buf = b""
+        for _ in range(40):
+            r, buf = tnhelp.read_response(s, buf)
+            assert (r.status, r.body) == (200, b"OK")
+        body = b"\n".join(b"%06d" % i + b"x" * 1000 for i in range(1000))
+        s.sendall(b"POST /mpub?topic=bulk HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"
+                  % len(body) + body)
+        r, buf = tnhelp.read_response(s, buf)
+        assert r.status == 200, r.body
+    stats = tnhelp.request(b.http_port, "GET", "/stats?format=json&topic=bulk").json()
+    assert stats["topics"][0]["message_count"] == 1000
+
+
+def test_gateway_wss_frame_sent_with_the_upgrade(ternd, certs, tmp_path):
+    """The upgrade request and the first WebSocket frame in one TLS write:
+    the frame, left in the connection's input when the HTTP layer hands
+    over, still reaches the WebSocket handler."""
+    sys.path.insert(0, str(GW_DIR))
+    import base64
+    import os
+    import struct
+    import time
+    from gwhelp import Codec
+    codec = Codec()
+    _, _, ws_port = gw_start(ternd, certs, tmp_path)
+    pkt = codec.packet(1, 5, b"early")
+    mask = os.urandom(4)
+    frame = struct.pack(">BB", 0x82, 0x80 | len(pkt)) + mask + bytes(
+        c ^ mask[i % 4] for i, c in enumerate(pkt))
+    req = (b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+           b"Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n"
+           % base64.b64encode(os.urandom(16)))
+    raw = socket.create_connection(("127.0.0.1", ws_port), timeout=5)
+    with client_ctx(certs).wrap_socket(raw, server_hostname="127.0.0.1") as s:
+        s.sendall(req + frame)
+        buf, deadline = b"", time.monotonic() + 5
+        while time.monotonic() < deadline:
+            if b"\r\n\r\n" in buf:
+                head, rest = buf.split(b"\r\n\r\n", 1)
+                if len(rest) >= 2 and len(rest) >= 2 + (rest[1] & 0x7f):
+                    break
+            chunk = s.recv(65536)
+            assert chunk, "closed; got %r" % buf
+            buf += chunk
+        assert head.startswith(b"HTTP/1.1 101 "), head
+        assert rest[0] == 0x82
+        p, _ = codec.decode(rest[2:2 + (rest[1] & 0x7f)])
+        assert (p["route"], p["seq"], p["data"]) == (1, 5, b"echo:early")
