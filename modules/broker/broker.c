@@ -433,6 +433,8 @@ static int broker_reload(struct tn_mod *m, void *new_conf)
         tn_log_warn(BROKER_LOG, "data_dir changed: takes effect on restart");
     if (!addr_lists_equal(&old->lookupd, &nc->lookupd))
         tn_log_warn(BROKER_LOG, "lookupd changed: takes effect on restart");
+    if (broker_zmtp_conf_changed(&old->zmtp, &nc->zmtp))
+        tn_log_warn(BROKER_LOG, "zmtp changed: takes effect on restart");
     bk->conf = nc;
     broker_store_policies(bk);
     if (nc->lua.script) {

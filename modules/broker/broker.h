@@ -374,6 +374,8 @@ void broker_proto_close_all(struct broker *bk);
 /* The broker.zmtp key (a sequence of listener mappings). */
 int broker_zmtp_conf_set(struct tn_conf *cf, const struct tn_conf_node *node,
                          const struct tn_conf_cmd *cmd, void *conf);
+/* Do two broker.zmtp lists differ (reload: the listeners keep running)? */
+int broker_zmtp_conf_changed(const struct broker_zmtp_list *a, const struct broker_zmtp_list *b);
 /* bk->send_msg / bk->kick: ZeroMQ consumers are handled here, NSQ ones
  * are passed on to proto.c. */
 void broker_zmtp_send_msg(struct broker_client *c, const struct broker_ent *e);

@@ -85,3 +85,25 @@ int broker_zmtp_conf_set(struct tn_conf *cf, const struct tn_conf_node *node,
     }
     return rc;
 }
+
+static int str_eq(const char *a, const char *b)
+{
+    return (!a && !b) || (a && b && strcmp(a, b) == 0);
+}
+
+static int zmtp_conf_eq(const struct broker_zmtp_conf *a, const struct broker_zmtp_conf *b)
+{
+    return strcmp(a->listen.text, b->listen.text) == 0 && a->type == b->type &&
+           str_eq(a->topic, b->topic) && str_eq(a->channel, b->channel) && a->hwm == b->hwm &&
+           a->heartbeat == b->heartbeat && a->request_timeout == b->request_timeout;
+}
+
+int broker_zmtp_conf_changed(const struct broker_zmtp_list *a, const struct broker_zmtp_list *b)
+{
+    if (a->n != b->n)
+        return 1;
+    for (size_t i = 0; i < a->n; i++)
+        if (!zmtp_conf_eq(&a->v[i], &b->v[i]))
+            return 1;
+    return 0;
+}

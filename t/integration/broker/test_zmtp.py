@@ -572,3 +572,32 @@ def test_reconnect_after_restart(broker, ctx):
         restart(t)
         for p in (pport, sport):
             tnhelp.wait_for(lambda: tcp_open(p), WAIT)
+
+
+# ---- configuration ---------------------------------------------------------------------------
+
+
+def test_config_checks(tmp_path):
+    mods = tnhelp.BUILD / "lib" / "ternd" / "modules"
+    cases = [
+        ("{ listen: 127.0.0.1:5555, type: sub }", "a sub listener needs a topic"),
+        ("{ listen: 127.0.0.1:5555, type: pull }", "a pull listener needs a topic"),
+        ("{ listen: 127.0.0.1:5555, type: pub, channel: c }", "channel is only for type pull"),
+        ("{ listen: 127.0.0.1:5555, type: router, topic: t }", "takes no topic"),
+        ("{ listen: 127.0.0.1:5555, type: rep }", "zmtp"),
+        ("{ type: pub }", "listen is required"),
+        ("{ listen: 127.0.0.1:5555, type: sub, topic: 'bad name' }", "not a valid"),
+        ("{ listen: 127.0.0.1:5555, type: sub, topic: t, hwm: 0 }", "hwm"),
+    ]
+    for item, msg in cases:
+        conf = tmp_path / "z.yaml"
+        conf.write_text("daemon:\n  modules_dir: %s\nbroker:\n  zmtp:\n    - %s\n" % (mods, item))
+        r = tnhelp.run(["-t", "-c", conf], cwd=tmp_path)
+        assert r.returncode == 1, item
+        assert msg in r.stderr and "broker.zmtp" in r.stderr, (item, r.stderr)
+    conf.write_text("daemon:\n  modules_dir: %s\nbroker:\n  zmtp:\n"
+                    "    - { listen: 127.0.0.1:5555, type: pull, topic: t, channel: c, hwm: 5 }\n"
+                    "    - { listen: 127.0.0.1:5556, type: router, heartbeat: 1s,"
+                    " request_timeout: 1m }\n" % mods)
+    r = tnhelp.run(["-t", "-c", conf], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
