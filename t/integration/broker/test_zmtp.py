@@ -384,8 +384,14 @@ def test_raw_heartbeat_and_refusals(broker):
 
 def test_zmq_heartbeats_answered(broker, ctx):
     t, (port,) = zbroker(broker, {"type": "sub", "topic": "zhb"})
-    sub = sock(ctx, zmq.SUB, port, HEARTBEAT_IVL=50, HEARTBEAT_TIMEOUT=300, HEARTBEAT_TTL=2000)
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.RCVTIMEO, int(WAIT * 1000))
+    for k, v in (("HEARTBEAT_IVL", 50), ("HEARTBEAT_TIMEOUT", 300), ("HEARTBEAT_TTL", 2000)):
+        sub.setsockopt(getattr(zmq, k), v)
+    # the monitor first, so it sees the connect
     mon = sub.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+    sub.connect("tcp://127.0.0.1:%d" % port)
     sub.setsockopt(zmq.SUBSCRIBE, b"")
     warm_sub(t, sub, "zhb")
     # many heartbeat timeouts long: PONGs keep the connection up (libzmq
