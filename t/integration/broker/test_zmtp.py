@@ -410,7 +410,9 @@ def test_zmq_heartbeats_answered(broker, ctx):
 
 
 def test_pull_load_balanced_over_a_channel(broker, ctx):
-    t, (port,) = zbroker(broker, {"type": "pull", "topic": "work", "channel": "zq"})
+    # hwm 5: each PULL holds at most 5 unwritten messages, the rest waits
+    # in the channel and follows as the sockets drain
+    t, (port,) = zbroker(broker, {"type": "pull", "topic": "work", "channel": "zq", "hwm": 5})
     a = sock(ctx, zmq.PULL, port)
     b = sock(ctx, zmq.PULL, port)
     tnhelp.wait_for(lambda: metric(t, "ternd_broker_zmtp_connections",
