@@ -199,8 +199,7 @@ static int frame_is(const struct zmtp_part *f, const char *s)
 }
 
 /* [""][MDPC01][service][body...] */
-static void client_request(struct mdp *m, struct zmtp_peer *p, const struct zmtp_part *f,
-                           size_t n)
+static void client_request(struct mdp *m, struct zmtp_peer *p, const struct zmtp_part *f, size_t n)
 {
     struct mdp_service *s;
     struct mdp_req *r;
@@ -265,8 +264,7 @@ static void worker_ready(struct mdp *m, struct zmtp_peer *p, const struct zmtp_p
 }
 
 /* [""][MDPW01][command][...] */
-static void worker_command(struct mdp *m, struct zmtp_peer *p, const struct zmtp_part *f,
-                           size_t n)
+static void worker_command(struct mdp *m, struct zmtp_peer *p, const struct zmtp_part *f, size_t n)
 {
     struct mdp_worker *w = p->worker;
     int cmd = n >= 3 && f[2].len == 1 ? f[2].p[0] : 0;

@@ -187,8 +187,7 @@ int zmtp_props_valid(const uint8_t *p, size_t n)
     return 0;
 }
 
-int zmtp_prop_find(const uint8_t *p, size_t n, const char *want, const uint8_t **v,
-                   size_t *vlen)
+int zmtp_prop_find(const uint8_t *p, size_t n, const char *want, const uint8_t **v, size_t *vlen)
 {
     size_t wlen = strlen(want), nlen, used;
     const uint8_t *name;
@@ -244,11 +243,16 @@ static const struct {
     const char *type;
     const char *peers[4];
 } pairs[] = {
-    {"REQ", {"REP", "ROUTER"}},           {"REP", {"REQ", "DEALER"}},
-    {"DEALER", {"REP", "DEALER", "ROUTER"}}, {"ROUTER", {"REQ", "DEALER", "ROUTER"}},
-    {"PUB", {"SUB", "XSUB"}},             {"XPUB", {"SUB", "XSUB"}},
-    {"SUB", {"PUB", "XPUB"}},             {"XSUB", {"PUB", "XPUB"}},
-    {"PUSH", {"PULL"}},                   {"PULL", {"PUSH"}},
+    {"REQ", {"REP", "ROUTER"}},
+    {"REP", {"REQ", "DEALER"}},
+    {"DEALER", {"REP", "DEALER", "ROUTER"}},
+    {"ROUTER", {"REQ", "DEALER", "ROUTER"}},
+    {"PUB", {"SUB", "XSUB"}},
+    {"XPUB", {"SUB", "XSUB"}},
+    {"SUB", {"PUB", "XPUB"}},
+    {"XSUB", {"PUB", "XPUB"}},
+    {"PUSH", {"PULL"}},
+    {"PULL", {"PUSH"}},
     {"PAIR", {"PAIR"}},
 };
 

@@ -66,8 +66,7 @@ int zmtp_cmd_append(struct tn_buf *b, const char *name, const void *data, size_t
 int zmtp_props_valid(const uint8_t *p, size_t n);
 /* Find a property by name (case-insensitive) in well-formed properties:
  * 1 with the value in v and vlen, or 0. */
-int zmtp_prop_find(const uint8_t *p, size_t n, const char *name, const uint8_t **v,
-                   size_t *vlen);
+int zmtp_prop_find(const uint8_t *p, size_t n, const char *name, const uint8_t **v, size_t *vlen);
 /* Append a READY command with Socket-Type (and Identity when idlen > 0). */
 int zmtp_ready_append(struct tn_buf *b, const char *socket_type, const void *id, size_t idlen);
 /* Append an ERROR command (reason truncated to 255 bytes). */

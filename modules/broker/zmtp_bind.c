@@ -487,8 +487,8 @@ static int on_greeting(struct zmtp_peer *p, const uint8_t *g)
 
 /* One whole message (or one command) at the start of in: its frames in
  * f/n and the bytes it takes; 0 when incomplete, < 0 on a protocol error. */
-static ssize_t next_message(struct zmtp_peer *p, const uint8_t *in, size_t len,
-                            struct zmtp_part *f, size_t *n, int *command)
+static ssize_t next_message(struct zmtp_peer *p, const uint8_t *in, size_t len, struct zmtp_part *f,
+                            size_t *n, int *command)
 {
     uint64_t max = p->zl->z->bk->conf->max_msg_size;
     size_t off = 0;
@@ -639,11 +639,16 @@ static int zmtp_accept(struct tn_listener *l, struct tn_conn *c, void *ud)
 static const char *our_type(int type)
 {
     switch (type) {
-    case BROKER_ZMTP_PUB: return "SUB";
-    case BROKER_ZMTP_PUSH: return "PULL";
-    case BROKER_ZMTP_SUB: return "PUB";
-    case BROKER_ZMTP_PULL: return "PUSH";
-    default: return "ROUTER";
+    case BROKER_ZMTP_PUB:
+        return "SUB";
+    case BROKER_ZMTP_PUSH:
+        return "PULL";
+    case BROKER_ZMTP_SUB:
+        return "PUB";
+    case BROKER_ZMTP_PULL:
+        return "PUSH";
+    default:
+        return "ROUTER";
     }
 }
 

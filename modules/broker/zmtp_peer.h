@@ -26,16 +26,16 @@ struct zmtp_peer;
 
 struct zmtp_listener {
     struct broker_zmtp *z;
-    struct broker_zmtp_conf cf;         /* copied: the config may be reloaded */
-    char topic[BROKER_NAME_MAX + 1];    /* "" when frame 1 names it (pub/push) */
+    struct broker_zmtp_conf cf;      /* copied: the config may be reloaded */
+    char topic[BROKER_NAME_MAX + 1]; /* "" when frame 1 names it (pub/push) */
     char channel[BROKER_NAME_MAX + 1];
-    char name[TN_ADDR_TEXT_MAX];        /* the configured listen address */
-    const char *our_type;               /* Socket-Type we announce */
+    char name[TN_ADDR_TEXT_MAX]; /* the configured listen address */
+    const char *our_type;        /* Socket-Type we announce */
     struct tn_listener *l;
     struct zmtp_peer *peers;
     size_t npeers;
-    struct mdp *mdp;                    /* router listeners */
-    struct tn_buf scratch;              /* joining multipart bodies */
+    struct mdp *mdp;       /* router listeners */
+    struct tn_buf scratch; /* joining multipart bodies */
     uint64_t received, published, sent, dropped, refused;
 };
 
@@ -56,15 +56,15 @@ struct zmtp_peer {
     struct zmtp_peer *fnext;       /* the finish list (SUB peers) */
     int on_fin_list;
     int state, minor;
-    uint8_t rid[ZMTP_RID_MAX];     /* routing id (router listeners) */
+    uint8_t rid[ZMTP_RID_MAX]; /* routing id (router listeners) */
     size_t ridlen;
     struct zmtp_sub *subs;
     size_t nsubs, capsubs;
-    struct broker_client *bc;      /* sub and pull peers: the consumer */
-    uint64_t queued;               /* messages written since output last drained */
+    struct broker_client *bc; /* sub and pull peers: the consumer */
+    uint64_t queued;          /* messages written since output last drained */
     uint64_t dropped;
-    int dropping;                  /* over hwm right now (logged once per episode) */
-    struct mdp_worker *worker;     /* router: this peer is a Majordomo worker */
+    int dropping;              /* over hwm right now (logged once per episode) */
+    struct mdp_worker *worker; /* router: this peer is a Majordomo worker */
 };
 
 struct broker_zmtp {

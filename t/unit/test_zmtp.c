@@ -175,9 +175,12 @@ static void test_socket_pairs(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_greeting),         cmocka_unit_test(test_frames_short_long),
-        cmocka_unit_test(test_frames_bad_flags), cmocka_unit_test(test_commands_ready),
-        cmocka_unit_test(test_error_and_subscribe), cmocka_unit_test(test_socket_pairs),
+        cmocka_unit_test(test_greeting),
+        cmocka_unit_test(test_frames_short_long),
+        cmocka_unit_test(test_frames_bad_flags),
+        cmocka_unit_test(test_commands_ready),
+        cmocka_unit_test(test_error_and_subscribe),
+        cmocka_unit_test(test_socket_pairs),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
