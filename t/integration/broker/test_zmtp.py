@@ -527,6 +527,25 @@ def test_mdp_unexpected_command_gets_disconnect(broker, ctx):
     assert worker_recv(w) == [b"", b"MDPW01", b"\x05"]
 
 
+def test_mdp_request_and_worker_expiry(broker, ctx):
+    t, (port,) = zbroker(broker, {"type": "router", "heartbeat": "100ms",
+                                  "request_timeout": "300ms"})
+    lab = {"listen": "127.0.0.1:%d" % port, "type": "router"}
+    # a request nobody serves expires; a worker coming later never sees it
+    req = sock(ctx, zmq.REQ, port)
+    req.send_multipart([b"MDPC01", b"late", b"lost"])
+    tnhelp.wait_for(lambda: metric(t, "ternd_broker_mdp_expired_total", **lab) == 1, WAIT)
+    assert metric(t, "ternd_broker_mdp_queued", **lab) == 0
+    w = sock(ctx, zmq.DEALER, port)
+    w.send_multipart([b"", b"MDPW01", b"\x01", b"late"])
+    # idle workers get heartbeats; a silent one is dropped after 3 intervals
+    # with DISCONNECT
+    assert w.recv_multipart() == [b"", b"MDPW01", b"\x04"]
+    assert worker_recv(w) == [b"", b"MDPW01", b"\x05"]
+    tnhelp.wait_for(lambda: metric(t, "ternd_broker_mdp_workers", **lab) == 0, WAIT)
+    assert "worker" in t.log() and "expired" in t.log()
+
+
 # ---- hwm and reconnects ---------------------------------------------------------------------
 
 
@@ -563,8 +582,10 @@ def test_slow_sub_drops_at_hwm_others_unaffected(broker, ctx):
 
 
 def test_reconnect_after_restart(broker, ctx):
-    t, (pport, sport) = zbroker(broker, {"type": "pub", "topic": "rc"},
-                                {"type": "sub", "topic": "rc"})
+    t, (pport, sport, lport) = zbroker(broker, {"type": "pub", "topic": "rc"},
+                                       {"type": "sub", "topic": "rc"},
+                                       {"type": "pull", "topic": "rc"})
+    pull = sock(ctx, zmq.PULL, lport, RECONNECT_IVL=50, RECONNECT_IVL_MAX=200)
     sub = sock(ctx, zmq.SUB, sport, RECONNECT_IVL=50, RECONNECT_IVL_MAX=200)
     sub.setsockopt(zmq.SUBSCRIBE, b"k")
     pub = sock(ctx, zmq.PUB, pport, RECONNECT_IVL=50, RECONNECT_IVL_MAX=200)
@@ -576,10 +597,23 @@ def test_reconnect_after_restart(broker, ctx):
             pub.send(b"k-from-pub")
         assert recv_until(sub, lambda m: m == b"k-from-pub")
         drain(sub, quiet=0.3)
+        # the PULL (channel "zmq", the default) got all of them too
+        assert recv_until(pull, lambda m: m == b"k-from-pub")
+        drain(pull, quiet=0.3)
         t.stop()
         restart(t)
-        for p in (pport, sport):
+        for p in (pport, sport, lport):
             tnhelp.wait_for(lambda: tcp_open(p), WAIT)
+    # what is published while no PULL is connected waits in the channel,
+    # on disk across a restart
+    pull.close()
+    tnhelp.wait_for(lambda: metric(t, "ternd_broker_zmtp_connections",
+                                   listen="127.0.0.1:%d" % lport, type="pull") == 0, WAIT)
+    nw.publish(t.tcp_port, "rc", [b"waiting"])
+    t.stop()
+    restart(t)
+    pull = sock(ctx, zmq.PULL, lport)
+    assert recv_until(pull, lambda m: m == b"waiting")
 
 
 # ---- configuration ---------------------------------------------------------------------------
