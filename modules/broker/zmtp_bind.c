@@ -19,9 +19,55 @@ static const struct tn_conn_handler zmtp_handler;
 
 /* ---- writing ------------------------------------------------------------------ */
 
-static int over_hwm(const struct zmtp_peer *p)
+/* Forget the messages the connection has written out since we looked;
+ * for a PULL peer, FIN them: they are the kernel's now. The peer takes no
+ * new delivery meanwhile (rdy 0), as each FIN pumps the channel. */
+static void pend_settle(struct zmtp_peer *p)
 {
-    return p->queued >= (uint64_t)p->zl->cf.hwm;
+    struct broker_client *c = p->zl->cf.type == BROKER_ZMTP_PULL ? p->bc : NULL;
+    int64_t now = c ? broker_now() : 0, rdy = c ? c->rdy : 0;
+
+    if (c)
+        c->rdy = 0;
+    while (p->pn && p->pend[p->phead].end <= p->conn->bytes_out) {
+        uint64_t id = p->pend[p->phead].id;
+        p->phead = (p->phead + 1) % p->pcap;
+        p->pn--;
+        if (c && c->ch)
+            broker_fin(c, id, now);
+    }
+    if (c && c->ch)
+        broker_client_set_rdy(c, rdy, now);
+    else if (c)
+        c->rdy = rdy;
+}
+
+static int pend_push(struct zmtp_peer *p, uint64_t id)
+{
+    if (p->pn == p->pcap) {
+        size_t cap = p->pcap ? 2 * p->pcap : 16;
+        struct zmtp_pend *v = malloc(cap * sizeof(*v));
+        if (!v)
+            return TN_ENOMEM;
+        for (size_t i = 0; i < p->pn; i++)
+            v[i] = p->pend[(p->phead + i) % p->pcap];
+        free(p->pend);
+        p->pend = v;
+        p->pcap = cap;
+        p->phead = 0;
+    }
+    p->pend[(p->phead + p->pn) % p->pcap] =
+        (struct zmtp_pend){p->conn->bytes_out + tn_conn_pending(p->conn), id};
+    p->pn++;
+    return 0;
+}
+
+/* The hwm counts messages in the output buffer, not yet written out. */
+static int over_hwm(struct zmtp_peer *p)
+{
+    if (p->pn >= (size_t)p->zl->cf.hwm && p->zl->cf.type != BROKER_ZMTP_PULL)
+        pend_settle(p);
+    return p->pn >= (size_t)p->zl->cf.hwm;
 }
 
 /* Past hwm the message is dropped for this peer only: logged when an
@@ -36,10 +82,12 @@ static void drop_one(struct zmtp_peer *p)
     p->dropping = 1;
 }
 
-int zmtp_peer_send(struct zmtp_peer *p, const struct zmtp_part *parts, size_t n)
+/* Queue a message; id: the store's message ID (PULL), or 0. */
+static int send_parts(struct zmtp_peer *p, const struct zmtp_part *parts, size_t n, uint64_t id)
 {
     struct iovec iov[2 * ZMTP_MAX_FRAMES];
     uint8_t hdr[ZMTP_MAX_FRAMES][9];
+    int rc;
 
     if (!p->conn || tn_conn_closing(p->conn) || p->state != ZMTP_OPEN)
         return TN_ECLOSED;
@@ -55,9 +103,15 @@ int zmtp_peer_send(struct zmtp_peer *p, const struct zmtp_part *parts, size_t n)
         iov[2 * i + 1].iov_base = (void *)parts[i].p;
         iov[2 * i + 1].iov_len = parts[i].len;
     }
-    p->queued++;
+    if ((rc = tn_conn_writev(p->conn, iov, (int)(2 * n))) != 0)
+        return rc;
     p->zl->sent++;
-    return tn_conn_writev(p->conn, iov, (int)(2 * n));
+    return pend_push(p, id);
+}
+
+int zmtp_peer_send(struct zmtp_peer *p, const struct zmtp_part *parts, size_t n)
+{
+    return send_parts(p, parts, n, 0);
 }
 
 /* Commands and our own control messages go out regardless of hwm. */
@@ -158,11 +212,11 @@ static int is_zmtp_client(const struct broker_client *c)
     return c->conn && c->conn->h == &zmtp_handler && c->conn->data;
 }
 
-/* FIN what p holds in flight. Deliveries made meanwhile (each FIN pumps
- * the channel) must not be finished unsent, so the peer takes none
- * (rdy 0) until the end. `drain`: until the channel has nothing left
- * (SUB: everything is either written or dropped at once). */
-static void finish_all(struct zmtp_peer *p, int drain)
+/* SUB: FIN what p holds in flight (sent or filtered out or dropped), and
+ * take what the channel still has the same way, until it is empty.
+ * Deliveries made by each FIN's pump must not be finished unsent, so the
+ * peer takes none (rdy 0) in a round. */
+static void finish_all(struct zmtp_peer *p)
 {
     struct broker_client *c = p->bc;
     int64_t now = broker_now();
@@ -173,36 +227,39 @@ static void finish_all(struct zmtp_peer *p, int drain)
         while (c->ifl && broker_fin(c, c->ifl->msg->id, now) == 0)
             ;
         broker_client_set_rdy(c, rdy, now);
-    } while (drain && c->ifl && c->ch);
+    } while (c->ifl && c->ch);
+}
+
+static void fin_list_add(struct zmtp_peer *p)
+{
+    struct broker_zmtp *z = p->zl->z;
+
+    if (p->on_fin_list)
+        return;
+    p->on_fin_list = 1;
+    p->fnext = z->fin;
+    z->fin = p;
 }
 
 void broker_zmtp_send_msg(struct broker_client *c, const struct broker_ent *e)
 {
     struct zmtp_peer *p;
     struct zmtp_part part;
-    struct broker_zmtp *z;
 
     if (!is_zmtp_client(c)) {
         broker_proto_send_msg(c, e);
         return;
     }
     p = c->conn->data;
-    z = p->zl->z;
     part.p = (const uint8_t *)e->msg->body;
     part.len = e->msg->len;
-    if (p->zl->cf.type == BROKER_ZMTP_PULL) {
-        /* held in flight until written out (on_drain): over hwm never
-         * happens, rdy is hwm */
-        zmtp_peer_send(p, &part, 1);
-        return;
-    }
-    if (sub_match(p, e->msg->body, e->msg->len))
-        zmtp_peer_send(p, &part, 1);
-    if (!p->on_fin_list) {
-        p->on_fin_list = 1;
-        p->fnext = z->fin;
-        z->fin = p;
-    }
+    /* PULL: in flight until written out (never over hwm: rdy is hwm);
+     * SUB: finished at the end of the loop iteration, sent or not */
+    if (p->zl->cf.type == BROKER_ZMTP_PULL)
+        send_parts(p, &part, 1, e->msg->id);
+    else if (sub_match(p, e->msg->body, e->msg->len))
+        send_parts(p, &part, 1, 0);
+    fin_list_add(p);
 }
 
 void broker_zmtp_kick(struct broker_client *c)
@@ -214,18 +271,32 @@ void broker_zmtp_kick(struct broker_client *c)
     tn_conn_close(c->conn, 0);
 }
 
-/* Before the loop blocks: SUB deliveries of this iteration are done. */
+/* Before the loop blocks: SUB deliveries of this iteration are done,
+ * finish them; PULL deliveries the connection wrote out are finished, the
+ * others are looked at again next iteration. */
 static void prepare_cb(struct ev_loop *loop, ev_prepare *w, int revents)
 {
     struct broker_zmtp *z = w->data;
+    struct zmtp_peer *again = NULL;
 
     while (z->fin) {
         struct zmtp_peer *p = z->fin;
         z->fin = p->fnext;
         p->on_fin_list = 0;
-        if (p->bc)
-            finish_all(p, 1);
+        if (!p->bc)
+            continue;
+        if (p->zl->cf.type == BROKER_ZMTP_SUB) {
+            finish_all(p);
+            continue;
+        }
+        pend_settle(p);
+        if (p->pn && !p->on_fin_list) {
+            p->on_fin_list = 1;
+            p->fnext = again;
+            again = p;
+        }
     }
+    z->fin = again;
 }
 
 static void fin_list_remove(struct zmtp_peer *p)
@@ -281,10 +352,13 @@ static void consumer_detach(struct zmtp_peer *p)
         return;
     if (p->on_fin_list)
         fin_list_remove(p);
-    /* SUB: what is in flight was written or dropped, finish it; PULL: not
-     * yet written out, back to the channel for another consumer */
-    if (p->zl->cf.type == BROKER_ZMTP_SUB && p->bc->ch) {
-        p->bc->rdy = 0;
+    /* SUB: what is in flight was written or dropped, finish it; PULL: what
+     * was written out is finished, the rest goes back to the channel for
+     * another consumer */
+    p->bc->rdy = 0;
+    if (p->zl->cf.type == BROKER_ZMTP_PULL) {
+        pend_settle(p);
+    } else if (p->bc->ch) {
         while (p->bc->ifl && broker_fin(p->bc, p->bc->ifl->msg->id, broker_now()) == 0)
             ;
     }
@@ -558,22 +632,20 @@ static void zmtp_read(struct tn_conn *c)
     }
 }
 
-/* Output written out: the hwm window is empty again, and a PULL peer's
- * messages are now the kernel's: FIN them. */
+/* Output written out: nothing counts towards hwm any more, and a PULL
+ * peer's messages are now the kernel's: FIN them (and take more). */
 static void zmtp_drain(struct tn_conn *c)
 {
     struct zmtp_peer *p = c->data;
 
     if (!p)
         return;
-    p->queued = 0;
     if (p->dropping) {
         tn_log_info(ZMTP_LOG, "%s: peer %s below hwm again (%llu dropped so far)", p->zl->name,
                     c->peer, (unsigned long long)p->dropped);
         p->dropping = 0;
     }
-    if (p->bc && p->zl->cf.type == BROKER_ZMTP_PULL && p->bc->ch)
-        finish_all(p, 0);
+    pend_settle(p);
 }
 
 static void peer_free(struct zmtp_peer *p)
@@ -586,6 +658,7 @@ static void peer_free(struct zmtp_peer *p)
     for (size_t i = 0; i < p->nsubs; i++)
         free(p->subs[i].prefix);
     free(p->subs);
+    free(p->pend);
     if (p->prev)
         p->prev->next = p->next;
     else

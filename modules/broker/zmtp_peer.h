@@ -39,6 +39,14 @@ struct zmtp_listener {
     uint64_t received, published, sent, dropped, refused;
 };
 
+/* A message in a connection's output buffer: where it ends in the stream
+ * of bytes sent on the connection (it is written out once c->bytes_out
+ * reaches that), and the store's ID of a PULL delivery (FIN then). */
+struct zmtp_pend {
+    uint64_t end;
+    uint64_t id;
+};
+
 /* A subscription prefix of a SUB peer, counted (ZMTP: subscribing twice
  * needs two cancels). */
 struct zmtp_sub {
@@ -61,7 +69,8 @@ struct zmtp_peer {
     struct zmtp_sub *subs;
     size_t nsubs, capsubs;
     struct broker_client *bc; /* sub and pull peers: the consumer */
-    uint64_t queued;          /* messages written since output last drained */
+    struct zmtp_pend *pend;   /* messages in the output buffer, oldest first */
+    size_t pcap, phead, pn;   /* (a ring; pn of them are not yet written out) */
     uint64_t dropped;
     int dropping;              /* over hwm right now (logged once per episode) */
     struct mdp_worker *worker; /* router: this peer is a Majordomo worker */
