@@ -128,11 +128,11 @@ def read_bodies(consumer, n):
 class Raw:
     """A hand-written ZMTP 3.x peer with the NULL mechanism."""
 
-    def __init__(self, port, minor=1, socket_type=b"SUB", ready=True):
+    def __init__(self, port, minor=1, socket_type=b"SUB", ready=True, mechanism=b"NULL"):
         self.s = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
         self.buf = b""
-        self.s.sendall(b"\xff" + b"\0" * 8 + b"\x7f" + bytes([3, minor]) + b"NULL" + b"\0" * 16
-                       + b"\0" + b"\0" * 31)
+        self.s.sendall(b"\xff" + b"\0" * 8 + b"\x7f" + bytes([3, minor])
+                       + mechanism.ljust(20, b"\0") + b"\0" + b"\0" * 31)
         self.greeting = self.read(64)
         if ready:
             self.command(b"READY", self.prop(b"Socket-Type", socket_type))
@@ -378,8 +378,11 @@ def test_raw_heartbeat_and_refusals(broker):
     assert early.next_command()[0] == b"READY"
     assert early.next_command()[0] == b"ERROR"
     assert tnhelp.closed_by_peer(early.s)
+    # a mechanism we do not offer: closed after the greetings
+    plain = Raw(port, ready=False, mechanism=b"PLAIN")
+    assert tnhelp.closed_by_peer(plain.s)
     assert metric(t, "ternd_broker_zmtp_refused_total", listen="127.0.0.1:%d" % port,
-                  type="sub") == 3
+                  type="sub") == 4
 
 
 def test_zmq_heartbeats_answered(broker, ctx):
@@ -480,10 +483,12 @@ def test_mdp_worker_and_clients(broker, ctx):
     w.send_multipart([b"", b"MDPW01", b"\x03", f[3], b"", b"EARLY"])
     assert req.recv_multipart() == [b"MDPC01", b"echo", b"EARLY"]
 
-    # a DEALER client (sends the empty frame itself), multi-frame body
-    dealer = sock(ctx, zmq.DEALER, port)
+    # a DEALER client (sends the empty frame itself) with an identity (its
+    # routing id then), multi-frame body
+    dealer = sock(ctx, zmq.DEALER, port, ROUTING_ID=b"client-1")
     dealer.send_multipart([b"", b"MDPC01", b"echo", b"a", b"b"])
     f = worker_recv(w)
+    assert f[3] == b"client-1"
     assert f[5:] == [b"a", b"b"]
     # the worker stays alive across heartbeat intervals: it answers them
     for _ in range(3):
