@@ -271,8 +271,8 @@ static int broker_init(struct tn_mod *m)
         return TN_ENOMEM;
     bk->mod = m;
     bk->conf = bc;
-    bk->send_msg = broker_proto_send_msg;
-    bk->kick = broker_proto_kick;
+    bk->send_msg = broker_zmtp_send_msg; /* NSQ clients go on to proto.c */
+    bk->kick = broker_zmtp_kick;
     bk->start_time = broker_now() / 1000;
     if (bc->data_dir)
         snprintf(bk->dir, sizeof(bk->dir), "%s", bc->data_dir);
@@ -318,6 +318,8 @@ static int broker_start(struct tn_mod *m)
             return err;
         tn_log_info(BROKER_LOG, "TCP listening on %s", tn_listener_addr(bk->listener));
     }
+    if ((err = broker_zmtp_start(bk)) != 0)
+        return err;
     if (bc->http_listen.len) {
         struct tn_http_limits lim = {0};
         /* room above max_body_size so the handlers, not the core, refuse
@@ -371,6 +373,7 @@ static int broker_stop(struct tn_mod *m)
     ev_timer_stop(tn_loop(), &bk->scan);
     broker_proto_flush(bk);
     broker_proto_close_all(bk);
+    broker_zmtp_stop(bk);
     n = broker_store_persist(bk, broker_now());
     if (bk->meta_loaded) /* never overwrite a file we did not read */
         meta_save(bk);
@@ -442,6 +445,8 @@ static int broker_reload(struct tn_mod *m, void *new_conf)
         tn_log_warn(BROKER_LOG, "data_dir changed: takes effect on restart");
     if (!addr_lists_equal(&old->lookupd, &nc->lookupd))
         tn_log_warn(BROKER_LOG, "lookupd changed: takes effect on restart");
+    if (broker_zmtp_conf_changed(&old->zmtp, &nc->zmtp))
+        tn_log_warn(BROKER_LOG, "zmtp changed: takes effect on restart");
     bk->conf = nc;
     broker_store_policies(bk);
     if (nc->lua.script) {
@@ -498,6 +503,7 @@ static void broker_stats(struct tn_mod *m, struct tn_stats_out *out)
                           "In-flight timeouts", cl, (double)ch->timeout_count);
         }
     }
+    broker_zmtp_stats(bk, out);
     if (bk->hook)
         tn_stats_emit(out, "ternd_lua_errors_total", TN_STAT_COUNTER, "Lua errors",
                       (const char *[]){"module", "broker", NULL},
