@@ -3,6 +3,7 @@
  *   GET /ping     "OK" (health check)
  *   GET /stats    every metric as JSON (?format=text for plain lines)
  *   GET /metrics  Prometheus text exposition format 0.0.4
+ *   GET /, /dashboard/...  the dashboard (dashboard.c), if daemon.dashboard
  */
 #include <string.h>
 
@@ -61,6 +62,8 @@ int tn_admin_start(const struct tn_daemon_conf *dc)
     tn_http_route(admin, TN_HTTP_GET, "/ping", admin_ping, NULL);
     tn_http_route(admin, TN_HTTP_GET, "/stats", admin_stats, NULL);
     tn_http_route(admin, TN_HTTP_GET, "/metrics", admin_metrics, NULL);
+    tn_dashboard_enable(dc->dashboard);
+    tn_dashboard_routes(admin);
     tn_log_info("core", "admin HTTP on %s", tn_http_server_addr(admin));
     return 0;
 }

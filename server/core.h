@@ -42,6 +42,7 @@ struct tn_daemon_conf {
     struct tn_addr admin_listen; /* 127.0.0.1:4171; len 0: admin off */
     int64_t max_connections;   /* 10000 process-wide */
     int64_t shutdown_timeout;  /* ms (10s) */
+    int dashboard;             /* serve the admin dashboard at / (1) */
     struct tn_http_limits http; /* shared HTTP defaults */
 };
 extern const struct tn_conf_cmd tn_daemon_conf_table[];
@@ -105,6 +106,9 @@ int tn_stats_format(struct tn_buf *b, int format, struct tn_modset *ms);
 int tn_admin_start(const struct tn_daemon_conf *dc);
 void tn_admin_stop(void);
 void tn_admin_set_modset(struct tn_modset *ms);
+/* The dashboard's routes on the admin server (dashboard.c); its switch. */
+int tn_dashboard_routes(struct tn_http_server *s);
+void tn_dashboard_enable(int on);
 int tn_notify(const char *state); /* sd_notify; 0 when no NOTIFY_SOCKET */
 int64_t tn_notify_watchdog_usec(void);
 

@@ -27,4 +27,12 @@ TN_API int tn_event_emit(const char *event, void *arg);
 /* Are there subscribers (skip building the argument when not)? */
 TN_API int tn_event_has(const char *event);
 
+/*
+ * The admin server's /dashboard/api/... requests (GET, or POST with an
+ * X-Ternd-Dashboard header) are emitted as this event with the struct
+ * tn_http_req * as arg: the subscriber that serves the path replies at once
+ * and returns non-zero; when none does, the client gets 404.
+ */
+#define TN_ADMIN_HTTP_EVENT "admin.http"
+
 #endif
