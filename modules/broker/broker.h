@@ -339,6 +339,8 @@ void broker_proto_close_all(struct broker *bk);
 /* ---- http.c: HTTP API -------------------------------------------------------------------- */
 
 int broker_http_routes(struct broker *bk, struct tn_http_server *s);
+/* Serve (on) or stop serving the admin dashboard's actions (TN_ADMIN_HTTP_EVENT). */
+int broker_http_dashboard(struct broker *bk, int on);
 
 /* ---- lookupd.c: registration with nsqlookupd-compatible directories ---- */
 

@@ -172,9 +172,9 @@
   function act(action, tname, cname) {
     var label = cname === undefined ? 'topic ' + tname : 'channel ' + tname + '/' + cname;
     if ((action === 'delete' || action === 'empty') && !window.confirm(action + ' ' + label + '?')) return;
-    var q = 'action=' + encodeURIComponent(action) + '&topic=' + encodeURIComponent(tname);
+    var q = '?topic=' + encodeURIComponent(tname);
     if (cname !== undefined) q += '&channel=' + encodeURIComponent(cname);
-    fetch('/dashboard/api/broker?' + q, { method: 'POST', headers: { 'X-Ternd-Dashboard': '1' } }).then(function (resp) {
+    fetch('/dashboard/api/broker/' + (cname === undefined ? 'topic/' : 'channel/') + action + q, { method: 'POST', headers: { 'X-Ternd-Dashboard': '1' } }).then(function (resp) {
       if (!resp.ok) return resp.text().then(function (t) { throw new Error(t || resp.status); });
       poll();
     }).catch(function (e) { setStatus('bad', action + ' failed: ' + e.message); });
