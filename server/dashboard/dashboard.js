@@ -15,6 +15,7 @@
   var rateHist = [];                /* [t, msg/s] */
   var depthHist = {};               /* topic -> [[t, depth]] */
   var topicRateHist = {};           /* topic -> [msg/s] for the sparklines */
+  var gatewayHist = { sessions: [], 'packets in/s': [], 'packets out/s': [] };
   var timer = null;
   var actions = null;               /* the /dashboard/api/ capabilities, if any */
 
@@ -98,11 +99,10 @@
       } else if (n.indexOf('ternd_pool_') === 0 && l.pool !== undefined) {
         var p = md.pools[l.pool] || (md.pools[l.pool] = { name: l.pool });
         p[n.slice('ternd_pool_'.length)] = m.value;
-      } else if (n.indexOf('ternd_gateway_') === 0) {
-        md.gateway.push(m);
       } else if (!Object.keys(l).length) {
         md.single[n] = m.value;
       }
+      if (n.indexOf('ternd_gateway_') === 0) md.gateway.push(m);
     });
     return md;
   }
@@ -239,10 +239,19 @@
   }
 
   /* The gateway's metrics are shown as they come: any ternd_gateway_* sample. */
-  function renderGateway(md, r) {
+  function renderGateway(md, r, now) {
     var body = document.querySelector('#gateway tbody');
     document.getElementById('gateway-panel').hidden = !md.gateway.length;
     clear(body);
+    if (!md.gateway.length) return;
+    var s = md.single, pin = rateOf(r, 'ternd_gateway_packets_in_total', {});
+    var pout = rateOf(r, 'ternd_gateway_packets_out_total', {});
+    if (s.ternd_gateway_sessions !== undefined) push(gatewayHist.sessions, [now, s.ternd_gateway_sessions]);
+    if (pin !== undefined) push(gatewayHist['packets in/s'], [now, pin]);
+    if (pout !== undefined) push(gatewayHist['packets out/s'], [now, pout]);
+    lineChart(document.getElementById('chart-gateway'), Object.keys(gatewayHist).map(function (k) {
+      return { name: k, points: gatewayHist[k] };
+    }));
     md.gateway.forEach(function (m) {
       var rt = m.type === 'counter' ? r[key(m)] : undefined;
       body.appendChild(el('tr', { 'data-metric': m.name }, [
@@ -377,7 +386,7 @@
     renderCharts(md, r, now);
     renderTopics(md, r);
     renderPools(md, r);
-    renderGateway(md, r);
+    renderGateway(md, r, now);
     renderAll(md);
     setStatus('ok', 'live ' + new Date(now).toLocaleTimeString());
   }

@@ -4,10 +4,13 @@ page rendered by a real browser -- Debian's chromium, headless -- against a
 ternd running the broker and the pool, checked through its DOM and a
 screenshot decoded here (no golden images: structure and colours only)."""
 
+import http.server
+import json
 import os
 import shutil
 import struct
 import subprocess
+import threading
 import zlib
 from html.parser import HTMLParser
 
@@ -396,3 +399,74 @@ def test_stats_json_is_what_the_page_reads(dash):
     for field in ("depth", "in_flight", "deferred", "requeued_total", "timeouts_total", "paused"):
         assert "ternd_broker_channel_" + field in names
         assert "c." + field in js
+
+
+class FakeStats(http.server.BaseHTTPRequestHandler):
+    """Serves the dashboard's files from the source tree and a /stats with
+    a gateway's metrics whose counters grow with every poll."""
+    polls = 0
+
+    def do_GET(self):
+        src = tnhelp.SRCDIR / "server" / "dashboard"
+        files = {"/": "index.html", "/dashboard/dashboard.js": "dashboard.js",
+                 "/dashboard/dashboard.css": "dashboard.css"}
+        if self.path in files:
+            body = (src / files[self.path]).read_bytes()
+        elif self.path == "/stats":
+            FakeStats.polls += 1
+            n = FakeStats.polls
+            metrics = [("ternd_gateway_sessions", "gauge", {}, 3),
+                       ("ternd_gateway_packets_in_total", "counter", {}, 1000 * n),
+                       ("ternd_gateway_packets_out_total", "counter", {}, 10 * n),
+                       ("ternd_gateway_uids", "gauge", {}, 2)]
+            body = json.dumps({"version": "9.9.9", "uptime_ms": 1000 * n, "metrics": [
+                {"name": a, "type": b, "labels": c, "value": d} for a, b, c, d in metrics]}).encode()
+        else:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_gateway_sessions_shown_when_present(tmp_path):
+    """No gateway module in this tree yet: the page reads a /stats that has
+    a gateway's samples, served here next to the page's own files."""
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FakeStats)
+    th = threading.Thread(target=srv.serve_forever, daemon=True)
+    th.start()
+    try:
+        url = "http://127.0.0.1:%d/" % srv.server_address[1]
+        dom = DomIndex()
+        dom.feed(run_chromium(tmp_path, url, "--dump-dom").stdout.decode())
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert FakeStats.polls >= 2, "the page polled /stats %d times" % FakeStats.polls
+    assert dom.ids["version"] == "v9.9.9"
+    assert dom.cards["gateway sessions"] == ["gateway sessions", "3"]
+    assert "topics" in dom.cards and "pools" not in dom.cards
+    sessions = dom.row(metric="ternd_gateway_sessions")
+    assert sessions[0] == "sessions" and sessions[2] == "3"
+    # counters get a rate from the second poll on: 1000 packets a poll
+    pin = dom.row(metric="ternd_gateway_packets_in_total")
+    assert pin[2] == num_text(1000 * FakeStats.polls) and num_value(pin[3]) > 0
+    series = {a.get("data-series") for tag, a in dom.svg["chart-gateway"] if tag == "path"}
+    assert series == {"sessions", "packets in/s", "packets out/s"}
+    # without a broker the actions are not offered
+    assert "need the broker" in dom.ids["actions-note"]
+
+
+def num_value(text):
+    """A number as the page writes it (12, 1.5, 12.3k, 1.20M) -> float."""
+    scale = {"k": 1e3, "M": 1e6}.get(text[-1:], 1)
+    return float(text.rstrip("kM")) * scale
+
+
+def num_text(v):
+    """How the page writes a count (its num())."""
+    return "%.1fk" % (v / 1e3) if v >= 1e4 else str(v)
