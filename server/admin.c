@@ -63,7 +63,10 @@ int tn_admin_start(const struct tn_daemon_conf *dc)
     tn_http_route(admin, TN_HTTP_GET, "/stats", admin_stats, NULL);
     tn_http_route(admin, TN_HTTP_GET, "/metrics", admin_metrics, NULL);
     tn_dashboard_enable(dc->dashboard);
-    tn_dashboard_routes(admin);
+    if ((err = tn_dashboard_routes(admin)) != 0) {
+        tn_admin_stop();
+        return err;
+    }
     tn_log_info("core", "admin HTTP on %s", tn_http_server_addr(admin));
     return 0;
 }

@@ -345,13 +345,18 @@
   function renderCharts(md, r, now) {
     var rate = rateOf(r, 'ternd_broker_published_total', {});
     if (rate !== undefined) push(rateHist, [now, rate]);
-    lineChart(document.getElementById('chart-rate'), [{ name: 'published', points: rateHist }]);
+    if (md.single.ternd_broker_published_total === undefined) empty(document.getElementById('chart-rate'), 'no broker module');
+    else lineChart(document.getElementById('chart-rate'), [{ name: 'published', points: rateHist }]);
 
     var names = Object.keys(md.topics).sort();
     names.forEach(function (tn) {
       push(depthHist[tn] || (depthHist[tn] = []), [now, md.topics[tn].depth || 0]);
     });
-    Object.keys(depthHist).forEach(function (tn) { if (!md.topics[tn]) delete depthHist[tn]; });
+    Object.keys(depthHist).forEach(function (tn) {
+      if (md.topics[tn]) return;
+      delete depthHist[tn];
+      delete topicRateHist[tn];
+    });
     lineChart(document.getElementById('chart-depth'), names.slice(0, COLORS.length).map(function (tn) {
       return { name: tn, points: depthHist[tn] };
     }));
