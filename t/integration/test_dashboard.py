@@ -29,8 +29,10 @@ def modules_dir():
 @pytest.fixture
 def dash(ternd):
     """A started ternd with the broker (HTTP API on a free port) and the
-    pool; t.http_port is the broker's HTTP API."""
+    pool; t.http_port is the broker's HTTP API. Every server ends with a
+    graceful stop that must exit 0 with no sanitizer report (ASan builds)."""
     assert (modules_dir() / "broker.so").exists(), "broker.so missing: build first"
+    made = []
 
     def make(daemon=None, broker=True):
         d = {"modules_dir": str(modules_dir())}
@@ -42,11 +44,16 @@ def dash(ternd):
                                   "http_listen": "127.0.0.1:%d" % hport}
         t = ternd(daemon=d, sections=sections)
         t.http_port = hport
+        made.append(t)
         t.start()
         if broker:
             t.wait_log(r"broker: HTTP listening on", since=t.start_mark)
         return t
-    return make
+    yield make
+    for t in made:
+        if t.alive():
+            t.stop()
+        assert "Sanitizer" not in t.stderr(), t.stderr()[-4000:]
 
 
 def broker_post(t, path, body=b""):
