@@ -32,7 +32,10 @@ static const struct asset assets[] = {
  * SIGHUP can turn the page on and off without touching the server. */
 static int enabled = 1;
 
-void tn_dashboard_enable(int on) { enabled = on; }
+void tn_dashboard_enable(int on)
+{
+    enabled = on;
+}
 
 static int not_found(struct tn_http_req *r)
 {

@@ -549,11 +549,14 @@ static int dash_op_known(const char *op)
 static int on_admin_http(const char *event, void *arg, void *ud)
 {
     struct tn_http_req *r = arg;
-    const char *rest = r->path + strlen(DASH_PATH);
+    const char *rest;
     int with_channel;
 
-    if (strncmp(r->path, DASH_PATH, strlen(DASH_PATH)) != 0 || (*rest && *rest != '/'))
+    if (strncmp(r->path, DASH_PATH, strlen(DASH_PATH)) != 0)
         return 0;
+    rest = r->path + strlen(DASH_PATH);
+    if (*rest && *rest != '/')
+        return 0; /* another module's name that starts with "broker" */
     if (*rest == '\0') {
         reply_json(r, json_pack("{s:[s,s,s,s]}", "actions", "pause", "unpause", "empty", "delete"));
         return 1;
