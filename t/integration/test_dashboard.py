@@ -8,6 +8,7 @@ import http.server
 import json
 import os
 import shutil
+import socket
 import struct
 import subprocess
 import threading
@@ -34,7 +35,7 @@ def dash(ternd):
     assert (modules_dir() / "broker.so").exists(), "broker.so missing: build first"
     made = []
 
-    def make(daemon=None, broker=True):
+    def make(daemon=None, broker=True, gateway_port=None):
         d = {"modules_dir": str(modules_dir())}
         d.update(daemon or {})
         sections = {"pool": {"pools": {"workers": {"size": 4}}}}
@@ -42,7 +43,10 @@ def dash(ternd):
         if broker:
             sections["broker"] = {"tcp_listen": tnhelp.ANY_PORT,
                                   "http_listen": "127.0.0.1:%d" % hport}
-        t = ternd(daemon=d, sections=sections)
+        text = None
+        if gateway_port:
+            text = "gateway:\n  listen:\n    - { proto: tcp, addr: 127.0.0.1:%d }\n" % gateway_port
+        t = ternd(daemon=d, sections=sections, text=text)
         t.http_port = hport
         made.append(t)
         t.start()
@@ -477,3 +481,25 @@ def num_value(text):
 def num_text(v):
     """How the page writes a count (its num())."""
     return "%.1fk" % (v / 1e3) if v >= 1e4 else str(v)
+
+
+def test_gateway_sessions_of_the_gateway_module(dash, tmp_path):
+    """With the real gateway module: its open sessions reach the page."""
+    assert (modules_dir() / "gateway.so").exists(), "gateway.so missing: build first"
+    gport = tnhelp.free_port()
+    t = dash(broker=False, gateway_port=gport)
+    clients = [socket.create_connection(("127.0.0.1", gport), timeout=5) for _ in range(2)]
+    try:
+        tnhelp.wait_for(lambda: metric(t, "ternd_gateway_sessions") == 2, 10,
+                        what="two gateway sessions")
+        dom = DomIndex()
+        dom.feed(run_chromium(tmp_path, "http://127.0.0.1:%d/" % t.admin_port,
+                              "--dump-dom").stdout.decode())
+    finally:
+        for c in clients:
+            c.close()
+    assert dom.cards["gateway sessions"] == ["gateway sessions", "2"]
+    assert dom.row(metric="ternd_gateway_sessions")[2] == "2"
+    assert dom.row(metric="ternd_gateway_connections_total")[2] == "2"
+    assert any(tag == "path" and a.get("data-series") == "sessions"
+               for tag, a in dom.svg["chart-gateway"])
