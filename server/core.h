@@ -106,6 +106,9 @@ int tn_stats_format(struct tn_buf *b, int format, struct tn_modset *ms);
 int tn_admin_start(const struct tn_daemon_conf *dc);
 void tn_admin_stop(void);
 void tn_admin_set_modset(struct tn_modset *ms);
+/* What POST /reload runs (main's SIGHUP reload): 0, or an error when the new
+ * configuration was rejected. NULL: POST /reload answers 501. */
+void tn_admin_set_reload(int (*reload)(void));
 /* The dashboard's routes on the admin server (dashboard.c); its switch. */
 int tn_dashboard_routes(struct tn_http_server *s);
 void tn_dashboard_enable(int on);
