@@ -91,13 +91,13 @@ void tn_modset_stats(struct tn_modset *ms, struct tn_stats_out *out);
 struct tn_conf *tn_modset_conf(struct tn_modset *ms);
 /* The set tn_module_find() searches (the running one). */
 void tn_modset_set_current(struct tn_modset *ms);
+struct tn_modset *tn_modset_current(void);
 /* Where modules / plugins are searched (buf receives a computed path). */
 const char *tn_modules_dir(const struct tn_daemon_conf *dc, char *buf, size_t len);
 const char *tn_plugins_dir(const struct tn_daemon_conf *dc, char *buf, size_t len);
 
 /* ---- stats (stats.c) ------------------------------------------------------ */
 
-enum { TN_STATS_JSON = 1, TN_STATS_PROMETHEUS, TN_STATS_TEXT };
 /* Format every registered metric plus what the stats hooks of ms emit. */
 int tn_stats_format(struct tn_buf *b, int format, struct tn_modset *ms);
 

@@ -113,9 +113,15 @@ struct broker_fifo {
     size_t n;
 };
 
-/* Binary min-heap of entries ordered by `when`. */
+/* Binary min-heap of entries ordered by `when` (a copy of the entry's,
+ * kept in the slot so sifting does not chase pointers). */
+struct broker_heap_slot {
+    int64_t when;
+    struct broker_ent *e;
+};
+
 struct broker_heap {
-    struct broker_ent **v;
+    struct broker_heap_slot *v;
     size_t n, cap;
 };
 
@@ -194,6 +200,9 @@ struct broker_client {
     ev_timer hb;
     char client_id[256], hostname[256], user_agent[256];
     char auth_identity[256];
+    char auth_authority[64]; /* the plugin that accepted the secret */
+    char *auth_secret;       /* kept for the auth.authorize events (malloc) */
+    size_t auth_secret_len;
     int authed;
     int64_t connect_ts; /* seconds since the epoch */
     uint64_t message_count, finish_count, requeue_count, pub_count;
@@ -214,6 +223,7 @@ struct broker {
     size_t tmask, ntopics;
     struct broker_ent *ent_free;
     size_t nfree;
+    struct tn_diskq_group dq_group; /* every disk queue: records buffered until a flush */
     uint64_t id_ms, id_seq;
     struct tn_listener *listener;
     struct tn_http_server *http;
@@ -316,6 +326,10 @@ uint64_t broker_store_persist(struct broker *bk, int64_t now);
 void broker_store_policies(struct broker *bk);
 /* Sync the disk queues whose sync timeout has passed. */
 void broker_store_sync_due(struct broker *bk);
+/* Write the records the disk queues buffered (one write per queue): due
+ * before anything that acknowledges a publish can reach a socket. 0 or
+ * the first -errno (the records stay buffered and are retried). */
+int broker_store_flush(struct broker *bk);
 
 /* Iterate topics: for (t = broker_topic_first(bk); t; t = broker_topic_next(bk, t)) */
 struct broker_topic *broker_topic_first(struct broker *bk);

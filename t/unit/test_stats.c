@@ -111,6 +111,56 @@ static int ev_c(const char *event, void *arg, void *ud)
     return 0;
 }
 
+/* tn_stats_visit: what a plugin exporting elsewhere sees. */
+struct seen {
+    int depth, info, total;
+    double depth_value;
+};
+
+static void visit(const struct tn_stats_sample *s, void *ud)
+{
+    struct seen *w = ud;
+
+    w->total++;
+    if (strcmp(s->name, "ternd_test_depth") == 0) {
+        w->depth++;
+        w->depth_value = s->value;
+        assert_int_equal(s->type, TN_STAT_GAUGE);
+        assert_string_equal(s->help, "Depth");
+        assert_null(s->labels);
+    } else if (strcmp(s->name, "ternd_info") == 0) {
+        w->info++;
+        assert_non_null(s->labels);
+        assert_string_equal(s->labels[0], "version");
+        assert_string_equal(s->labels[1], TN_VERSION_STRING);
+        assert_null(s->labels[2]);
+    }
+}
+
+static void test_visit_and_render(void **state)
+{
+    struct seen w = {0};
+    struct tn_buf b = TN_BUF_INIT;
+
+    tn_stat_register(&st_depth);
+    tn_stat_set(&st_depth, 7);
+    assert_int_equal(tn_stats_visit(visit, &w), 0);
+    assert_int_equal(w.depth, 1);
+    assert_int_equal(w.info, 1);
+    assert_true(w.depth_value == 7);
+    assert_true(w.total >= 5); /* the process gauges too */
+    /* tn_stats_render is tn_stats_format on the running set (none here) */
+    assert_int_equal(tn_stats_render(&b, TN_STATS_TEXT), 0);
+    tn_buf_append(&b, "", 1);
+    assert_non_null(strstr(tn_buf_rptr(&b), "ternd_test_depth 7\n"));
+    assert_null(strstr(tn_buf_rptr(&b), "# TYPE"));
+    tn_buf_free(&b);
+    tn_stat_unregister(&st_depth);
+    memset(&w, 0, sizeof(w));
+    assert_int_equal(tn_stats_visit(visit, &w), 0);
+    assert_int_equal(w.depth, 0);
+}
+
 static void test_services_events(void **state)
 {
     int x = 5, v = 0;
@@ -189,6 +239,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_prometheus),
         cmocka_unit_test(test_json),
+        cmocka_unit_test(test_visit_and_render),
         cmocka_unit_test(test_services_events),
         cmocka_unit_test(test_service_up_down_events),
         cmocka_unit_test(test_strerror),
