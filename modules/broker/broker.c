@@ -345,7 +345,12 @@ static int broker_start(struct tn_mod *m)
     if ((err = broker_local_start(bk)) != 0 ||
         (err = broker_lookupd_start(bk, broker_local_tcp(bk))) != 0)
         return err;
-    return tn_service_register(TN_BROKER_SERVICE, (void *)&broker_service);
+    if ((err = tn_service_register(TN_BROKER_SERVICE, (void *)&broker_service)) != 0)
+        return err;
+    /* last: a failed start is not stopped, so nothing may follow it */
+    if ((err = broker_http_dashboard(bk, 1)) != 0)
+        tn_service_unregister(TN_BROKER_SERVICE);
+    return err;
 }
 
 /* SIGTERM: stop taking work, close the consumers (their in-flight
@@ -360,6 +365,7 @@ static int broker_stop(struct tn_mod *m)
         return 0;
     bk->stopping = 1;
     tn_service_unregister(TN_BROKER_SERVICE);
+    broker_http_dashboard(bk, 0);
     broker_hook_remove_opener();
     bk->announce = NULL;
     broker_lookupd_stop(bk);
@@ -489,10 +495,14 @@ static void broker_stats(struct tn_mod *m, struct tn_stats_out *out)
                       tl, (double)broker_topic_depth(t));
         tn_stats_emit(out, "ternd_broker_topic_messages_total", TN_STAT_COUNTER,
                       "Messages published to a topic", tl, (double)t->message_count);
+        tn_stats_emit(out, "ternd_broker_topic_paused", TN_STAT_GAUGE, "1 while a topic is paused",
+                      tl, (double)t->paused);
         for (struct broker_channel *ch = t->channels; ch; ch = ch->next) {
             const char *cl[] = {"topic", t->name, "channel", ch->name, NULL};
             tn_stats_emit(out, "ternd_broker_channel_depth", TN_STAT_GAUGE,
                           "Messages waiting in a channel", cl, (double)broker_channel_depth(ch));
+            tn_stats_emit(out, "ternd_broker_channel_paused", TN_STAT_GAUGE,
+                          "1 while a channel is paused", cl, (double)ch->paused);
             tn_stats_emit(out, "ternd_broker_channel_in_flight", TN_STAT_GAUGE,
                           "Messages in flight", cl, (double)ch->inflight.n);
             tn_stats_emit(out, "ternd_broker_channel_deferred", TN_STAT_GAUGE, "Deferred messages",

@@ -403,6 +403,8 @@ void broker_zmtp_stats(struct broker *bk, struct tn_stats_out *out);
 /* ---- http.c: HTTP API -------------------------------------------------------------------- */
 
 int broker_http_routes(struct broker *bk, struct tn_http_server *s);
+/* Serve (on) or stop serving the admin dashboard's actions (TN_ADMIN_HTTP_EVENT). */
+int broker_http_dashboard(struct broker *bk, int on);
 
 /* ---- lookupd.c: registration with nsqlookupd-compatible directories ---- */
 
