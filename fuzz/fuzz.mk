@@ -9,4 +9,5 @@ fuzz:
 
 EXTRA_DIST += scripts/dev/fuzz fuzz/Makefile fuzz/README.md fuzz/mkseeds.py fuzz/fz.h fuzz/fz.c \
 	fuzz/fuzz_nsq.c fuzz/fuzz_lookupd.c fuzz/fuzz_http.c fuzz/fuzz_conf.c fuzz/fuzz_diskq.c \
+	fuzz/fz_gateway.c fuzz/fuzz_gateway.c fuzz/fuzz_ws.c \
 	fuzz/corpus

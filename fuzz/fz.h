@@ -40,4 +40,8 @@ const char *fz_module_listen(const struct tn_module *m, const char *sock_name,
  * must be gone: one left over aborts (a connection leak). */
 void fz_feed(const char *path, const uint8_t *data, size_t size);
 
+/* The gateway module (fz_gateway.c), started once: the path of its TCP
+ * packet listener, or with ws of its WebSocket listener (path /ws). */
+const char *fz_gateway_start(int ws);
+
 #endif

@@ -115,3 +115,52 @@ save("fuzz_diskq", "torn-tail", dq(meta(0, 0, 0, 0, 0), seg[:-2]))
 save("fuzz_diskq", "two-segments", dq(meta(4, 0, 0, 1, len(rec(b"four"))), seg, rec(b"four")))
 save("fuzz_diskq", "corrupt-middle",
      dq(meta(3, 0, 0, 0, len(seg)), rec(b"one") + b"\0\0\0\3XXXXtwo" + rec(b"three")))
+
+# ---- gateway packets: size(4) | header(1) | route(2) | seq(2) | data, big-endian ----
+
+
+def packet(route, seq, data, ext=0):
+    return struct.pack(">IBhh", 5 + len(data), ext & 0x7f, route, seq) + data
+
+
+HEARTBEAT = struct.pack(">IB", 1, 0x80)
+routes = b"".join(packet(r, r, b"payload-%d" % r) for r in range(1, 11))
+save("fuzz_gateway", "every-route", routes + HEARTBEAT)
+save("fuzz_gateway", "bind-push-group",
+     packet(2, 1, b"user1") + packet(4, 2, b"abc") + packet(5, 3, b"abc") + packet(7, 4, b"user1")
+     + packet(8, 5, b"attr") + packet(6, 6, b"all") + packet(3, 7, b"") + packet(9, 8, b""))
+save("fuzz_gateway", "heartbeat-time", struct.pack(">IBq", 9, 0x80, 123456789))
+save("fuzz_gateway", "too-big", struct.pack(">IBhh", 1 << 20, 0, 1, 1))
+save("fuzz_gateway", "split", packet(1, 1, b"x" * 300)[:150])
+
+# ---- WebSocket frames (client frames are masked); the first byte picks the opening ----
+
+
+def ws_frame(payload, op=2, fin=True, rsv1=False, mask=b"\x01\x02\x03\x04"):
+    b0 = (0x80 if fin else 0) | (0x40 if rsv1 else 0) | op
+    n = len(payload)
+    if n < 126:
+        head = struct.pack(">BB", b0, 0x80 | n)
+    elif n < 65536:
+        head = struct.pack(">BBH", b0, 0x80 | 126, n)
+    else:
+        head = struct.pack(">BBQ", b0, 0x80 | 127, n)
+    return head + mask + bytes(c ^ mask[i % 4] for i, c in enumerate(payload))
+
+
+save("fuzz_ws", "binary-packets",
+     b"\x01" + ws_frame(packet(1, 1, b"hi") + packet(2, 2, b"u")) + ws_frame(HEARTBEAT)
+     + ws_frame(b"\x03\xe8bye", op=8))
+save("fuzz_ws", "fragmented",
+     b"\x01" + ws_frame(packet(1, 1, b"frag")[:5], fin=False) + ws_frame(b"ping", op=9)
+     + ws_frame(packet(1, 1, b"frag")[5:], op=0) + ws_frame(b"", op=10))
+z = zlib.compressobj(6, zlib.DEFLATED, -15)
+comp = z.compress(packet(1, 9, b"compressed " * 8)) + z.flush(zlib.Z_SYNC_FLUSH)
+save("fuzz_ws", "deflate", b"\x02" + ws_frame(comp[:-4], rsv1=True) + ws_frame(b"\x03\xe8", op=8))
+save("fuzz_ws", "text-and-close", b"\x01" + ws_frame(b"text \xc3\xa9", op=1)
+     + ws_frame(b"\x03\xe9", op=8))
+save("fuzz_ws", "raw-handshake",
+     b"\x00GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n"
+     b"Sec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA==\r\nSec-WebSocket-Version: 13\r\n"
+     b"Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover\r\n\r\n"
+     + ws_frame(packet(1, 1, b"raw")))
