@@ -397,7 +397,7 @@ static void ws_message(struct ws_conn *ws, int op, int compressed, const char *p
         return;
     }
     r = gw_decode(&ws->gw->codec, p, n, &pk);
-    if (r != (long)n) {
+    if (r <= 0 || r != (long)n) { /* r == n == 0: an empty message, no packet */
         ws->gw->st.bad_packets++;
         ws_fail(ws, GW_CLOSE_POLICY, "a message must hold exactly one packet");
         return;
