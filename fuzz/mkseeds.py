@@ -104,7 +104,15 @@ def meta(depth, rfile, rpos, wfile, wpos):
 
 
 def dq(m, seg0, seg1=b""):
-    return struct.pack(">H", len(m)) + m + struct.pack(">H", len(seg0)) + seg0 + seg1
+    """The raw mode (first byte even): the files' bytes."""
+    return b"\0" + struct.pack(">H", len(m)) + m + struct.pack(">H", len(seg0)) + seg0 + seg1
+
+
+def dq_structured(knobs, damage, payloads):
+    """The structured mode (first byte odd): metadata knobs (depth delta,
+    read file, read record, write position delta), damage, records."""
+    return (b"\1" + bytes(knobs) + bytes([damage])
+            + b"".join(bytes([len(p)]) + p for p in payloads))
 
 
 seg = rec(b"one") + rec(b"two") + rec(b"three")
@@ -164,3 +172,9 @@ save("fuzz_ws", "raw-handshake",
      b"Sec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA==\r\nSec-WebSocket-Version: 13\r\n"
      b"Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover\r\n\r\n"
      + ws_frame(packet(1, 1, b"raw")))
+save("fuzz_diskq", "structured-exact", dq_structured([0, 0, 0, 0], 0, [b"a", b"bb", b"ccc"]))
+save("fuzz_diskq", "structured-two-segments",
+     dq_structured([0, 1, 2, 0], 0, [bytes([65 + i]) * 200 for i in range(8)]))
+save("fuzz_diskq", "structured-unsynced", dq_structured([0xfe, 0, 1, 0xf0], 0, [b"x" * 30] * 6))
+save("fuzz_diskq", "structured-torn", dq_structured([0, 0, 0, 0], 0x45, [b"y" * 50] * 5))
+save("fuzz_diskq", "structured-no-meta", dq_structured([0, 0, 0, 0], 0x80, [b"", b"z", b""]))
