@@ -105,6 +105,9 @@ int tn_stats_format(struct tn_buf *b, int format, struct tn_modset *ms);
 int tn_admin_start(const struct tn_daemon_conf *dc);
 void tn_admin_stop(void);
 void tn_admin_set_modset(struct tn_modset *ms);
+/* What POST /reload runs (main's SIGHUP reload): 0, or an error when the new
+ * configuration was rejected. NULL: POST /reload answers 501. */
+void tn_admin_set_reload(int (*reload)(void));
 int tn_notify(const char *state); /* sd_notify; 0 when no NOTIFY_SOCKET */
 int64_t tn_notify_watchdog_usec(void);
 

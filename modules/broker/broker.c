@@ -326,7 +326,10 @@ static int broker_start(struct tn_mod *m)
     ev_set_priority(&bk->prepare, EV_MAXPRI);
     bk->prepare.data = bk;
     ev_prepare_start(tn_loop(), &bk->prepare);
-    if ((err = broker_lookupd_start(bk)) != 0)
+    /* in-process first: the TCP path then skips an entry naming it */
+    bk->announce = broker_lookupd_announce;
+    if ((err = broker_local_start(bk)) != 0 ||
+        (err = broker_lookupd_start(bk, broker_local_tcp(bk))) != 0)
         return err;
     return tn_service_register(TN_BROKER_SERVICE, (void *)&broker_service);
 }
@@ -344,7 +347,9 @@ static int broker_stop(struct tn_mod *m)
     bk->stopping = 1;
     tn_service_unregister(TN_BROKER_SERVICE);
     broker_hook_remove_opener();
+    bk->announce = NULL;
     broker_lookupd_stop(bk);
+    broker_local_stop(bk);
     if (bk->listener) {
         tn_listener_close(bk->listener);
         bk->listener = NULL;

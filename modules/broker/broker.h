@@ -203,6 +203,8 @@ struct broker_client {
 
 struct broker_lua;
 struct broker_lookupd;
+struct tn_discovery_service;
+struct tn_discovery_producer;
 
 struct broker {
     struct tn_mod *mod;
@@ -234,6 +236,10 @@ struct broker {
      * (reg 0): tell the directories (lookupd.c) */
     void (*announce)(struct broker *bk, int reg, const char *topic, const char *channel);
     struct broker_lookupd *lookupd;
+    /* the discovery module of this process, while it runs (local.c) */
+    const struct tn_discovery_service *disc;
+    struct tn_discovery_producer *disc_producer;
+    int disc_watching; /* subscribed to the service events */
     uint64_t published, dropped_by_hook, dead_lettered;
 };
 
@@ -343,11 +349,30 @@ int broker_http_routes(struct broker *bk, struct tn_http_server *s);
 /* ---- lookupd.c: registration with nsqlookupd-compatible directories ---- */
 
 /* Connect to every broker.lookupd address (after the listeners started:
- * their ports are announced). */
-int broker_lookupd_start(struct broker *bk);
+ * their ports are announced) except the one listening at local_tcp. */
+int broker_lookupd_start(struct broker *bk, const char *local_tcp);
 void broker_lookupd_stop(struct broker *bk);
 void broker_lookupd_free(struct broker *bk);
+/* bk->announce: every connected directory and the in-process one. */
 void broker_lookupd_announce(struct broker *bk, int reg, const char *topic, const char *channel);
+/* What a directory is told on (re)connecting: each channel of a topic, or
+ * the topic alone when it has none (as nsqd). */
+void broker_lookupd_each(struct broker *bk,
+                         void (*fn)(void *ud, const char *topic, const char *channel), void *ud);
+/* The in-process discovery listens on local_tcp (NULL: none runs): stop
+ * (or resume) the TCP registration with the broker.lookupd entries that
+ * name it, so the broker is registered there once. */
+void broker_lookupd_local(struct broker *bk, const char *local_tcp);
+
+/* ---- local.c: registration with the discovery module of this process ---- */
+
+/* Register through the "discovery.registry" service now or whenever it
+ * comes up (discovery listed after the broker, or added by a reload). */
+int broker_local_start(struct broker *bk);
+void broker_local_stop(struct broker *bk);
+/* The TCP address of the in-process discovery we registered with, or NULL. */
+const char *broker_local_tcp(struct broker *bk);
+void broker_local_announce(struct broker *bk, int reg, const char *topic, const char *channel);
 /* The address announced (broadcast_address or the hostname), and the
  * ports actually bound (0 when that listener is off). */
 const char *broker_broadcast_address(struct broker *bk);

@@ -69,15 +69,25 @@ def test_uncomment_sections_keeps_prose_comments():
     assert out == "# prose\npool:\n  # a comment\n  pools: ~\n\nbroker: ~\n"
 
 
-def test_commented_sections_are_accepted(tmp_path):
-    text, names = uncomment_sections(CONF.read_text())
-    assert {"pool", "discovery"} <= set(names)
-    doc = yaml.safe_load(text)
-    assert set(names) <= set(doc), "an uncommented block is not a top-level section"
-    # The modules of the build, and the documented values of every key.
+def checkable(text):
+    """Uncommented conf/ternd.yaml made to run from a temporary directory:
+    the modules of the build, and the example scripts it names relative to
+    the source tree (-t compiles them) by their full paths."""
     modules_dir = tnhelp.BUILD / "lib" / "ternd" / "modules"
     assert re.search(r"^  modules_dir: ~$", text, re.M)
     text = re.sub(r"^  modules_dir: ~$", "  modules_dir: %s" % modules_dir, text, flags=re.M)
+    script = "script: scripts/gateway/route.lua"
+    assert text.count(script) == 1
+    return text.replace(script, "script: %s" % (tnhelp.SRCDIR / "scripts/gateway/route.lua"))
+
+
+def test_commented_sections_are_accepted(tmp_path):
+    text, names = uncomment_sections(CONF.read_text())
+    assert {"pool", "discovery", "gateway"} <= set(names)
+    doc = yaml.safe_load(text)
+    assert set(names) <= set(doc), "an uncommented block is not a top-level section"
+    # The modules of the build, and the documented values of every key.
+    text = checkable(text)
     conf = tmp_path / "all-sections.yaml"
     conf.write_text(text)
     r = tnhelp.run(["-t", "-c", conf], cwd=tmp_path)
@@ -90,6 +100,18 @@ def test_commented_sections_are_accepted(tmp_path):
     r = tnhelp.run(["-t", "-c", bad], cwd=tmp_path)
     assert r.returncode == 1
     assert "discovery.max_producerz: unknown key" in r.stderr
+
+
+def test_commented_gateway_section_is_checked(tmp_path):
+    """The uncommented gateway block is really read by gateway.so: a value
+    its own check refuses (route_bytes 3) fails."""
+    text = checkable(uncomment_sections(CONF.read_text())[0])
+    assert "\n    route_bytes: 2\n" in text
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text.replace("\n    route_bytes: 2\n", "\n    route_bytes: 3\n"))
+    r = tnhelp.run(["-t", "-c", bad], cwd=tmp_path)
+    assert r.returncode == 1
+    assert "gateway.packet.route_bytes: must be 1, 2 or 4" in r.stderr
 
 
 def leaf_keys(node, prefix):
@@ -133,15 +155,17 @@ def test_daemon_keys_match_the_man_page():
     assert documented == listed
 
 
-@pytest.mark.parametrize("module", ["broker", "pool", "discovery"])
+@pytest.mark.parametrize("module", ["broker", "pool", "discovery", "gateway"])
 def test_module_keys_match_the_man_page(module):
     section = conf_sections()[module]
     listed = set()
     for key in leaf_keys(section, module):
         # lua: is documented once, as MODULE.lua (its keys in "The lua:
-        # section"); channels: {} is one key; each pool is "name".
+        # section"); channels: {} is one key; each pool is "name"; the
+        # gateway's nodes: {NAME: [...]} is documented as one mapping.
         key = re.sub(r"^(%s\.lua)\..*$" % module, r"\1", key)
         key = re.sub(r"^pool\.pools\.[^.]+\.", "pool.pools.name.", key)
+        key = re.sub(r"^gateway\.nodes\..*$", "gateway.nodes", key)
         listed.add(key)
     documented = man_keys(module)
     if module == "pool":

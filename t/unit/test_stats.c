@@ -143,6 +143,38 @@ static void test_services_events(void **state)
     assert_false(tn_event_has("auth.check"));
 }
 
+/* What a service.up/service.down subscriber saw: the event, the name, and
+ * whether the name resolved at that moment. */
+struct seen_service {
+    char log[128];
+};
+
+static int on_service(const char *event, void *arg, void *ud)
+{
+    struct seen_service *s = ud;
+    size_t n = strlen(s->log);
+
+    snprintf(s->log + n, sizeof(s->log) - n, "%s %s %s;", event, (const char *)arg,
+             tn_service_lookup(arg) ? "resolves" : "gone");
+    return 0;
+}
+
+static void test_service_up_down_events(void **state)
+{
+    struct seen_service s = {""};
+    int x = 1;
+
+    tn_event_on(TN_SERVICE_UP_EVENT, on_service, &s);
+    tn_event_on(TN_SERVICE_DOWN_EVENT, on_service, &s);
+    assert_int_equal(tn_service_register("a.svc", &x), 0);
+    assert_int_equal(tn_service_register("a.svc", &x), TN_EEXIST); /* no event */
+    tn_service_unregister("a.svc");
+    tn_service_unregister("a.svc"); /* not registered: no event */
+    assert_string_equal(s.log, "service.up a.svc resolves;service.down a.svc resolves;");
+    tn_event_off(TN_SERVICE_UP_EVENT, on_service, &s);
+    tn_event_off(TN_SERVICE_DOWN_EVENT, on_service, &s);
+}
+
 static void test_strerror(void **state)
 {
     assert_string_equal(tn_strerror(0), "success");
@@ -158,6 +190,7 @@ int main(void)
         cmocka_unit_test(test_prometheus),
         cmocka_unit_test(test_json),
         cmocka_unit_test(test_services_events),
+        cmocka_unit_test(test_service_up_down_events),
         cmocka_unit_test(test_strerror),
     };
     tn_core_init(tn_loop(), NULL);

@@ -10,10 +10,18 @@
 #include <ternd/core.h>
 
 /* Publish ptr under name ("broker", "discovery.registry"). TN_EEXIST if the
- * name is taken. The pointer must stay valid until unregistered. */
+ * name is taken. The pointer must stay valid until unregistered.
+ * Registering emits TN_SERVICE_UP_EVENT once the name resolves;
+ * unregistering emits TN_SERVICE_DOWN_EVENT while it still resolves, so a
+ * user can let go (a module using another's service needs no start order:
+ * it looks the service up in start and follows these events). The event
+ * argument is the name (const char *). */
 TN_API int tn_service_register(const char *name, void *ptr);
 TN_API void tn_service_unregister(const char *name);
 TN_API void *tn_service_lookup(const char *name);
+
+#define TN_SERVICE_UP_EVENT "service.up"
+#define TN_SERVICE_DOWN_EVENT "service.down"
 
 /*
  * Events: "conn.open", "conn.close", "broker.publish", "auth.check", ...
