@@ -22,7 +22,7 @@ LIBS = $(shell pkg-config --libs $(PKGS)) -lev -lhttp_parser -lm -ldl -lpthread
 # and modules/*/*.mk: keep them in step (a missing one fails the link).
 CORE = core error log buf service stats conf conn http lua module admin notify daemon_conf
 CORE_OBJS = $(CORE:%=obj/server/%.o) obj/fuzz/fz.o
-BROKER = broker config store proto http hook lookupd diskq
+BROKER = broker config store proto http hook lookupd local diskq
 BROKER_OBJS = $(BROKER:%=obj/modules/broker/%.o)
 DISCOVERY = discovery lookup_db services proto_v1 api_http api_lua service hash
 DISCOVERY_OBJS = $(DISCOVERY:%=obj/modules/discovery/%.o)
