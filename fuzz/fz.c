@@ -5,6 +5,7 @@
  */
 #include <errno.h>
 #include <ev.h>
+#include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +22,19 @@
 static char fz_dir[256];
 static struct tn_conf *fz_cf; /* the harness config, kept for the process */
 
+static int fz_rm(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    remove(path);
+    return 0;
+}
+
+/* The data directory goes when the fuzzer exits normally (a crash leaves
+ * it for a look). */
+static void fz_cleanup(void)
+{
+    nftw(fz_dir, fz_rm, 16, FTW_DEPTH | FTW_PHYS);
+}
+
 const char *fz_init(void)
 {
     const char *base = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp";
@@ -33,6 +47,7 @@ const char *fz_init(void)
         perror("fuzz: mkdtemp");
         exit(1);
     }
+    atexit(fz_cleanup);
     tn_core_init(ev_default_loop(EVFLAG_AUTO), fz_dir);
     if (log && strcmp(log, "1") == 0) {
         tn_log_set_level(TN_LOG_DEBUG);
