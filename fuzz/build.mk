@@ -18,16 +18,26 @@ CPPFLAGS = -include config.h -I$(TOP)/server/include -I$(TOP)/server -I$(TOP)/mo
 LDFLAGS = $(SAN) -fsanitize=fuzzer
 LIBS = $(shell pkg-config --libs $(PKGS)) -lev -lhttp_parser -lm -ldl -lpthread
 
-# The sources of the core and the modules, as in Makefile.am (CORE_SOURCES)
-# and modules/*/*.mk: keep them in step (a missing one fails the link).
-CORE = core error log buf service stats conf conn http lua module admin notify daemon_conf
-CORE_OBJS = $(CORE:%=obj/server/%.o) obj/fuzz/fz.o
-BROKER = broker config store proto http hook lookupd local diskq
-BROKER_OBJS = $(BROKER:%=obj/modules/broker/%.o)
-DISCOVERY = discovery lookup_db services proto_v1 api_http api_lua service hash
-DISCOVERY_OBJS = $(DISCOVERY:%=obj/modules/discovery/%.o)
-GATEWAY = gateway config codec session ws luaapi node map registry
-GATEWAY_OBJS = $(GATEWAY:%=obj/modules/gateway/%.o) obj/fuzz/fz_gateway.o
+# The sources: every .c of the core but main.c (plus the generated
+# dashboard assets), and every .c of a module's directory -- found, not
+# listed, so a file added to the tree needs no change here.
+srcs_of = $(patsubst $(TOP)/%.c,obj/%.o,$(wildcard $(TOP)/$(1)/*.c))
+CORE_OBJS = $(filter-out obj/server/main.o,$(call srcs_of,server)) obj/gen/dashboard_assets.o \
+	obj/fuzz/fz.o
+BROKER_OBJS = $(call srcs_of,modules/broker)
+DISCOVERY_OBJS = $(call srcs_of,modules/discovery)
+GATEWAY_OBJS = $(call srcs_of,modules/gateway) obj/fuzz/fz_gateway.o
+
+DASHBOARD_FILES = $(TOP)/server/dashboard/index.html $(TOP)/server/dashboard/dashboard.css \
+	$(TOP)/server/dashboard/dashboard.js
+gen/dashboard_assets.c: $(DASHBOARD_FILES) $(TOP)/scripts/dev/embed
+	@mkdir -p gen
+	{ sh $(TOP)/scripts/dev/embed tn_dash_index_html $(TOP)/server/dashboard/index.html && \
+	  sh $(TOP)/scripts/dev/embed tn_dash_css $(TOP)/server/dashboard/dashboard.css && \
+	  sh $(TOP)/scripts/dev/embed tn_dash_js $(TOP)/server/dashboard/dashboard.js; } > $@.tmp && mv $@.tmp $@
+obj/gen/dashboard_assets.o: gen/dashboard_assets.c config.h
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) -c -o $@ $<
 
 TARGETS = fuzz_nsq fuzz_lookupd fuzz_http fuzz_conf fuzz_diskq fuzz_gateway fuzz_ws
 all: $(TARGETS)
