@@ -149,6 +149,14 @@ static void gw_fini(struct tn_mod *m)
     m->data = NULL;
 }
 
+/* Field by field: struct gw_codec has padding, which memcmp would read
+ * uninitialized (valgrind found it). */
+static int codec_same(const struct gw_codec *a, const struct gw_codec *b)
+{
+    return a->big_endian == b->big_endian && a->route_bytes == b->route_bytes &&
+           a->seq_bytes == b->seq_bytes && a->max_size == b->max_size;
+}
+
 static int gw_reload(struct tn_mod *m, void *new_conf)
 {
     struct gw *gw = m->data;
@@ -163,7 +171,7 @@ static int gw_reload(struct tn_mod *m, void *new_conf)
     if (changed)
         tn_log_warn(GW_LOG, "listen changed: takes effect on restart");
     gw_conf_codec(nc, &c);
-    if (memcmp(&c, &gw->codec, sizeof(c)) != 0)
+    if (!codec_same(&c, &gw->codec))
         tn_log_warn(GW_LOG, "packet layout changed: takes effect on restart");
     gw->conf = nc;
     gw->idle_ms = gw_conf_idle_ms(nc); /* for new sessions */
