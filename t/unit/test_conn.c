@@ -97,6 +97,11 @@ static int is_closed(void *ud)
 {
     return seen.closed >= (int)(intptr_t)ud;
 }
+static int accepted_n(void *ud)
+{
+    return seen.accepted >= (int)(intptr_t)ud;
+}
+
 static int conns_zero(void *ud)
 {
     return tn_conns_open() == 0;
@@ -500,7 +505,7 @@ static void test_listener_close_keeps_conns(void **state)
     reset_seen();
     l = listen_on(NULL, NULL, &a);
     fd = nu_connect(&a);
-    nu_spin(10);
+    assert_true(nu_until(accepted_n, (void *)1, 2000));
     assert_int_equal(seen.accepted, 1);
     tn_listener_close(l);
     assert_int_equal(nu_send_str(fd, "still"), 0);
@@ -531,6 +536,11 @@ static void pausing_read(struct tn_conn *c)
 
 static const struct tn_conn_handler pausing_handler = {pausing_read, NULL, NULL, note_close};
 
+static int got_paused(void *ud)
+{
+    return paused_conn != NULL;
+}
+
 static int got_def(void *ud)
 {
     return seen.reply_len >= 7;
@@ -547,8 +557,7 @@ static void test_pause_resume(void **state)
     l = listen_on(NULL, &pausing_handler, &a);
     fd = nu_connect(&a);
     assert_int_equal(nu_send_str(fd, "abcP"), 0);
-    nu_spin(30);
-    assert_non_null(paused_conn);
+    assert_true(nu_until(got_paused, NULL, 2000));
     assert_int_equal(nu_send_str(fd, "def"), 0);
     nu_spin(50);
     assert_int_equal(seen.reply_len, 4);
