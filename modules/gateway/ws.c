@@ -12,11 +12,11 @@
  * without context takeover in both directions, so one zlib stream pair
  * serves every connection.
  *
- * Idle connections are kept small: a wslay context (about 9 KiB) exists
- * only while a connection has something in flight (a fragmented message,
- * queued frames, a close handshake); a quiescent one is freed after each
- * read, and the core's read buffer with it. Frames to a connection without
- * a context go out through one shared server context (see enc below).
+ * Idle connections are kept small: a connection holds a wslay context
+ * (about 9 KiB) only while it has something in flight (a fragmented
+ * message, queued frames, a close handshake). Otherwise it borrows the one
+ * spare context for a read or a send and gives it back (see spare below),
+ * and gives back the core's read buffer once it is empty.
  *
  * Each binary message carries one whole packet, size field included, as
  * due's WebSocket server expects; text messages are refused (1003) once
@@ -40,7 +40,7 @@ struct ws_conn {
     struct tn_conn *c;
     struct gw_session *s;
     struct gw *gw;
-    wslay_event_context_ptr ctx; /* NULL while quiescent */
+    struct ws_ctx *ctx;          /* NULL while quiescent */
     size_t feed;                 /* bytes of c->in wslay may read: whole frames */
     uint8_t deflate;             /* permessage-deflate negotiated */
     uint8_t frag_open;           /* a fragmented message is being received */
@@ -57,18 +57,26 @@ static struct {
     struct tn_buf buf; /* scratch: inflated or deflated message */
 } z;
 
+/* A wslay context and the connection it works for now (its user_data, so
+ * that it can change hands). */
+struct ws_ctx {
+    wslay_event_context_ptr w;
+    struct ws_conn *ws;
+};
+
 /*
- * The shared encoder: a wslay server context used only to frame messages
- * for connections that hold no context of their own. A server context
- * keeps no state between whole, unmasked, fully written messages (send_cb
- * never refuses bytes), so it serves any connection in turn; it never
- * queues a close, which stays with each connection's own context.
+ * The spare context. Between whole frames (wslay only ever reads whole
+ * ones, see whole_frames), with no fragmented message open, nothing queued
+ * and no close sent or received, a server context is in exactly the state
+ * of a fresh one: it can serve any connection. A connection without a
+ * context borrows the spare for a read or a send and gives it back when
+ * that leaves it in this state; otherwise it keeps it (and the next
+ * borrower gets a new one).
  */
 static struct {
-    wslay_event_context_ptr ctx;
-    struct ws_conn *to;
+    struct ws_ctx *spare;
     struct tn_buf flat; /* scratch: a packet's pieces in one piece */
-} enc;
+} pool;
 
 /* ---- UTF-8 (inflated text: wslay checks only what it sees uncompressed) ------------ */
 
@@ -191,7 +199,7 @@ static int inflate_msg(const uint8_t *p, size_t n, size_t limit)
 static ssize_t recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, int flags,
                        void *ud)
 {
-    struct ws_conn *ws = ud;
+    struct ws_conn *ws = ((struct ws_ctx *)ud)->ws;
     size_t n = len < ws->feed ? len : ws->feed;
 
     if (n == 0) {
@@ -210,9 +218,9 @@ static ssize_t recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, in
 static ssize_t send_cb(wslay_event_context_ptr ctx, const uint8_t *data, size_t len, int flags,
                        void *ud)
 {
-    struct ws_conn *ws = ud ? ud : enc.to;
+    struct ws_conn *ws = ((struct ws_ctx *)ud)->ws;
 
-    if (ws && !tn_conn_closing(ws->c))
+    if (!tn_conn_closing(ws->c))
         tn_conn_write(ws->c, data, len);
     return (ssize_t)len;
 }
@@ -220,7 +228,7 @@ static ssize_t send_cb(wslay_event_context_ptr ctx, const uint8_t *data, size_t 
 static void frame_start_cb(wslay_event_context_ptr ctx,
                            const struct wslay_event_on_frame_recv_start_arg *arg, void *ud)
 {
-    struct ws_conn *ws = ud;
+    struct ws_conn *ws = ((struct ws_ctx *)ud)->ws;
 
     if (!(arg->opcode & 0x8)) /* data or continuation */
         ws->frag_open = !arg->fin;
@@ -232,22 +240,51 @@ static void msg_cb(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_
 static const struct wslay_event_callbacks ws_callbacks = {
     recv_cb, send_cb, NULL, frame_start_cb, NULL, NULL, msg_cb};
 
-static wslay_event_context_ptr ctx_new(void *ud, int deflate, uint64_t max_msg)
+static void ctx_free(struct ws_ctx *x)
 {
-    wslay_event_context_ptr ctx;
-
-    if (wslay_event_context_server_init(&ctx, &ws_callbacks, ud) != 0)
-        return NULL;
-    wslay_event_config_set_allowed_rsv_bits(ctx, deflate ? WSLAY_RSV1_BIT : WSLAY_RSV_NONE);
-    wslay_event_config_set_max_recv_msg_length(ctx, max_msg);
-    return ctx;
+    wslay_event_context_free(x->w);
+    free(x);
 }
 
+/* ws's context: its own, or the spare (or a new one) borrowed. */
 static int ws_ctx(struct ws_conn *ws)
 {
-    if (!ws->ctx)
-        ws->ctx = ctx_new(ws, ws->deflate, ws->gw->codec.max_size);
-    return ws->ctx ? 0 : TN_ENOMEM;
+    struct ws_ctx *x = pool.spare;
+
+    if (ws->ctx)
+        return 0;
+    if (x) {
+        pool.spare = NULL;
+    } else {
+        if (!(x = calloc(1, sizeof(*x))))
+            return TN_ENOMEM;
+        if (wslay_event_context_server_init(&x->w, &ws_callbacks, x) != 0) {
+            free(x);
+            return TN_ENOMEM;
+        }
+    }
+    x->ws = ws;
+    wslay_event_config_set_allowed_rsv_bits(x->w, ws->deflate ? WSLAY_RSV1_BIT : WSLAY_RSV_NONE);
+    wslay_event_config_set_max_recv_msg_length(x->w, ws->gw->codec.max_size);
+    ws->ctx = x;
+    return 0;
+}
+
+/* Give ws's context back when nothing is in flight on it. */
+static void ws_ctx_return(struct ws_conn *ws)
+{
+    struct ws_ctx *x = ws->ctx;
+
+    if (!x || ws->in_recv || ws->closing || ws->failed || ws->frag_open ||
+        wslay_event_want_write(x->w) || !wslay_event_get_read_enabled(x->w) ||
+        !wslay_event_get_write_enabled(x->w) || wslay_event_get_close_received(x->w))
+        return;
+    ws->ctx = NULL;
+    x->ws = NULL;
+    if (pool.spare)
+        ctx_free(x);
+    else
+        pool.spare = x;
 }
 
 /* ---- closing ------------------------------------------------------------------------------ */
@@ -261,7 +298,7 @@ static void queue_close(struct ws_conn *ws, int code, const char *why)
         tn_conn_close(ws->c, TN_ENOMEM);
         return;
     }
-    wslay_event_queue_close(ws->ctx, (uint16_t)code, (const uint8_t *)why,
+    wslay_event_queue_close(ws->ctx->w, (uint16_t)code, (const uint8_t *)why,
                             n > WS_REASON_MAX ? WS_REASON_MAX : n);
 }
 
@@ -277,7 +314,7 @@ static void ws_fail(struct ws_conn *ws, int code, const char *why)
     if (!ws->closing)
         queue_close(ws, code, why);
     if (ws->ctx)
-        wslay_event_shutdown_read(ws->ctx);
+        wslay_event_shutdown_read(ws->ctx->w);
     if (ws->s)
         ws->s->tpclosed = 1;
     if (!ws->in_recv)
@@ -287,7 +324,7 @@ static void ws_fail(struct ws_conn *ws, int code, const char *why)
 /* A failure wslay detected (it queued the close frame itself). */
 static void wslay_failed(struct ws_conn *ws)
 {
-    int code = wslay_event_get_status_code_sent(ws->ctx);
+    int code = wslay_event_get_status_code_sent(ws->ctx->w);
     const char *why = code == GW_CLOSE_TOO_BIG    ? "message over packet.max_size"
                       : code == GW_CLOSE_BAD_DATA ? "text is not UTF-8"
                                                   : "protocol error";
@@ -300,80 +337,66 @@ static void wslay_failed(struct ws_conn *ws)
 
 /*
  * After wslay ran: write what it queued, then end the connection once a
- * close went both ways or the connection failed, or free the context of a
- * connection with nothing in flight.
+ * close went both ways or the connection failed, or give the context back
+ * when nothing is in flight.
  */
 static void ws_settle(struct ws_conn *ws)
 {
-    struct tn_conn *c = ws->c;
+    wslay_event_context_ptr w;
 
     if (!ws->ctx)
         return;
-    if (wslay_event_send(ws->ctx) != 0) {
-        tn_conn_close(c, TN_ENOMEM);
+    w = ws->ctx->w;
+    if (wslay_event_send(w) != 0) {
+        tn_conn_close(ws->c, TN_ENOMEM);
         return;
     }
-    if (wslay_event_get_close_received(ws->ctx) || !wslay_event_get_read_enabled(ws->ctx)) {
-        if (!wslay_event_get_close_received(ws->ctx) && !ws->failed)
+    if (wslay_event_get_close_received(w) || !wslay_event_get_read_enabled(w)) {
+        if (!wslay_event_get_close_received(w) && !ws->failed)
             wslay_failed(ws);
         if (ws->s)
             ws->s->tpclosed = 1;
-        tn_conn_close_after_write(c);
+        tn_conn_close_after_write(ws->c);
         return;
     }
-    if (!ws->closing && !ws->frag_open && !wslay_event_want_write(ws->ctx)) {
-        wslay_event_context_free(ws->ctx);
-        ws->ctx = NULL;
-    }
+    ws_ctx_return(ws);
 }
 
 /* ---- sending ------------------------------------------------------------------------------ */
-
-static wslay_event_context_ptr encoder(struct ws_conn *ws)
-{
-    if (!enc.ctx && !(enc.ctx = ctx_new(NULL, 1, 0)))
-        return NULL;
-    enc.to = ws;
-    return enc.ctx;
-}
 
 /* The pieces of a packet as one message, compressed when worth it. */
 static int ws_send(struct gw_session *s, const struct iovec *iov, int n)
 {
     struct ws_conn *ws = s->tpdata;
     struct wslay_event_msg m = {WSLAY_BINARY_FRAME, NULL, 0};
-    wslay_event_context_ptr ctx;
     uint8_t rsv = WSLAY_RSV_NONE;
     int rc;
 
     if (ws->closing)
         return TN_ECLOSED;
-    tn_buf_reset(&enc.flat);
+    tn_buf_reset(&pool.flat);
     for (int i = 0; i < n; i++)
-        if (tn_buf_append(&enc.flat, iov[i].iov_base, iov[i].iov_len) != 0)
+        if (tn_buf_append(&pool.flat, iov[i].iov_base, iov[i].iov_len) != 0)
             return TN_ENOMEM;
-    m.msg = (const uint8_t *)tn_buf_rptr(&enc.flat);
-    m.msg_length = tn_buf_rlen(&enc.flat);
+    m.msg = (const uint8_t *)tn_buf_rptr(&pool.flat);
+    m.msg_length = tn_buf_rlen(&pool.flat);
     if (ws->deflate && m.msg_length >= ws->gw->conf->ws_compress_min &&
         deflate_msg(m.msg, m.msg_length) == 0) {
         m.msg = (const uint8_t *)tn_buf_rptr(&z.buf);
         m.msg_length = tn_buf_rlen(&z.buf);
         rsv = WSLAY_RSV1_BIT;
     }
-    ctx = ws->ctx ? ws->ctx : encoder(ws);
-    if (!ctx)
+    if (ws_ctx(ws) != 0)
         return TN_ENOMEM;
-    rc = wslay_event_queue_msg_ex(ctx, &m, rsv);
+    rc = wslay_event_queue_msg_ex(ws->ctx->w, &m, rsv);
     if (rc == WSLAY_ERR_NO_MORE_MSG)
         return TN_ECLOSED;
     /* out now, also from inside wslay_event_recv: wslay sends queued
      * control frames first, and a close must not overtake a reply */
-    if (rc != 0 || wslay_event_send(ctx) != 0)
-        rc = TN_ENOMEM;
-    enc.to = NULL;
-    if (rc == 0 && tn_conn_closing(ws->c))
-        rc = TN_ECLOSED;
-    return rc;
+    if (rc != 0 || wslay_event_send(ws->ctx->w) != 0)
+        return TN_ENOMEM;
+    ws_ctx_return(ws);
+    return tn_conn_closing(ws->c) ? TN_ECLOSED : 0;
 }
 
 /* Start the close handshake: our close frame, then wait (bounded) for the
@@ -398,7 +421,7 @@ static const char *ws_addr(const struct gw_session *s)
 static void ws_free(struct ws_conn *ws)
 {
     if (ws->ctx)
-        wslay_event_context_free(ws->ctx);
+        ctx_free(ws->ctx);
     free(ws);
 }
 
@@ -458,7 +481,8 @@ static void msg_cb(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_
 {
     /* pings, pongs and closes: wslay answers them */
     if (arg->opcode == WSLAY_TEXT_FRAME || arg->opcode == WSLAY_BINARY_FRAME)
-        ws_message(ud, arg->opcode, wslay_get_rsv1(arg->rsv), arg->msg, arg->msg_length);
+        ws_message(((struct ws_ctx *)ud)->ws, arg->opcode, wslay_get_rsv1(arg->rsv), arg->msg,
+                   arg->msg_length);
 }
 
 /*
@@ -544,7 +568,7 @@ static void ws_on_read(struct tn_conn *c)
             return;
         }
         ws->in_recv = 1;
-        rc = wslay_event_recv(ws->ctx);
+        rc = wslay_event_recv(ws->ctx->w);
         ws->in_recv = 0;
         ws->feed = 0;
         if (rc == WSLAY_ERR_NOMEM) {
@@ -769,8 +793,8 @@ void gw_ws_fini(void)
         deflateEnd(&z.out);
     z.in_ok = z.out_ok = 0;
     tn_buf_free(&z.buf);
-    if (enc.ctx)
-        wslay_event_context_free(enc.ctx);
-    enc.ctx = NULL;
-    tn_buf_free(&enc.flat);
+    if (pool.spare)
+        ctx_free(pool.spare);
+    pool.spare = NULL;
+    tn_buf_free(&pool.flat);
 }
