@@ -54,7 +54,10 @@ struct ws_conn {
 static struct {
     z_stream in, out;
     int in_ok, out_ok;
-    struct tn_buf buf; /* scratch: inflated or deflated message */
+    struct tn_buf buf;  /* scratch: the inflated message being handled */
+    struct tn_buf dbuf; /* scratch: a deflated message being sent (apart from
+                           buf: a reply is sent while the request in buf is
+                           still in use, e.g. forwarded to a node after) */
 } z;
 
 /* A wslay context and the connection it works for now (its user_data, so
@@ -138,25 +141,25 @@ static int z_init(void)
     return 0;
 }
 
-/* Compress p[0..n) into z.buf without the final 00 00 ff ff. */
+/* Compress p[0..n) into z.dbuf without the final 00 00 ff ff. */
 static int deflate_msg(const void *p, size_t n)
 {
     if (z_init() != 0)
         return TN_ENOMEM;
-    tn_buf_reset(&z.buf);
-    if (tn_buf_reserve(&z.buf, deflateBound(&z.out, n) + 16) != 0)
+    tn_buf_reset(&z.dbuf);
+    if (tn_buf_reserve(&z.dbuf, deflateBound(&z.out, n) + 16) != 0)
         return TN_ENOMEM;
     deflateReset(&z.out);
     z.out.next_in = (Bytef *)p;
     z.out.avail_in = (uInt)n;
-    z.out.next_out = (Bytef *)tn_buf_wptr(&z.buf);
-    z.out.avail_out = (uInt)tn_buf_wlen(&z.buf);
+    z.out.next_out = (Bytef *)tn_buf_wptr(&z.dbuf);
+    z.out.avail_out = (uInt)tn_buf_wlen(&z.dbuf);
     if (deflate(&z.out, Z_SYNC_FLUSH) != Z_OK || z.out.avail_in != 0)
         return TN_EIO;
-    tn_buf_commit(&z.buf, tn_buf_wlen(&z.buf) - z.out.avail_out);
-    if (tn_buf_rlen(&z.buf) < 4)
+    tn_buf_commit(&z.dbuf, tn_buf_wlen(&z.dbuf) - z.out.avail_out);
+    if (tn_buf_rlen(&z.dbuf) < 4)
         return TN_EIO;
-    z.buf.len -= 4;
+    z.dbuf.len -= 4;
     return 0;
 }
 
@@ -382,8 +385,8 @@ static int ws_send(struct gw_session *s, const struct iovec *iov, int n)
     m.msg_length = tn_buf_rlen(&pool.flat);
     if (ws->deflate && m.msg_length >= ws->gw->conf->ws_compress_min &&
         deflate_msg(m.msg, m.msg_length) == 0) {
-        m.msg = (const uint8_t *)tn_buf_rptr(&z.buf);
-        m.msg_length = tn_buf_rlen(&z.buf);
+        m.msg = (const uint8_t *)tn_buf_rptr(&z.dbuf);
+        m.msg_length = tn_buf_rlen(&z.dbuf);
         rsv = WSLAY_RSV1_BIT;
     }
     if (ws_ctx(ws) != 0)
@@ -793,6 +796,7 @@ void gw_ws_fini(void)
         deflateEnd(&z.out);
     z.in_ok = z.out_ok = 0;
     tn_buf_free(&z.buf);
+    tn_buf_free(&z.dbuf);
     if (pool.spare)
         ctx_free(pool.spare);
     pool.spare = NULL;
