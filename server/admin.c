@@ -3,6 +3,9 @@
  *   GET /ping     "OK" (health check)
  *   GET /stats    every metric as JSON (?format=text for plain lines)
  *   GET /metrics  Prometheus text exposition format 0.0.4
+ *   POST /reload  the SIGHUP reload, answered once it is done (for ternctl:
+ *                 no pid file or signal permission needed, and the result
+ *                 comes back)
  */
 #include <string.h>
 
@@ -10,6 +13,7 @@
 
 static struct tn_http_server *admin;
 static struct tn_modset *admin_ms;
+static int (*admin_reload)(void);
 
 static int admin_ping(struct tn_http_req *r, void *ud)
 {
@@ -49,6 +53,22 @@ static int admin_metrics(struct tn_http_req *r, void *ud)
     return reply_stats(r, TN_STATS_PROMETHEUS, "text/plain; version=0.0.4; charset=utf-8");
 }
 
+static int admin_reload_req(struct tn_http_req *r, void *ud)
+{
+    if (tn_stopping()) {
+        tn_http_reply_str(r, 503, "text/plain; charset=utf-8", "STOPPING\n");
+    } else if (!admin_reload) {
+        tn_http_reply_str(r, 501, "text/plain; charset=utf-8", "reload not available\n");
+    } else if (admin_reload() != 0) {
+        /* the reasons are in the log, where a SIGHUP reload puts them */
+        tn_http_reply_str(r, 409, "text/plain; charset=utf-8",
+                          "reload rejected: keeping the running configuration (see the log)\n");
+    } else {
+        tn_http_reply_str(r, 200, "text/plain; charset=utf-8", "reload done\n");
+    }
+    return TN_HTTP_DONE;
+}
+
 int tn_admin_start(const struct tn_daemon_conf *dc)
 {
     int err = 0;
@@ -61,11 +81,14 @@ int tn_admin_start(const struct tn_daemon_conf *dc)
     tn_http_route(admin, TN_HTTP_GET, "/ping", admin_ping, NULL);
     tn_http_route(admin, TN_HTTP_GET, "/stats", admin_stats, NULL);
     tn_http_route(admin, TN_HTTP_GET, "/metrics", admin_metrics, NULL);
+    tn_http_route(admin, TN_HTTP_POST, "/reload", admin_reload_req, NULL);
     tn_log_info("core", "admin HTTP on %s", tn_http_server_addr(admin));
     return 0;
 }
 
 void tn_admin_set_modset(struct tn_modset *ms) { admin_ms = ms; }
+
+void tn_admin_set_reload(int (*reload)(void)) { admin_reload = reload; }
 
 void tn_admin_stop(void)
 {

@@ -468,6 +468,8 @@ static void finish_close(struct conn_impl *ci)
 
     if (!ci->silent_close && c->h && c->h->on_close)
         c->h->on_close(c, ci->close_reason);
+    if (l && tn_event_has(TN_CONN_CLOSE_EVENT))
+        tn_event_emit(TN_CONN_CLOSE_EVENT, c);
     close(c->fd);
     cs.open--;
     tn_buf_free(&c->in);
@@ -684,6 +686,8 @@ static void accept_one(struct tn_listener *l, int fd, const struct sockaddr *sa,
         return;
     }
     update_reading(ci);
+    if (tn_event_has(TN_CONN_OPEN_EVENT))
+        tn_event_emit(TN_CONN_OPEN_EVENT, &ci->c);
 }
 
 static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)

@@ -90,13 +90,13 @@ void tn_modset_stats(struct tn_modset *ms, struct tn_stats_out *out);
 struct tn_conf *tn_modset_conf(struct tn_modset *ms);
 /* The set tn_module_find() searches (the running one). */
 void tn_modset_set_current(struct tn_modset *ms);
+struct tn_modset *tn_modset_current(void);
 /* Where modules / plugins are searched (buf receives a computed path). */
 const char *tn_modules_dir(const struct tn_daemon_conf *dc, char *buf, size_t len);
 const char *tn_plugins_dir(const struct tn_daemon_conf *dc, char *buf, size_t len);
 
 /* ---- stats (stats.c) ------------------------------------------------------ */
 
-enum { TN_STATS_JSON = 1, TN_STATS_PROMETHEUS, TN_STATS_TEXT };
 /* Format every registered metric plus what the stats hooks of ms emit. */
 int tn_stats_format(struct tn_buf *b, int format, struct tn_modset *ms);
 
@@ -105,6 +105,9 @@ int tn_stats_format(struct tn_buf *b, int format, struct tn_modset *ms);
 int tn_admin_start(const struct tn_daemon_conf *dc);
 void tn_admin_stop(void);
 void tn_admin_set_modset(struct tn_modset *ms);
+/* What POST /reload runs (main's SIGHUP reload): 0, or an error when the new
+ * configuration was rejected. NULL: POST /reload answers 501. */
+void tn_admin_set_reload(int (*reload)(void));
 int tn_notify(const char *state); /* sd_notify; 0 when no NOTIFY_SOCKET */
 int64_t tn_notify_watchdog_usec(void);
 

@@ -206,7 +206,9 @@ static void apply_daemon_changes(const struct tn_daemon_conf *old, const struct 
         tn_log_warn("core", "daemon.pid_file changed: takes effect on restart");
 }
 
-static void do_reload(void)
+/* SIGHUP and the admin endpoint's POST /reload: 0, or TN_EINVAL when the
+ * new configuration was rejected (the running one stays). */
+static int do_reload(void)
 {
     struct generation *next;
     char state[64];
@@ -221,7 +223,7 @@ static void do_reload(void)
     if (!next) {
         tn_log_error("core", "reload rejected: keeping the running configuration");
         tn_notify("READY=1");
-        return;
+        return TN_EINVAL;
     }
     apply_daemon_changes(&g.run->dc, &next->dc);
     /* keep what cannot move at run time */
@@ -234,6 +236,7 @@ static void do_reload(void)
     g.run = next;
     tn_log_info("core", "reload done");
     tn_notify("READY=1");
+    return 0;
 }
 
 /* ---- graceful stop ---------------------------------------------------------- */
@@ -272,7 +275,7 @@ static void on_signal(struct ev_loop *loop, ev_signal *w, int revents)
     switch (w->signum) {
     case SIGHUP:
         if (!g.stopping)
-            do_reload();
+            (void)do_reload();
         break;
     case SIGUSR1:
         tn_log_reopen();
@@ -417,6 +420,7 @@ int main(int argc, char **argv)
     }
     tn_modset_set_current(g.run->ms);
     tn_admin_set_modset(g.run->ms);
+    tn_admin_set_reload(do_reload);
     rc = tn_modset_init_start(g.run->ms);
     if (rc != 0) {
         tn_log_error("core", "startup failed: %s", tn_strerror(rc));

@@ -583,4 +583,6 @@ static struct tn_modset *current_set;
 
 void tn_modset_set_current(struct tn_modset *ms) { current_set = ms; }
 
+struct tn_modset *tn_modset_current(void) { return current_set; }
+
 struct tn_mod *tn_module_find(const char *name) { return find_running(current_set, name); }

@@ -38,11 +38,14 @@ int tn_service_register(const char *name, void *ptr)
     s->ptr = ptr;
     s->next = services;
     services = s;
+    tn_event_emit(TN_SERVICE_UP_EVENT, (void *)name);
     return 0;
 }
 
 void tn_service_unregister(const char *name)
 {
+    if (tn_service_lookup(name))
+        tn_event_emit(TN_SERVICE_DOWN_EVENT, (void *)name);
     for (struct service **pp = &services; *pp; pp = &(*pp)->next) {
         if (strcmp((*pp)->name, name) == 0) {
             struct service *s = *pp;

@@ -268,6 +268,32 @@ fail:
     return rc;
 }
 
+int tn_stats_visit(tn_stats_visit_pt fn, void *ud)
+{
+    struct tn_stats_out o = {0};
+    int rc = 0;
+
+    collect(&o, tn_modset_current());
+    if (o.oom) {
+        rc = TN_ENOMEM;
+        goto fail;
+    }
+    for (size_t i = 0; i < o.n; i++) {
+        const struct sample *s = &o.v[i];
+        struct tn_stats_sample out = {s->name, s->help, s->type,
+                                      (const char *const *)s->labels, s->value};
+        fn(&out, ud);
+    }
+fail:
+    out_free(&o);
+    return rc;
+}
+
+int tn_stats_render(struct tn_buf *b, int format)
+{
+    return tn_stats_format(b, format, tn_modset_current());
+}
+
 int tn_stats_format(struct tn_buf *b, int format, struct tn_modset *ms)
 {
     struct tn_stats_out o = {0};

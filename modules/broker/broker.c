@@ -154,7 +154,7 @@ int broker_publish(struct broker *bk, const char *topic, const void *body, size_
     const struct broker_conf *bc = bk->conf;
     struct broker_topic *t;
     struct broker_msg *m;
-    int64_t now = broker_now();
+    int64_t ns = tn_wall_ns(), now = ns / 1000000; /* one clock read per message */
     int err = 0;
 
     if (bk->stopping)
@@ -191,7 +191,7 @@ int broker_publish(struct broker *bk, const char *topic, const void *body, size_
     }
     if (!(t = broker_topic_get(bk, topic, &err)))
         return err;
-    if (!(m = broker_msg_new(broker_next_id(bk, now), tn_wall_ns(), body, len)))
+    if (!(m = broker_msg_new(broker_next_id(bk, now), ns, body, len)))
         return TN_ENOMEM;
     bk->published++;
     return broker_topic_put(t, m, defer_ms ? now + defer_ms : 0, now);
@@ -201,9 +201,13 @@ int broker_publish(struct broker *bk, const char *topic, const void *body, size_
 
 static int svc_publish(const char *topic, const void *body, size_t len, int64_t defer_ms)
 {
+    int rc;
+
     if (!broker_self)
         return TN_ESTOPPED;
-    return broker_publish(broker_self, topic, body, len, defer_ms, 1);
+    rc = broker_publish(broker_self, topic, body, len, defer_ms, 1);
+    /* the caller may acknowledge at once: the records go out now */
+    return rc == 0 ? broker_store_flush(broker_self) : rc;
 }
 
 static int64_t svc_topic_depth(const char *topic)
@@ -225,12 +229,18 @@ static void scan_cb(struct ev_loop *loop, ev_timer *w, int revents)
     broker_store_sync_due(bk);
 }
 
-/* Once per loop iteration, before blocking: compress what deflate clients
- * queued and persist metadata changes. */
+/* Once per loop iteration, before blocking: write what the disk queues
+ * buffered, compress what deflate clients queued and persist metadata
+ * changes. Priority EV_MAXPRI puts this before the connection layer's
+ * prepare watcher, which sends the replies: a publisher's OK never leaves
+ * before its messages are in the page cache (kill -9 safe). Publish paths
+ * whose reply may go out sooner flush on their own (proto.c's on_read,
+ * http.c, hook.c, svc_publish); this covers the rest (pumps, timers). */
 static void prepare_cb(struct ev_loop *loop, ev_prepare *w, int revents)
 {
     struct broker *bk = w->data;
 
+    broker_store_flush(bk);
     broker_proto_flush(bk);
     if (bk->meta_dirty)
         meta_save(bk);
@@ -302,6 +312,8 @@ static int broker_start(struct tn_mod *m)
         lo.name = "broker.tcp";
         lo.max_conns = (size_t)bc->max_connections;
         lo.lim.in_max = (size_t)bc->max_body_size + 8192;
+        /* publishers stream MPUBs: 64 KiB per read(2), not 16 */
+        lo.lim.read_size = 64 * 1024;
         if (!(bk->listener = tn_listen(&bc->tcp_listen, &lo, broker_proto_accept, bk, &err)))
             return err;
         tn_log_info(BROKER_LOG, "TCP listening on %s", tn_listener_addr(bk->listener));
@@ -326,7 +338,10 @@ static int broker_start(struct tn_mod *m)
     ev_set_priority(&bk->prepare, EV_MAXPRI);
     bk->prepare.data = bk;
     ev_prepare_start(tn_loop(), &bk->prepare);
-    if ((err = broker_lookupd_start(bk)) != 0)
+    /* in-process first: the TCP path then skips an entry naming it */
+    bk->announce = broker_lookupd_announce;
+    if ((err = broker_local_start(bk)) != 0 ||
+        (err = broker_lookupd_start(bk, broker_local_tcp(bk))) != 0)
         return err;
     return tn_service_register(TN_BROKER_SERVICE, (void *)&broker_service);
 }
@@ -344,7 +359,9 @@ static int broker_stop(struct tn_mod *m)
     bk->stopping = 1;
     tn_service_unregister(TN_BROKER_SERVICE);
     broker_hook_remove_opener();
+    bk->announce = NULL;
     broker_lookupd_stop(bk);
+    broker_local_stop(bk);
     if (bk->listener) {
         tn_listener_close(bk->listener);
         bk->listener = NULL;

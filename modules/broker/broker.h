@@ -113,9 +113,15 @@ struct broker_fifo {
     size_t n;
 };
 
-/* Binary min-heap of entries ordered by `when`. */
+/* Binary min-heap of entries ordered by `when` (a copy of the entry's,
+ * kept in the slot so sifting does not chase pointers). */
+struct broker_heap_slot {
+    int64_t when;
+    struct broker_ent *e;
+};
+
 struct broker_heap {
-    struct broker_ent **v;
+    struct broker_heap_slot *v;
     size_t n, cap;
 };
 
@@ -194,6 +200,9 @@ struct broker_client {
     ev_timer hb;
     char client_id[256], hostname[256], user_agent[256];
     char auth_identity[256];
+    char auth_authority[64]; /* the plugin that accepted the secret */
+    char *auth_secret;       /* kept for the auth.authorize events (malloc) */
+    size_t auth_secret_len;
     int authed;
     int64_t connect_ts; /* seconds since the epoch */
     uint64_t message_count, finish_count, requeue_count, pub_count;
@@ -203,6 +212,8 @@ struct broker_client {
 
 struct broker_lua;
 struct broker_lookupd;
+struct tn_discovery_service;
+struct tn_discovery_producer;
 
 struct broker {
     struct tn_mod *mod;
@@ -212,6 +223,7 @@ struct broker {
     size_t tmask, ntopics;
     struct broker_ent *ent_free;
     size_t nfree;
+    struct tn_diskq_group dq_group; /* every disk queue: records buffered until a flush */
     uint64_t id_ms, id_seq;
     struct tn_listener *listener;
     struct tn_http_server *http;
@@ -234,6 +246,10 @@ struct broker {
      * (reg 0): tell the directories (lookupd.c) */
     void (*announce)(struct broker *bk, int reg, const char *topic, const char *channel);
     struct broker_lookupd *lookupd;
+    /* the discovery module of this process, while it runs (local.c) */
+    const struct tn_discovery_service *disc;
+    struct tn_discovery_producer *disc_producer;
+    int disc_watching; /* subscribed to the service events */
     uint64_t published, dropped_by_hook, dead_lettered;
 };
 
@@ -310,6 +326,10 @@ uint64_t broker_store_persist(struct broker *bk, int64_t now);
 void broker_store_policies(struct broker *bk);
 /* Sync the disk queues whose sync timeout has passed. */
 void broker_store_sync_due(struct broker *bk);
+/* Write the records the disk queues buffered (one write per queue): due
+ * before anything that acknowledges a publish can reach a socket. 0 or
+ * the first -errno (the records stay buffered and are retried). */
+int broker_store_flush(struct broker *bk);
 
 /* Iterate topics: for (t = broker_topic_first(bk); t; t = broker_topic_next(bk, t)) */
 struct broker_topic *broker_topic_first(struct broker *bk);
@@ -343,11 +363,30 @@ int broker_http_routes(struct broker *bk, struct tn_http_server *s);
 /* ---- lookupd.c: registration with nsqlookupd-compatible directories ---- */
 
 /* Connect to every broker.lookupd address (after the listeners started:
- * their ports are announced). */
-int broker_lookupd_start(struct broker *bk);
+ * their ports are announced) except the one listening at local_tcp. */
+int broker_lookupd_start(struct broker *bk, const char *local_tcp);
 void broker_lookupd_stop(struct broker *bk);
 void broker_lookupd_free(struct broker *bk);
+/* bk->announce: every connected directory and the in-process one. */
 void broker_lookupd_announce(struct broker *bk, int reg, const char *topic, const char *channel);
+/* What a directory is told on (re)connecting: each channel of a topic, or
+ * the topic alone when it has none (as nsqd). */
+void broker_lookupd_each(struct broker *bk,
+                         void (*fn)(void *ud, const char *topic, const char *channel), void *ud);
+/* The in-process discovery listens on local_tcp (NULL: none runs): stop
+ * (or resume) the TCP registration with the broker.lookupd entries that
+ * name it, so the broker is registered there once. */
+void broker_lookupd_local(struct broker *bk, const char *local_tcp);
+
+/* ---- local.c: registration with the discovery module of this process ---- */
+
+/* Register through the "discovery.registry" service now or whenever it
+ * comes up (discovery listed after the broker, or added by a reload). */
+int broker_local_start(struct broker *bk);
+void broker_local_stop(struct broker *bk);
+/* The TCP address of the in-process discovery we registered with, or NULL. */
+const char *broker_local_tcp(struct broker *bk);
+void broker_local_announce(struct broker *bk, int reg, const char *topic, const char *channel);
 /* The address announced (broadcast_address or the hostname), and the
  * ports actually bound (0 when that listener is off). */
 const char *broker_broadcast_address(struct broker *bk);

@@ -5,9 +5,10 @@
 mod_LTLIBRARIES += modules/broker/broker.la
 BROKER_SOURCES = \
 	modules/broker/broker.c modules/broker/config.c modules/broker/store.c modules/broker/proto.c \
-	modules/broker/http.c modules/broker/hook.c modules/broker/lookupd.c modules/broker/diskq.c \
-	modules/broker/broker.h modules/broker/diskq.h modules/broker/tn_broker.h
+	modules/broker/http.c modules/broker/hook.c modules/broker/lookupd.c modules/broker/local.c \
+	modules/broker/diskq.c modules/broker/broker.h modules/broker/diskq.h modules/broker/tn_broker.h
 modules_broker_broker_la_SOURCES = $(BROKER_SOURCES)
+modules_broker_broker_la_CFLAGS = $(AM_CFLAGS) -I$(top_srcdir)/modules/discovery
 modules_broker_broker_la_LDFLAGS = $(MODULE_LDFLAGS)
 modules_broker_broker_la_LIBADD = $(JANSSON_LIBS) $(ZLIB_LIBS)
 

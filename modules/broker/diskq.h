@@ -21,11 +21,40 @@
  * passed its length and crc checks. Delivery is at least once: records read
  * after the last sync come back after a crash.
  *
+ * Write buffering (opts.write_buffer > 0; the broker uses it): a put
+ * frames the record into a user-space buffer instead of writing it at once,
+ * and the buffer goes to the segment in one write when it is full, when the
+ * reader reaches buffered records (reads always see every record put), on
+ * every sync (and so before any metadata is written, and before a
+ * sync_every-triggered fsync), on roll-over and close, and when the owner
+ * calls tn_diskq_flush() or tn_diskq_group_flush(). Crash safety is then
+ * the owner's part: it must flush before it tells anyone a record was
+ * stored -- the broker flushes its group before any reply acknowledging a
+ * publish can reach a socket (see broker.c's prepare watcher and proto.c's
+ * on_read) -- and a kill -9 afterwards finds the records in the page cache,
+ * as with one write per record. A failed flush keeps the records buffered
+ * and retries at the next one; puts fail meanwhile. Queues may share a
+ * tn_diskq_group: a sync of one first flushes all of them, so no metadata
+ * counts a record as moved away from a queue while the queue it moved to
+ * still holds it only in memory.
+ *
  * Threading: a queue is used by one thread at a time (the broker's loop
  * thread); nothing here blocks on anything but the disk, and there is no
- * libev inside. A queue may be open only once at a time (no lock file).
- * Resources: three fds (directory, write and read segment) and, once read
- * from, a read-ahead buffer of 64 KiB (or the largest record). The caller drives periodic syncs:
+ * libev inside. With opts.async_sync, a sync that sync_every triggers
+ * (when it is over 1) writes the buffer on the calling thread and leaves
+ * the fsyncs and the metadata write of that moment to a short-lived
+ * thread, one at a time per queue and at most 8 at once in the process
+ * (a queue left out tries again on its next operations, and the
+ * sync_timeout sync bounds the wait), so puts and reads never wait for an
+ * fsync; the queue's thread reaps it on a later operation and deletes the
+ * segments that metadata no longer needs. The guarantee is that of a late
+ * sync: what the metadata does not count yet is recovered (puts) or
+ * redelivered (reads) after a crash. tn_diskq_sync, close, empty and
+ * delete wait for a running one. A queue may be open only once at a time
+ * (no lock file).
+ * Resources: three fds (directory, write and read segment); once read
+ * from, a read-ahead buffer of 64 KiB (or the largest record); once put to
+ * with a write buffer, that buffer. The caller drives periodic syncs:
  * tn_diskq_sync_due() on a timer, tn_diskq_sync() when it says so. Puts and advances sync on their
  * own every `sync_every` operations.
  */
@@ -43,6 +72,15 @@
 #define TN_DISKQ_MSG_LIMIT (256u * 1024 * 1024) /* hard cap on max_msg_size */
 #define TN_DISKQ_NAME_MAX 200                   /* longest queue name */
 #define TN_DISKQ_IOV_MAX 16                     /* most iovecs tn_diskq_putv takes */
+#define TN_DISKQ_WRITE_BUFFER_MAX (64u * 1024 * 1024) /* largest opts.write_buffer */
+
+struct tn_diskq;
+
+/* Queues flushed together (see above); zero-initialize, and keep it alive
+ * as long as any queue opened with it. One thread, like the queues. */
+struct tn_diskq_group {
+    struct tn_diskq *dirty; /* queues holding buffered records */
+};
 
 /* Options; zero fields take the defaults above, except sync_every, where 0
  * (like 1) means a sync after every operation; a NULL opts gives 2500.
@@ -57,6 +95,11 @@ struct tn_diskq_opts {
     uint32_t max_msg_size;       /* largest payload accepted (1 MiB, <= MSG_LIMIT) */
     uint32_t sync_every;         /* sync after this many puts+advances (0, 1: each) */
     uint32_t sync_timeout_ms;    /* tn_diskq_sync_due() once dirty this long (2000) */
+    uint32_t write_buffer;       /* bytes of records buffered before a write (0: none,
+                                    each put writes; <= WRITE_BUFFER_MAX) */
+    struct tn_diskq_group *group; /* NULL: none */
+    int async_sync;               /* syncs counted by sync_every (> 1) run on a
+                                     thread of their own; see above */
 };
 
 /* Counters since open (depth and positions are current values). */
@@ -64,6 +107,7 @@ struct tn_diskq_stats {
     uint64_t depth;         /* records queued (put, not yet advanced past) */
     uint64_t puts;          /* records written */
     uint64_t bytes_written; /* bytes appended to segments, framing included */
+    uint64_t writes;        /* write calls made for them (the buffer saves most) */
     uint64_t reads;         /* records handed out and advanced past */
     uint64_t bytes_read;    /* payload bytes of those */
     uint64_t corrupt;       /* corrupt records / torn tails skipped */
@@ -79,8 +123,6 @@ struct tn_diskq_stats {
     uint32_t files;         /* segment files the queue spans (write - read + 1) */
 };
 
-struct tn_diskq;
-
 /* Open (or create) the queue `name` in the existing directory `dir` and
  * recover it as described above. `o` may be NULL (all defaults). Returns
  * NULL and sets *err (TN_EINVAL for a bad name or options, TN_ENOMEM,
@@ -88,7 +130,8 @@ struct tn_diskq;
 struct tn_diskq *tn_diskq_open(const char *dir, const char *name, const struct tn_diskq_opts *o,
                                int *err);
 
-/* Append one record. The data is copied to the file before returning.
+/* Append one record. The data is copied to the file (or, buffered, to the
+ * write buffer) before returning.
  * 0, TN_ETOOBIG (len > max_msg_size), TN_EINVAL (len < min_msg_size, or too
  * many iovecs), -errno when the write failed (nothing partial is left in
  * the file then). A failed automatic sync does not fail the put: it is
@@ -112,13 +155,19 @@ int tn_diskq_advance(struct tn_diskq *q);
 
 uint64_t tn_diskq_depth(const struct tn_diskq *q);
 
+/* Write the buffered records (one write). 0 or -errno (they stay buffered). */
+int tn_diskq_flush(struct tn_diskq *q);
+/* tn_diskq_flush every queue of g that holds buffered records; the first error. */
+int tn_diskq_group_flush(struct tn_diskq_group *g);
+
 /* Make everything put and advanced so far durable: fsync the write segment
  * (when written to), write the metadata atomically, delete fully read
  * segments. 0 or -errno. Cheap when nothing changed. */
 int tn_diskq_sync(struct tn_diskq *q);
 
 /* Non-zero when there are unsynced changes older than sync_timeout_ms
- * (CLOCK_MONOTONIC); the caller then calls tn_diskq_sync(). */
+ * (CLOCK_MONOTONIC), or an automatic sync on a thread has finished; the
+ * caller then calls tn_diskq_sync(). */
 int tn_diskq_sync_due(const struct tn_diskq *q);
 
 /* Drop every record: delete all segment files and start a fresh one. 0 or

@@ -46,6 +46,9 @@ static int l_publish(lua_State *L)
     lua_Integer defer = luaL_optinteger(L, 3, 0);
     int rc = broker_publish(bk, topic, body, len, (int64_t)defer, 1);
 
+    if (rc == 0) /* the script may acknowledge at once: the records go out now */
+        rc = broker_store_flush(bk);
+
     if (rc != 0) {
         lua_pushnil(L);
         lua_pushstring(L, tn_strerror(rc));

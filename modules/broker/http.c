@@ -53,9 +53,13 @@ static int reply_json(struct tn_http_req *r, json_t *j)
 }
 
 /* Publishing replies: a store error is nsqd's 503 EXITING while stopping,
- * else 500. */
-static int reply_pub(struct tn_http_req *r, int rc)
+ * else 500. The disk queues' buffered records are written before the OK
+ * is queued: a connection with output pending may send it before the
+ * loop's prepare watchers run. */
+static int reply_pub(struct tn_http_req *r, struct broker *bk, int rc)
 {
+    if (rc == 0)
+        rc = broker_store_flush(bk);
     if (rc == 0)
         return reply_text(r, "OK");
     if (rc == TN_ETOOBIG)
@@ -138,7 +142,7 @@ static int h_pub(struct tn_http_req *r, void *ud)
             return reply_err(r, 400, "INVALID_DEFER");
         defer = v;
     }
-    return reply_pub(r, broker_publish(bk, topic, r->body, r->body_len, defer, 1));
+    return reply_pub(r, bk, broker_publish(bk, topic, r->body, r->body_len, defer, 1));
 }
 
 static int binary_arg(struct tn_http_req *r)
@@ -187,7 +191,7 @@ static int mpub_binary(struct tn_http_req *r, struct broker *bk, const char *top
         rc = broker_publish(bk, topic, p + off + 4, size, 0, 1);
         off += 4 + size;
     }
-    return reply_pub(r, rc);
+    return reply_pub(r, bk, rc);
 }
 
 /* Newline-separated MPUB: empty lines are skipped, as nsqd does. */
@@ -210,7 +214,7 @@ static int mpub_lines(struct tn_http_req *r, struct broker *bk, const char *topi
             rc = broker_publish(bk, topic, p, n, 0, 1);
         p = nl ? nl + 1 : end;
     }
-    return reply_pub(r, rc);
+    return reply_pub(r, bk, rc);
 }
 
 static int h_mpub(struct tn_http_req *r, void *ud)

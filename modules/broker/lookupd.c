@@ -6,8 +6,13 @@
  * directory is reconnected with a growing delay (1s up to the interval) and
  * gets the whole registration again. Replies are [4B size][data] frames;
  * errors are logged (the directory closes the connection after one).
+ * An entry that is the discovery module of this process is left alone
+ * while the broker registers there in-process (local.c).
  */
+#include <arpa/inet.h>
+#include <ifaddrs.h>
 #include <jansson.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +28,7 @@ struct lookupd_peer {
     struct tn_conn *conn;
     int connected;   /* the connect finished: commands may be written */
     int down_logged; /* "cannot connect" logged once per outage */
+    int local;       /* the in-process discovery: registered through local.c */
     int64_t backoff;
     ev_timer retry, ping;
 };
@@ -73,8 +79,23 @@ static void send_cmd(struct lookupd_peer *p, const char *cmd, const char *topic,
     tn_conn_write(p->conn, line, (size_t)n);
 }
 
-/* IDENTIFY with what consumers need to reach us, then every registration:
- * a topic without channels as itself, else each of its channels (nsqd). */
+void broker_lookupd_each(struct broker *bk,
+                         void (*fn)(void *ud, const char *topic, const char *channel), void *ud)
+{
+    for (struct broker_topic *t = broker_topic_first(bk); t; t = broker_topic_next(bk, t)) {
+        if (!t->channels)
+            fn(ud, t->name, NULL);
+        for (struct broker_channel *ch = t->channels; ch; ch = ch->next)
+            fn(ud, t->name, ch->name);
+    }
+}
+
+static void send_register(void *ud, const char *topic, const char *channel)
+{
+    send_cmd(ud, "REGISTER", topic, channel);
+}
+
+/* IDENTIFY with what consumers need to reach us, then every registration. */
 static void peer_hello(struct lookupd_peer *p)
 {
     struct broker *bk = p->bk;
@@ -102,12 +123,7 @@ static void peer_hello(struct lookupd_peer *p)
     tn_conn_write(p->conn, size, 4);
     tn_conn_write(p->conn, s, len);
     free(s);
-    for (struct broker_topic *t = broker_topic_first(bk); t; t = broker_topic_next(bk, t)) {
-        if (!t->channels)
-            send_cmd(p, "REGISTER", t->name, NULL);
-        for (struct broker_channel *ch = t->channels; ch; ch = ch->next)
-            send_cmd(p, "REGISTER", t->name, ch->name);
-    }
+    broker_lookupd_each(bk, send_register, p);
 }
 
 static void on_read(struct tn_conn *c)
@@ -133,7 +149,7 @@ static void schedule_retry(struct lookupd_peer *p)
     p->conn = NULL;
     p->connected = 0;
     ev_timer_stop(tn_loop(), &p->ping);
-    if (p->bk->lookupd->stopping)
+    if (p->bk->lookupd->stopping || p->local)
         return;
     p->backoff = p->backoff ? p->backoff * 2 : RETRY_FIRST_MS;
     if (p->backoff > max)
@@ -170,7 +186,7 @@ static void on_close(struct tn_conn *c, int reason)
 
     if (!p)
         return;
-    if (!p->bk->lookupd->stopping)
+    if (!p->bk->lookupd->stopping && !p->local)
         tn_log_warn(BROKER_LOG, "lookupd %s: connection lost: %s (reconnecting)", p->addr.text,
                     tn_strerror(reason));
     schedule_retry(p);
@@ -205,7 +221,61 @@ static void ping_cb(struct ev_loop *loop, ev_timer *w, int revents)
         tn_conn_write(p->conn, "PING\n", 5);
 }
 
-int broker_lookupd_start(struct broker *bk)
+/* Is ip (of family af) an address of this host? Loopback always is. */
+static int host_has(int af, const void *ip)
+{
+    struct ifaddrs *ifs, *i;
+    int found = 0;
+
+    if (af == AF_INET && ((const unsigned char *)ip)[0] == 127)
+        return 1;
+    if (af == AF_INET6 && IN6_IS_ADDR_LOOPBACK((const struct in6_addr *)ip))
+        return 1;
+    if (getifaddrs(&ifs) != 0)
+        return 0;
+    for (i = ifs; i && !found; i = i->ifa_next) {
+        if (!i->ifa_addr || i->ifa_addr->sa_family != af)
+            continue;
+        if (af == AF_INET)
+            found = !memcmp(&((struct sockaddr_in *)i->ifa_addr)->sin_addr, ip, 4);
+        else
+            found = !memcmp(&((struct sockaddr_in6 *)i->ifa_addr)->sin6_addr, ip, 16);
+    }
+    freeifaddrs(ifs);
+    return found;
+}
+
+/* Does a connection to a reach the listener bound at text: the same port
+ * and address, or the same port on a wildcard listener and an address of
+ * this host? */
+static int reaches(const struct tn_addr *a, const char *text)
+{
+    struct tn_addr l;
+    char err[128];
+
+    if (!text || tn_parse_addr(text, &l, err, sizeof(err)) != 0 ||
+        a->sa.ss_family != l.sa.ss_family)
+        return 0;
+    if (a->sa.ss_family == AF_INET) {
+        const struct sockaddr_in *x = (const void *)&a->sa, *y = (const void *)&l.sa;
+        if (x->sin_port != y->sin_port)
+            return 0;
+        if (y->sin_addr.s_addr == htonl(INADDR_ANY))
+            return host_has(AF_INET, &x->sin_addr);
+        return x->sin_addr.s_addr == y->sin_addr.s_addr;
+    }
+    if (a->sa.ss_family == AF_INET6) {
+        const struct sockaddr_in6 *x = (const void *)&a->sa, *y = (const void *)&l.sa;
+        if (x->sin6_port != y->sin6_port)
+            return 0;
+        if (IN6_IS_ADDR_UNSPECIFIED(&y->sin6_addr))
+            return host_has(AF_INET6, &x->sin6_addr);
+        return !memcmp(&x->sin6_addr, &y->sin6_addr, sizeof(x->sin6_addr));
+    }
+    return 0;
+}
+
+int broker_lookupd_start(struct broker *bk, const char *local_tcp)
 {
     const struct tn_addr_list *al = &bk->conf->lookupd;
     struct broker_lookupd *l;
@@ -217,7 +287,6 @@ int broker_lookupd_start(struct broker *bk)
         return TN_ENOMEM;
     l->n = al->n;
     bk->lookupd = l;
-    bk->announce = broker_lookupd_announce;
     for (size_t i = 0; i < al->n; i++) {
         struct lookupd_peer *p = &l->v[i];
         p->bk = bk;
@@ -225,9 +294,37 @@ int broker_lookupd_start(struct broker *bk)
         ev_init(&p->retry, retry_cb);
         ev_init(&p->ping, ping_cb);
         p->retry.data = p->ping.data = p;
-        peer_connect(p);
     }
+    broker_lookupd_local(bk, local_tcp);
+    for (size_t i = 0; i < al->n; i++)
+        if (!l->v[i].local)
+            peer_connect(&l->v[i]);
     return 0;
+}
+
+void broker_lookupd_local(struct broker *bk, const char *local_tcp)
+{
+    struct broker_lookupd *l = bk->lookupd;
+
+    for (size_t i = 0; l && !l->stopping && i < l->n; i++) {
+        struct lookupd_peer *p = &l->v[i];
+        int local = reaches(&p->addr, local_tcp);
+        if (local == p->local)
+            continue;
+        p->local = local;
+        if (local) {
+            tn_log_info(BROKER_LOG, "lookupd %s: the discovery module of this process, "
+                        "registered in-process", p->addr.text);
+            ev_timer_stop(tn_loop(), &p->retry);
+            p->connected = 0;
+            if (p->conn) /* its on_close schedules no retry */
+                tn_conn_close(p->conn, 0);
+        } else if (!p->conn && !tn_stopping()) { /* else its close schedules a retry */
+            p->backoff = 0;
+            p->down_logged = 0;
+            peer_connect(p);
+        }
+    }
 }
 
 void broker_lookupd_announce(struct broker *bk, int reg, const char *topic, const char *channel)
@@ -237,6 +334,7 @@ void broker_lookupd_announce(struct broker *bk, int reg, const char *topic, cons
     for (size_t i = 0; l && i < l->n; i++)
         if (l->v[i].connected)
             send_cmd(&l->v[i], reg ? "REGISTER" : "UNREGISTER", topic, channel);
+    broker_local_announce(bk, reg, topic, channel);
 }
 
 /* Stop reconnecting and close the connections (the directories forget us
@@ -248,7 +346,6 @@ void broker_lookupd_stop(struct broker *bk)
     if (!l)
         return;
     l->stopping = 1;
-    bk->announce = NULL;
     for (size_t i = 0; i < l->n; i++) {
         struct lookupd_peer *p = &l->v[i];
         ev_timer_stop(tn_loop(), &p->retry);

@@ -477,9 +477,12 @@ static int do_identify(struct broker_client *cl, const char *body, size_t len)
 
 /* ---- commands ----------------------------------------------------------------------------- */
 
+/* Wall-clock ms as of this loop iteration (libev's ev_now is the real
+ * time, read once per iteration): FIN, REQ, TOUCH and RDY come by the
+ * thousand per read, and ms deadlines need no clock read of their own. */
 static int64_t now_ms(void)
 {
-    return broker_now();
+    return tn_now_ms();
 }
 
 /* Body commands: wait for [4B size][body], after checking the size. The
@@ -512,10 +515,35 @@ static int need_body(struct broker_client *cl, struct tn_buf *in, const struct c
     return DONE;
 }
 
-static int check_auth(struct broker_client *cl, const char *what)
+/* With broker.auth on: authenticated first, then the auth plugin that
+ * accepted the secret (its authority) must allow this topic (and channel,
+ * for SUB); a client accepted by a plugin without rules passes unless some
+ * subscriber denies. */
+static int check_auth(struct broker_client *cl, const char *what, const char *topic,
+                      const char *channel)
 {
-    if (cl->bk->conf->auth && !cl->authed)
+    struct tn_auth_authorize az;
+    int judged = cl->auth_authority[0] != '\0';
+
+    if (!cl->bk->conf->auth)
+        return DONE;
+    if (!cl->authed)
         return client_error(cl, 1, "E_AUTH_FIRST", "AUTH required before %s", what);
+    if (!judged && !tn_event_has(TN_AUTH_AUTHORIZE_EVENT))
+        return DONE;
+    az.service = "nsq";
+    az.authority = cl->auth_authority;
+    az.secret = cl->auth_secret ? cl->auth_secret : "";
+    az.secret_len = cl->auth_secret_len;
+    az.identity = cl->auth_identity;
+    az.remote_addr = cl->conn ? cl->conn->peer : "";
+    az.action = channel ? TN_AUTH_SUBSCRIBE : TN_AUTH_PUBLISH;
+    az.topic = topic;
+    az.channel = channel;
+    az.allowed = 0;
+    if (tn_event_emit(TN_AUTH_AUTHORIZE_EVENT, &az) != 0 || (judged && !az.allowed))
+        return client_error(cl, 1, "E_UNAUTHORIZED", "AUTH failed for %s on \"%s\" \"%s\"", what,
+                            topic, channel ? channel : "");
     return DONE;
 }
 
@@ -555,7 +583,7 @@ static int cmd_pub(struct broker_client *cl, struct tn_buf *in, const struct cmd
     if (rc != DONE)
         return rc;
     *used = c->line_len + 4 + len;
-    if ((rc = check_auth(cl, "PUB")) != DONE)
+    if ((rc = check_auth(cl, "PUB", topic, NULL)) != DONE)
         return rc;
     cl->pub_count++;
     return pub_result(cl, broker_publish(cl->bk, topic, body, len, 0, 1), "E_PUB_FAILED", "PUB");
@@ -584,7 +612,7 @@ static int cmd_dpub(struct broker_client *cl, struct tn_buf *in, const struct cm
     if (rc != DONE)
         return rc;
     *used = c->line_len + 4 + len;
-    if ((rc = check_auth(cl, "DPUB")) != DONE)
+    if ((rc = check_auth(cl, "DPUB", topic, NULL)) != DONE)
         return rc;
     cl->pub_count++;
     return pub_result(cl, broker_publish(cl->bk, topic, body, len, defer, 1), "E_DPUB_FAILED",
@@ -644,7 +672,7 @@ static int cmd_mpub(struct broker_client *cl, struct tn_buf *in, const struct cm
                             quote(c->p[1], c->n[1], q, sizeof(q)));
     memcpy(topic, c->p[1], c->n[1]);
     topic[c->n[1]] = '\0';
-    if ((rc = check_auth(cl, "MPUB")) != DONE)
+    if ((rc = check_auth(cl, "MPUB", topic, NULL)) != DONE)
         return rc;
     rc = need_body(cl, in, c, "MPUB", "E_BAD_BODY", cl->bk->conf->max_body_size, &body, &len);
     if (rc != DONE)
@@ -683,7 +711,7 @@ static int cmd_sub(struct broker_client *cl, const struct cmd *c)
                             quote(c->p[2], c->n[2], q, sizeof(q)));
     memcpy(channel, c->p[2], c->n[2]);
     channel[c->n[2]] = '\0';
-    if ((rc = check_auth(cl, "SUB")) != DONE)
+    if ((rc = check_auth(cl, "SUB", topic, channel)) != DONE)
         return rc;
     if (!(t = broker_topic_get(bk, topic, &err)) ||
         !(ch = broker_channel_get(t, channel, now_ms(), &err)))
@@ -806,13 +834,25 @@ static int do_auth(struct broker_client *cl, const char *body, size_t len)
     a.secret = body;
     a.secret_len = len;
     a.remote_addr = cl->conn ? cl->conn->peer : "";
-    tn_event_emit(TN_BROKER_AUTH_EVENT, &a);
+    a.service = "nsq";
+    a.permission_count = -1;
+    tn_event_emit(TN_AUTH_CHECK_EVENT, &a);
     if (!a.ok)
         return client_error(cl, 1, "E_AUTH_FAILED", "AUTH failed");
+    if (!(cl->auth_secret = malloc(len + 1)))
+        return client_error(cl, 1, "E_AUTH_FAILED", "AUTH failed %s", tn_strerror(TN_ENOMEM));
+    memcpy(cl->auth_secret, body, len);
+    cl->auth_secret[len] = '\0';
+    cl->auth_secret_len = len;
     cl->authed = 1;
+    a.identity[sizeof(a.identity) - 1] = '\0'; /* the plugin may have filled it all */
+    a.identity_url[sizeof(a.identity_url) - 1] = '\0';
+    a.authority[sizeof(a.authority) - 1] = '\0';
     snprintf(cl->auth_identity, sizeof(cl->auth_identity), "%s", a.identity);
-    o = json_pack("{s:s, s:s, s:i}", "identity", a.identity, "identity_url", a.identity_url,
-                  "permission_count", 1);
+    snprintf(cl->auth_authority, sizeof(cl->auth_authority), "%s", a.authority);
+    o = json_pack("{s:s, s:s, s:I}", "identity", a.identity, "identity_url", a.identity_url,
+                  "permission_count",
+                  (json_int_t)(a.permission_count < 0 ? 1 : a.permission_count));
     s = o ? json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
     json_decref(o);
     send_str(cl, s ? s : "{}");
@@ -952,6 +992,11 @@ static void on_read(struct tn_conn *c)
     }
     if (tn_conn_closing(c))
         tn_buf_consume(&c->in, tn_buf_rlen(&c->in));
+    /* The OKs of this batch of commands are queued, not sent: write the
+     * records they acknowledge now, since a connection with output pending
+     * sends from its write watcher, possibly before the prepare watchers.
+     * A failure is logged by the queue, whose puts fail until it recovers. */
+    broker_store_flush(cl->bk);
 }
 
 static void client_free(struct broker_client *cl)
@@ -968,6 +1013,7 @@ static void client_free(struct broker_client *cl)
             }
     }
     deflate_end(cl);
+    free(cl->auth_secret);
     tn_buf_free(&cl->plain_in);
     tn_buf_free(&cl->plain_out);
     if (cl->prev)

@@ -220,53 +220,58 @@ static struct broker_ent *fifo_pop(struct broker_fifo *f)
     return e;
 }
 
-static void heap_swap(struct broker_heap *h, size_t a, size_t b)
+/* Sift with a hole: slots carry the key, so comparisons touch only the
+ * array, never the entries (the in-flight heap is walked on every FIN). */
+static void heap_set(struct broker_heap *h, size_t i, struct broker_heap_slot s)
 {
-    struct broker_ent *t = h->v[a];
-    h->v[a] = h->v[b];
-    h->v[b] = t;
-    h->v[a]->hidx = (uint32_t)a;
-    h->v[b]->hidx = (uint32_t)b;
+    h->v[i] = s;
+    s.e->hidx = (uint32_t)i;
 }
 
 static void heap_up(struct broker_heap *h, size_t i)
 {
+    struct broker_heap_slot s = h->v[i];
+
     while (i > 0) {
         size_t p = (i - 1) / 2;
-        if (h->v[p]->when <= h->v[i]->when)
+        if (h->v[p].when <= s.when)
             break;
-        heap_swap(h, p, i);
+        heap_set(h, i, h->v[p]);
         i = p;
     }
+    heap_set(h, i, s);
 }
 
 static void heap_down(struct broker_heap *h, size_t i)
 {
+    struct broker_heap_slot s = h->v[i];
+
     for (;;) {
-        size_t l = 2 * i + 1, r = l + 1, m = i;
-        if (l < h->n && h->v[l]->when < h->v[m]->when)
-            m = l;
-        if (r < h->n && h->v[r]->when < h->v[m]->when)
+        size_t l = 2 * i + 1, r = l + 1, m = l;
+        if (l >= h->n)
+            break;
+        if (r < h->n && h->v[r].when < h->v[l].when)
             m = r;
-        if (m == i)
-            return;
-        heap_swap(h, i, m);
+        if (s.when <= h->v[m].when)
+            break;
+        heap_set(h, i, h->v[m]);
         i = m;
     }
+    heap_set(h, i, s);
 }
 
 static int heap_push(struct broker_heap *h, struct broker_ent *e)
 {
     if (h->n == h->cap) {
         size_t cap = h->cap ? h->cap * 2 : 64;
-        struct broker_ent **v = realloc(h->v, cap * sizeof(*v));
+        struct broker_heap_slot *v = realloc(h->v, cap * sizeof(*v));
         if (!v)
             return TN_ENOMEM;
         h->v = v;
         h->cap = cap;
     }
-    h->v[h->n] = e;
-    e->hidx = (uint32_t)h->n;
+    h->v[h->n].when = e->when;
+    h->v[h->n].e = e;
     h->n++;
     heap_up(h, h->n - 1);
     return 0;
@@ -278,16 +283,17 @@ static void heap_remove(struct broker_heap *h, struct broker_ent *e)
 
     h->n--;
     if (i != h->n) {
-        h->v[i] = h->v[h->n];
-        h->v[i]->hidx = (uint32_t)i;
+        struct broker_ent *moved = h->v[h->n].e;
+        heap_set(h, i, h->v[h->n]);
         heap_up(h, i);
-        heap_down(h, h->v[i]->hidx);
+        heap_down(h, moved->hidx);
     }
 }
 
 /* The entry's `when` changed: restore the heap order. */
 static void heap_fix(struct broker_heap *h, struct broker_ent *e)
 {
+    h->v[e->hidx].when = e->when;
     heap_up(h, e->hidx);
     heap_down(h, e->hidx);
 }
@@ -362,6 +368,8 @@ static void idmap_remove(struct broker_idmap *m, struct broker_ent *e)
 
 /* ---- disk queues --------------------------------------------------------------- */
 
+#define DQ_WRITE_BUFFER (256 * 1024)
+
 static struct tn_diskq *dq_open(struct broker *bk, const char *name, int *err)
 {
     const struct broker_conf *bc = bk->conf;
@@ -375,6 +383,13 @@ static struct tn_diskq *dq_open(struct broker *bk, const char *name, int *err)
     o.max_msg_size = TN_DISKQ_MSG_LIMIT;
     o.sync_every = (uint32_t)bc->sync_every;
     o.sync_timeout_ms = (uint32_t)bc->sync_timeout;
+    /* one write per loop iteration (or 256 KiB) instead of one per
+     * message; broker_store_flush runs before replies go out */
+    o.write_buffer = DQ_WRITE_BUFFER;
+    o.group = &bk->dq_group;
+    /* the fsyncs of sync_every run off the loop thread (sync_every 1 stays
+     * inline: an OK then means on disk) */
+    o.async_sync = 1;
     return tn_diskq_open(bk->dir, name, &o, err);
 }
 
@@ -395,7 +410,8 @@ static int dq_put(struct tn_diskq *dq, const struct broker_msg *m, uint16_t atte
 /* Take the oldest record off a disk queue as a new entry; corrupt records
  * (which the disk queue already checked) that do not decode are logged and
  * skipped. NULL when empty or on a read error. */
-static struct broker_ent *dq_take(struct broker *bk, struct tn_diskq *dq, const char *what)
+static struct broker_ent *dq_take(struct broker *bk, struct tn_diskq *dq, const char *topic,
+                                  const char *channel)
 {
     for (;;) {
         const void *p;
@@ -409,12 +425,14 @@ static struct broker_ent *dq_take(struct broker *bk, struct tn_diskq *dq, const 
         if (rc == TN_EAGAIN)
             return NULL;
         if (rc != 0) {
-            tn_log_error(BROKER_LOG, "%s: disk queue read failed: %s", what, tn_strerror(rc));
+            tn_log_error(BROKER_LOG, "%s%s%s: disk queue read failed: %s", topic,
+                         channel ? "/" : "", channel ? channel : "", tn_strerror(rc));
             return NULL;
         }
         m = broker_rec_decode(p, len, &attempts, &defer_until);
         if (!m) {
-            tn_log_warn(BROKER_LOG, "%s: skipping a malformed record (%zu bytes)", what, len);
+            tn_log_warn(BROKER_LOG, "%s%s%s: skipping a malformed record (%zu bytes)", topic,
+                        channel ? "/" : "", channel ? channel : "", len);
             tn_diskq_advance(dq);
             continue;
         }
@@ -660,12 +678,10 @@ static void channel_put(struct broker_channel *ch, struct broker_msg *m, uint16_
 static struct broker_ent *channel_take(struct broker_channel *ch, int64_t now)
 {
     struct broker_ent *e = fifo_pop(&ch->mem);
-    char what[2 * BROKER_NAME_MAX + 2];
 
     if (e || !ch->dq || tn_diskq_depth(ch->dq) == 0)
         return e;
-    snprintf(what, sizeof(what), "%s/%s", ch->topic->name, ch->name);
-    while ((e = dq_take(ch->topic->bk, ch->dq, what))) {
+    while ((e = dq_take(ch->topic->bk, ch->dq, ch->topic->name, ch->name))) {
         if (e->when <= now)
             return e;
         channel_defer(ch, e, e->when);
@@ -818,7 +834,7 @@ void broker_topic_pump(struct broker_topic *t, int64_t now)
 
     if (!t->channels || t->paused)
         return;
-    while ((e = fifo_pop(&t->mem)) || (t->dq && (e = dq_take(t->bk, t->dq, t->name)))) {
+    while ((e = fifo_pop(&t->mem)) || (t->dq && (e = dq_take(t->bk, t->dq, t->name, NULL)))) {
         struct broker_msg *m = e->msg;
         uint16_t attempts = e->attempts;
         int64_t when = e->when;
@@ -915,7 +931,7 @@ struct broker_channel *broker_channel_get(struct broker_topic *t, const char *na
 static void heap_clear(struct broker *bk, struct broker_heap *h)
 {
     for (size_t i = 0; i < h->n; i++) {
-        struct broker_ent *e = h->v[i];
+        struct broker_ent *e = h->v[i].e;
         if (e->client)
             client_unlink(e);
         ent_free(bk, e);
@@ -1171,12 +1187,12 @@ int broker_touch(struct broker_client *c, uint64_t id, int64_t now)
 
 static void channel_scan(struct broker_channel *ch, int64_t now)
 {
-    while (ch->inflight.n && ch->inflight.v[0]->when <= now) {
+    while (ch->inflight.n && ch->inflight.v[0].when <= now) {
         ch->timeout_count++;
-        requeue(ch, ch->inflight.v[0], 0, now);
+        requeue(ch, ch->inflight.v[0].e, 0, now);
     }
-    while (ch->deferred.n && ch->deferred.v[0]->when <= now) {
-        struct broker_ent *e = ch->deferred.v[0];
+    while (ch->deferred.n && ch->deferred.v[0].when <= now) {
+        struct broker_ent *e = ch->deferred.v[0].e;
         heap_remove(&ch->deferred, e);
         channel_queue(ch, e);
     }
@@ -1193,6 +1209,11 @@ void broker_scan(struct broker *bk, int64_t now)
         for (struct broker_channel *ch = t->channels; ch; ch = ch->next)
             channel_scan(ch, now);
     }
+}
+
+int broker_store_flush(struct broker *bk)
+{
+    return bk->dq_group.dirty ? tn_diskq_group_flush(&bk->dq_group) : 0;
 }
 
 void broker_store_sync_due(struct broker *bk)
@@ -1229,7 +1250,7 @@ static uint64_t persist_channel(struct broker_channel *ch)
     snprintf(what, sizeof(what), "%s/%s", ch->topic->name, ch->name);
     /* in flight first: those were the oldest to be delivered */
     while (ch->inflight.n) {
-        e = ch->inflight.v[0];
+        e = ch->inflight.v[0].e;
         heap_remove(&ch->inflight, e);
         idmap_remove(&ch->ids, e);
         if (e->client)
@@ -1239,7 +1260,7 @@ static uint64_t persist_channel(struct broker_channel *ch)
     while ((e = fifo_pop(&ch->mem)))
         n += persist_ent(bk, ch->dq, e, 0, what);
     while (ch->deferred.n) {
-        e = ch->deferred.v[0];
+        e = ch->deferred.v[0].e;
         heap_remove(&ch->deferred, e);
         n += persist_ent(bk, ch->dq, e, e->when, what);
     }

@@ -15,6 +15,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <ternd/service.h>
 
 #define TN_BROKER_SERVICE "broker"
 
@@ -32,20 +33,16 @@ struct tn_broker_service {
 
 /*
  * With broker.auth on, AUTH <secret> from a TCP client is offered to the
- * subscribers of this event (tn_event_emit with a struct tn_broker_auth):
- * one that accepts sets ok = 1 and may fill identity / identity_url. No
- * acceptance means E_AUTH_FAILED; without AUTH, PUB/SUB get E_AUTH_FIRST.
+ * subscribers of this event (tn_event_emit with a struct tn_auth_check,
+ * service "nsq"; see <ternd/service.h>): one that accepts sets ok = 1 and
+ * may fill identity / identity_url. No acceptance means E_AUTH_FAILED;
+ * without AUTH, PUB/SUB get E_AUTH_FIRST. Every PUB, MPUB, DPUB and SUB of
+ * an authenticated client is then offered to TN_AUTH_AUTHORIZE_EVENT; a
+ * denial is answered with E_UNAUTHORIZED. The names below are the ones
+ * this header first had.
  */
-#define TN_BROKER_AUTH_EVENT "auth.check"
-
-struct tn_broker_auth {
-    const char *secret; /* not NUL-terminated */
-    size_t secret_len;
-    const char *remote_addr; /* "ip:port" */
-    int ok;
-    char identity[256];
-    char identity_url[256];
-};
+#define TN_BROKER_AUTH_EVENT TN_AUTH_CHECK_EVENT
+#define tn_broker_auth tn_auth_check
 
 /*
  * Every accepted publish is announced as TN_BROKER_PUBLISH_EVENT with a

@@ -31,4 +31,4 @@ t_unit_test_discovery_LDADD = $(UNIT_LIBS)
 endif
 
 EXTRA_DIST += t/integration/discovery modules/discovery/README.md t/interop/nsqjs/lookupd.js \
-	scripts/bench/discovery_bench.py man/discovery.txt.draft
+	scripts/bench/discovery_bench.py

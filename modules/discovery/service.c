@@ -208,6 +208,12 @@ static void svc_unregister_producer(struct tn_discovery_producer *p)
     free(p);
 }
 
+static const char *svc_tcp_address(void)
+{
+    struct discovery *d = discovery_current();
+    return d && d->tcp ? tn_listener_addr(d->tcp) : NULL;
+}
+
 const struct tn_discovery_service discovery_service_api = {
     sizeof(struct tn_discovery_service),
     svc_register,
@@ -220,4 +226,5 @@ const struct tn_discovery_service discovery_service_api = {
     svc_producer_register,
     svc_producer_unregister,
     svc_unregister_producer,
+    svc_tcp_address,
 };

@@ -10,8 +10,11 @@
  * anything with an address) with a TTL, and the nsqlookupd table of
  * brokers and their topics, so that a broker in the same process can
  * register without a TCP connection to itself. The pointer is valid while
- * the discovery module is started (registered in start, removed in stop);
- * a module using it lists "discovery" in its deps so that it stops first.
+ * the discovery module is started (registered in start, removed in stop):
+ * a module using it either lists "discovery" in its deps (it then starts
+ * after and stops before discovery), or looks it up in its start and
+ * follows TN_SERVICE_UP_EVENT / TN_SERVICE_DOWN_EVENT (service.h), as the
+ * broker does, letting go of everything it holds on service.down.
  * Strings passed in are copied; strings handed to callbacks are valid only
  * during the call. Loop thread only.
  */
@@ -92,6 +95,10 @@ struct tn_discovery_service {
     int (*producer_unregister)(struct tn_discovery_producer *p, const char *topic,
                                const char *channel);
     void (*unregister_producer)(struct tn_discovery_producer *p);
+
+    /* The bound address of discovery.tcp_listen ("127.0.0.1:4160"), NULL
+     * when it is off: a broker skips a TCP registration with itself. */
+    const char *(*tcp_address)(void);
 };
 
 #endif

@@ -21,6 +21,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <zlib.h>
+
 #include <ternd/error.h>
 
 #include "../../modules/broker/diskq.h"
@@ -931,6 +933,396 @@ static void test_100k_round_trip(void **state)
     assert_int_equal(count_files(dir), 2);
 }
 
+/* ---- write buffering ------------------------------------------------------- */
+
+static struct tn_diskq_group group; /* the buffered queues' group */
+
+/* Open `name` with a write buffer of wbuf bytes in `group`. */
+static struct tn_diskq *bopen(const char *dir, const char *name, uint64_t file_size_max,
+                              uint32_t wbuf)
+{
+    struct tn_diskq_opts o = {0};
+    struct tn_diskq *q;
+    int err = 0;
+
+    o.max_bytes_per_file = file_size_max;
+    o.max_msg_size = 4096;
+    o.sync_every = 100000;
+    o.write_buffer = wbuf;
+    o.group = &group;
+    q = tn_diskq_open(dir, name, &o, &err);
+    assert_non_null(q);
+    return q;
+}
+
+static void test_buffered_one_write_in_order(void **state)
+{
+    const char *dir = *state;
+    struct tn_diskq *q = bopen(dir, QNAME, 0, 256 * 1024);
+    struct tn_diskq_stats st;
+    char path[512];
+
+    seg_path(path, sizeof(path), dir, QNAME, 0);
+    put_range(q, 0, 300);
+    tn_diskq_get_stats(q, &st);
+    assert_int_equal(st.writes, 0); /* all still buffered */
+    assert_int_equal(file_size(path), 0);
+    assert_int_equal(tn_diskq_depth(q), 300);
+    assert_int_equal(tn_diskq_group_flush(&group), 0);
+    tn_diskq_get_stats(q, &st);
+    assert_int_equal(st.writes, 1);
+    assert_int_equal(file_size(path), recs_size(0, 300));
+    assert_null(group.dirty);
+    /* buffered records are read too, after those on disk, in order */
+    put_range(q, 300, 400);
+    expect_range(q, 0, 250);
+    put_range(q, 400, 450);
+    expect_range(q, 250, 450);
+    expect_empty(q);
+    tn_diskq_get_stats(q, &st);
+    assert_int_equal(st.writes, 2); /* the reader caught up once */
+    assert_int_equal(tn_diskq_close(q), 0);
+}
+
+static void test_buffered_small_buffer_and_rollovers(void **state)
+{
+    const char *dir = *state;
+    struct tn_diskq *q = bopen(dir, QNAME, 2048, 1024);
+    struct tn_diskq_stats st;
+
+    put_range(q, 0, 1000);
+    tn_diskq_get_stats(q, &st);
+    assert_true(st.writes > 0 && st.writes < 1000 / 4);
+    assert_true(st.write_file > 10);
+    expect_range(q, 0, 600);
+    assert_int_equal(tn_diskq_close(q), 0);
+    q = bopen(dir, QNAME, 2048, 1024);
+    assert_int_equal(tn_diskq_depth(q), 400);
+    expect_range(q, 600, 1000);
+    expect_empty(q);
+    tn_diskq_close(q);
+}
+
+static void test_buffered_flush_on_close(void **state)
+{
+    const char *dir = *state;
+    struct tn_diskq *q = bopen(dir, QNAME, 0, 256 * 1024);
+    struct tn_diskq_stats st;
+
+    put_range(q, 0, 50);
+    assert_non_null(group.dirty);
+    assert_int_equal(tn_diskq_close(q), 0);
+    assert_null(group.dirty); /* a closed queue leaves the group */
+    q = bopen(dir, QNAME, 0, 256 * 1024);
+    tn_diskq_get_stats(q, &st);
+    assert_int_equal(st.recovered, 0); /* the close synced them */
+    expect_range(q, 0, 50);
+    expect_empty(q);
+    tn_diskq_close(q);
+}
+
+/* Child: 300 records flushed (never synced), 7 more only buffered, death. */
+static void crash_after_flush(const char *dir)
+{
+    struct tn_diskq *q = bopen(dir, QNAME, 2048, 256 * 1024);
+
+    put_range(q, 0, 300);
+    if (tn_diskq_group_flush(&group) != 0)
+        _exit(1);
+    put_range(q, 300, 307);
+}
+
+static void test_buffered_crash_after_flush_keeps_all(void **state)
+{
+    const char *dir = *state;
+    struct tn_diskq_stats st;
+    struct tn_diskq *q;
+
+    in_crashing_child(crash_after_flush, dir);
+    q = bopen(dir, QNAME, 2048, 256 * 1024);
+    tn_diskq_get_stats(q, &st);
+    assert_int_equal(st.recovered, 300);
+    assert_int_equal(st.corrupt, 0);
+    assert_int_equal(tn_diskq_depth(q), 300); /* the unflushed 7 died with the process */
+    expect_range(q, 0, 300);
+    expect_empty(q);
+    tn_diskq_close(q);
+}
+
+/* A sync of one queue of a group writes out the others first. */
+static void test_group_sync_flushes_all(void **state)
+{
+    const char *dir = *state;
+    struct tn_diskq *a = bopen(dir, "a", 0, 256 * 1024);
+    struct tn_diskq *b = bopen(dir, "b", 0, 256 * 1024);
+    char path[512];
+
+    seg_path(path, sizeof(path), dir, "a", 0);
+    put_range(a, 0, 20);
+    put_range(b, 0, 5);
+    assert_int_equal(file_size(path), 0);
+    expect_range(b, 0, 1);
+    assert_int_equal(tn_diskq_sync(b), 0);
+    assert_int_equal(file_size(path), recs_size(0, 20));
+    assert_null(group.dirty);
+    expect_range(a, 0, 20);
+    expect_range(b, 1, 5);
+    tn_diskq_close(a);
+    tn_diskq_close(b);
+}
+
+/* sync_every 1 with a buffer: every put is written and fsynced before
+ * the put returns (what "fsync before the OK" needs). */
+static void test_buffered_sync_every_one(void **state)
+{
+    const char *dir = *state;
+    struct tn_diskq_opts o = {0};
+    struct tn_diskq_stats st;
+    struct tn_diskq *q;
+    char path[512];
+    int err;
+
+    o.sync_every = 1;
+    o.write_buffer = 64 * 1024;
+    o.group = &group;
+    q = tn_diskq_open(dir, QNAME, &o, &err);
+    assert_non_null(q);
+    seg_path(path, sizeof(path), dir, QNAME, 0);
+    put_range(q, 0, 10);
+    tn_diskq_get_stats(q, &st);
+    assert_int_equal(st.writes, 10);
+    assert_int_equal(file_size(path), recs_size(0, 10));
+    assert_false(tn_diskq_sync_due(q));
+    tn_diskq_close(q);
+}
+
+static void test_buffered_larger_record_keeps_order(void **state)
+{
+    const char *dir = *state;
+    struct tn_diskq *q = bopen(dir, QNAME, 0, 64); /* records over 64 bytes bypass it */
+    struct tn_diskq_opts o = {0};
+    int err = 0;
+
+    put_range(q, 0, 200);
+    expect_range(q, 0, 200);
+    expect_empty(q);
+    tn_diskq_close(q);
+    o.write_buffer = TN_DISKQ_WRITE_BUFFER_MAX + 1;
+    assert_null(tn_diskq_open(dir, QNAME, &o, &err));
+    assert_int_equal(err, TN_EINVAL);
+}
+
+/* Open QNAME buffered, with automatic syncs every 10 operations on a thread. */
+static struct tn_diskq *aopen(const char *dir)
+{
+    struct tn_diskq_opts o = {0};
+    struct tn_diskq *q;
+    int err = 0;
+
+    o.max_bytes_per_file = 2048;
+    o.max_msg_size = 4096;
+    o.sync_every = 10;
+    o.write_buffer = 4096;
+    o.group = &group;
+    o.async_sync = 1;
+    q = tn_diskq_open(dir, QNAME, &o, &err);
+    assert_non_null(q);
+    return q;
+}
+
+static void test_async_sync(void **state)
+{
+    const char *dir = *state;
+    struct tn_diskq *q = aopen(dir);
+    struct tn_diskq_stats st;
+
+    put_range(q, 0, 1000);
+    expect_range(q, 0, 1000);
+    expect_empty(q);
+    assert_int_equal(tn_diskq_sync(q), 0); /* waits for the job running */
+    tn_diskq_get_stats(q, &st);
+    assert_true(st.syncs >= 2);
+    assert_true(st.fsyncs >= 3);
+    assert_int_equal(st.sync_errors, 0);
+    assert_int_equal(count_files(dir), 2); /* read segments deleted: metadata + one */
+    assert_int_equal(tn_diskq_close(q), 0);
+    q = aopen(dir);
+    expect_empty(q);
+    tn_diskq_close(q);
+}
+
+/* A finished job makes the queue due for a sync even when nothing else
+ * happens (the sync reaps it). */
+static void test_async_sync_due_when_done(void **state)
+{
+    const char *dir = *state;
+    struct tn_diskq *q = aopen(dir);
+    struct timespec ts = {0, 10 * 1000000};
+    struct tn_diskq_stats st;
+    int i;
+
+    put_range(q, 0, 10); /* the 10th starts a job; nothing is dirty after it */
+    assert_int_equal(count_files(dir), 2);
+    for (i = 0; i < 1000 && !tn_diskq_sync_due(q); i++)
+        nanosleep(&ts, NULL);
+    assert_true(tn_diskq_sync_due(q));
+    assert_int_equal(tn_diskq_sync(q), 0);
+    assert_false(tn_diskq_sync_due(q));
+    tn_diskq_get_stats(q, &st);
+    assert_int_equal(st.syncs, 2); /* the open's and the job's */
+    tn_diskq_close(q);
+}
+
+/* More queues syncing at once than sync threads may run: those left out
+ * sync later, and nothing is lost. */
+static void test_async_sync_many_queues(void **state)
+{
+    const char *dir = *state;
+    struct tn_diskq_opts o = {0};
+    struct tn_diskq *q[24];
+    struct tn_diskq_stats st;
+    char name[16];
+    int i, err = 0;
+
+    o.sync_every = 5;
+    o.write_buffer = 4096;
+    o.group = &group;
+    o.async_sync = 1;
+    for (i = 0; i < 24; i++) {
+        snprintf(name, sizeof(name), "q%d", i);
+        q[i] = tn_diskq_open(dir, name, &o, &err);
+        assert_non_null(q[i]);
+    }
+    for (i = 0; i < 24 * 40; i++)
+        put_range(q[i % 24], (unsigned)(i / 24), (unsigned)(i / 24) + 1);
+    for (i = 0; i < 24; i++) {
+        tn_diskq_get_stats(q[i], &st);
+        assert_int_equal(st.sync_errors, 0);
+        assert_int_equal(tn_diskq_close(q[i]), 0);
+    }
+    for (i = 0; i < 24; i++) {
+        snprintf(name, sizeof(name), "q%d", i);
+        q[i] = tn_diskq_open(dir, name, &o, &err);
+        assert_non_null(q[i]);
+        tn_diskq_get_stats(q[i], &st);
+        assert_int_equal(st.recovered, 0); /* every close synced */
+        expect_range(q[i], 0, 40);
+        expect_empty(q[i]);
+        tn_diskq_close(q[i]);
+    }
+}
+
+/* Child: 1000 records with syncs on threads, 400 read, all flushed, death
+ * (maybe while a sync runs). */
+static void crash_during_async_syncs(const char *dir)
+{
+    struct tn_diskq *q = aopen(dir);
+
+    put_range(q, 0, 1000);
+    expect_range(q, 0, 400);
+    if (tn_diskq_group_flush(&group) != 0)
+        _exit(1);
+}
+
+static void test_async_sync_crash_keeps_all(void **state)
+{
+    const char *dir = *state;
+    struct tn_diskq_stats st;
+    struct tn_diskq *q;
+
+    in_crashing_child(crash_during_async_syncs, dir);
+    q = aopen(dir);
+    tn_diskq_get_stats(q, &st);
+    assert_int_equal(st.corrupt, 0);
+    expect_from_first(q, 400, 1000); /* reads may come back, puts are all there */
+    tn_diskq_close(q);
+}
+
+#define HDR_BYTES 8 /* [4B length][4B crc] */
+
+static uint32_t be32(const unsigned char *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+static void put32(unsigned char *p, uint32_t v)
+{
+    p[0] = (unsigned char)(v >> 24);
+    p[1] = (unsigned char)(v >> 16);
+    p[2] = (unsigned char)(v >> 8);
+    p[3] = (unsigned char)v;
+}
+
+/* The record crc is zlib's crc32 (the on-disk format): records the queue
+ * writes check out with zlib, and records framed with zlib read back. */
+static void test_crc_is_zlibs(void **state)
+{
+    const char *dir = *state;
+    unsigned char buf[HDR_BYTES + 300], *file;
+    struct tn_diskq_stats st;
+    struct tn_diskq *q = qopen(dir, 0, 0);
+    char path[512];
+    size_t off, size;
+    unsigned i, n = 0;
+    FILE *f;
+
+    for (i = 0; i < 300; i++) {
+        memset(buf, (int)(i * 13), i);
+        assert_int_equal(tn_diskq_put(q, buf, i), 0);
+    }
+    tn_diskq_close(q);
+    seg_path(path, sizeof(path), dir, QNAME, 0);
+    file = malloc(64 * 1024); /* 300 records of 0..299 bytes: 47,250 */
+    f = fopen(path, "rb");
+    assert_non_null(file);
+    assert_non_null(f);
+    size = fread(file, 1, 64 * 1024, f);
+    fclose(f);
+    assert_int_equal(size, 300 * HDR_BYTES + 299 * 300 / 2);
+    for (off = 0; off < size; n++) {
+        uint32_t len = be32(file + off), crc = be32(file + off + 4);
+        uLong c = crc32(0L, file + off, 4);
+
+        assert_int_equal(len, n);
+        assert_int_equal(crc, (uint32_t)crc32(c, file + off + HDR_BYTES, len));
+        off += HDR_BYTES + len;
+    }
+    assert_int_equal(n, 300);
+    free(file);
+
+    /* the other way: a segment framed with zlib, no metadata */
+    assert_int_equal(unlink(path), 0);
+    meta_path(path, sizeof(path), dir, QNAME);
+    assert_int_equal(unlink(path), 0);
+    seg_path(path, sizeof(path), dir, QNAME, 5);
+    f = fopen(path, "wb");
+    assert_non_null(f);
+    for (i = 0; i < 100; i++) {
+        uint32_t len = (i * 37) % 257;
+        uLong c;
+
+        put32(buf, len);
+        memset(buf + HDR_BYTES, (int)i, len);
+        c = crc32(0L, buf, 4);
+        put32(buf + 4, (uint32_t)crc32(c, buf + HDR_BYTES, len));
+        assert_int_equal(fwrite(buf, 1, HDR_BYTES + len, f), HDR_BYTES + len);
+    }
+    fclose(f);
+    q = qopen(dir, 0, 0);
+    assert_int_equal(tn_diskq_depth(q), 100);
+    for (i = 0; i < 100; i++) {
+        const void *data;
+        size_t len;
+
+        assert_int_equal(tn_diskq_peek(q, &data, &len), 0);
+        assert_int_equal(len, (i * 37) % 257);
+        assert_int_equal(tn_diskq_advance(q), 0);
+    }
+    tn_diskq_get_stats(q, &st);
+    assert_int_equal(st.corrupt, 0);
+    tn_diskq_close(q);
+}
+
 int main(void)
 {
 #define T(f) cmocka_unit_test_setup_teardown(f, setup_dir, teardown_dir)
@@ -958,6 +1350,18 @@ int main(void)
         T(test_unreadable_meta_fails_open),
         T(test_failed_write_leaves_no_partial_record),
         T(test_100k_round_trip),
+        T(test_buffered_one_write_in_order),
+        T(test_buffered_small_buffer_and_rollovers),
+        T(test_buffered_flush_on_close),
+        T(test_buffered_crash_after_flush_keeps_all),
+        T(test_group_sync_flushes_all),
+        T(test_buffered_sync_every_one),
+        T(test_buffered_larger_record_keeps_order),
+        T(test_async_sync),
+        T(test_async_sync_crash_keeps_all),
+        T(test_async_sync_due_when_done),
+        T(test_async_sync_many_queues),
+        T(test_crc_is_zlibs),
     };
 #undef T
     return cmocka_run_group_tests(tests, NULL, NULL);

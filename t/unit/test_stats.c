@@ -111,6 +111,56 @@ static int ev_c(const char *event, void *arg, void *ud)
     return 0;
 }
 
+/* tn_stats_visit: what a plugin exporting elsewhere sees. */
+struct seen {
+    int depth, info, total;
+    double depth_value;
+};
+
+static void visit(const struct tn_stats_sample *s, void *ud)
+{
+    struct seen *w = ud;
+
+    w->total++;
+    if (strcmp(s->name, "ternd_test_depth") == 0) {
+        w->depth++;
+        w->depth_value = s->value;
+        assert_int_equal(s->type, TN_STAT_GAUGE);
+        assert_string_equal(s->help, "Depth");
+        assert_null(s->labels);
+    } else if (strcmp(s->name, "ternd_info") == 0) {
+        w->info++;
+        assert_non_null(s->labels);
+        assert_string_equal(s->labels[0], "version");
+        assert_string_equal(s->labels[1], TN_VERSION_STRING);
+        assert_null(s->labels[2]);
+    }
+}
+
+static void test_visit_and_render(void **state)
+{
+    struct seen w = {0};
+    struct tn_buf b = TN_BUF_INIT;
+
+    tn_stat_register(&st_depth);
+    tn_stat_set(&st_depth, 7);
+    assert_int_equal(tn_stats_visit(visit, &w), 0);
+    assert_int_equal(w.depth, 1);
+    assert_int_equal(w.info, 1);
+    assert_true(w.depth_value == 7);
+    assert_true(w.total >= 5); /* the process gauges too */
+    /* tn_stats_render is tn_stats_format on the running set (none here) */
+    assert_int_equal(tn_stats_render(&b, TN_STATS_TEXT), 0);
+    tn_buf_append(&b, "", 1);
+    assert_non_null(strstr(tn_buf_rptr(&b), "ternd_test_depth 7\n"));
+    assert_null(strstr(tn_buf_rptr(&b), "# TYPE"));
+    tn_buf_free(&b);
+    tn_stat_unregister(&st_depth);
+    memset(&w, 0, sizeof(w));
+    assert_int_equal(tn_stats_visit(visit, &w), 0);
+    assert_int_equal(w.depth, 0);
+}
+
 static void test_services_events(void **state)
 {
     int x = 5, v = 0;
@@ -143,6 +193,38 @@ static void test_services_events(void **state)
     assert_false(tn_event_has("auth.check"));
 }
 
+/* What a service.up/service.down subscriber saw: the event, the name, and
+ * whether the name resolved at that moment. */
+struct seen_service {
+    char log[128];
+};
+
+static int on_service(const char *event, void *arg, void *ud)
+{
+    struct seen_service *s = ud;
+    size_t n = strlen(s->log);
+
+    snprintf(s->log + n, sizeof(s->log) - n, "%s %s %s;", event, (const char *)arg,
+             tn_service_lookup(arg) ? "resolves" : "gone");
+    return 0;
+}
+
+static void test_service_up_down_events(void **state)
+{
+    struct seen_service s = {""};
+    int x = 1;
+
+    tn_event_on(TN_SERVICE_UP_EVENT, on_service, &s);
+    tn_event_on(TN_SERVICE_DOWN_EVENT, on_service, &s);
+    assert_int_equal(tn_service_register("a.svc", &x), 0);
+    assert_int_equal(tn_service_register("a.svc", &x), TN_EEXIST); /* no event */
+    tn_service_unregister("a.svc");
+    tn_service_unregister("a.svc"); /* not registered: no event */
+    assert_string_equal(s.log, "service.up a.svc resolves;service.down a.svc resolves;");
+    tn_event_off(TN_SERVICE_UP_EVENT, on_service, &s);
+    tn_event_off(TN_SERVICE_DOWN_EVENT, on_service, &s);
+}
+
 static void test_strerror(void **state)
 {
     assert_string_equal(tn_strerror(0), "success");
@@ -157,7 +239,9 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_prometheus),
         cmocka_unit_test(test_json),
+        cmocka_unit_test(test_visit_and_render),
         cmocka_unit_test(test_services_events),
+        cmocka_unit_test(test_service_up_down_events),
         cmocka_unit_test(test_strerror),
     };
     tn_core_init(tn_loop(), NULL);

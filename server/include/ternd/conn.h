@@ -118,6 +118,17 @@ TN_API void tn_conn_set_handler(struct tn_conn *c, const struct tn_conn_handler 
 /* Is the connection closing (a close was requested)? */
 TN_API int tn_conn_closing(const struct tn_conn *c);
 
+/*
+ * Events (service.h) for plugins watching clients: TN_CONN_OPEN_EVENT once
+ * an accepted connection has its handler, TN_CONN_CLOSE_EVENT after that
+ * handler's on_close (c->data is then gone; c->peer, c->listener,
+ * connected_ms and the byte counts are still there). The argument is the
+ * struct tn_conn *, valid only during the call; return values are ignored.
+ * Outgoing connections are not announced. Loop thread.
+ */
+#define TN_CONN_OPEN_EVENT "conn.open"
+#define TN_CONN_CLOSE_EVENT "conn.close"
+
 /* Process-wide limit on open connections (daemon.max_connections); accepts
  * beyond it are refused and counted. */
 TN_API size_t tn_conns_open(void);

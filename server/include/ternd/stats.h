@@ -52,4 +52,27 @@ struct tn_stats_out;
 TN_API void tn_stats_emit(struct tn_stats_out *o, const char *name, int type,
                           const char *help, const char *const *labels, double value);
 
+/* Every metric at this moment, as /stats and /metrics show them: the
+ * registered ones, the process gauges and what each started module's stats
+ * hook emits, grouped by name. For plugins that export elsewhere (statsd,
+ * files). Loop thread; it runs the stats hooks, so never call it from one. */
+struct tn_stats_sample {
+    const char *name;
+    const char *help;
+    int type;                  /* TN_STAT_COUNTER or TN_STAT_GAUGE */
+    const char *const *labels; /* NULL or {"k","v",...,NULL} */
+    double value;
+};
+/* Calls fn once per sample; the sample and its strings live only during
+ * the call. 0 or TN_ENOMEM (then fn was not called). */
+typedef void (*tn_stats_visit_pt)(const struct tn_stats_sample *s, void *ud);
+TN_API int tn_stats_visit(tn_stats_visit_pt fn, void *ud);
+
+/* Append every metric to b as JSON (the /stats body), Prometheus text
+ * exposition with HELP and TYPE (/metrics) or plain "name{labels} value"
+ * lines. 0 or TN_ENOMEM. */
+enum { TN_STATS_JSON = 1, TN_STATS_PROMETHEUS, TN_STATS_TEXT };
+struct tn_buf;
+TN_API int tn_stats_render(struct tn_buf *b, int format);
+
 #endif
