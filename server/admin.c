@@ -6,6 +6,7 @@
  *   POST /reload  the SIGHUP reload, answered once it is done (for ternctl:
  *                 no pid file or signal permission needed, and the result
  *                 comes back)
+ *   GET /, /dashboard/...  the dashboard (dashboard.c), if daemon.dashboard
  */
 #include <string.h>
 
@@ -82,6 +83,11 @@ int tn_admin_start(const struct tn_daemon_conf *dc)
     tn_http_route(admin, TN_HTTP_GET, "/stats", admin_stats, NULL);
     tn_http_route(admin, TN_HTTP_GET, "/metrics", admin_metrics, NULL);
     tn_http_route(admin, TN_HTTP_POST, "/reload", admin_reload_req, NULL);
+    tn_dashboard_enable(dc->dashboard);
+    if ((err = tn_dashboard_routes(admin)) != 0) {
+        tn_admin_stop();
+        return err;
+    }
     tn_log_info("core", "admin HTTP on %s", tn_http_server_addr(admin));
     return 0;
 }

@@ -42,6 +42,7 @@ struct tn_daemon_conf {
     struct tn_addr admin_listen; /* 127.0.0.1:4171; len 0: admin off */
     int64_t max_connections;   /* 10000 process-wide */
     int64_t shutdown_timeout;  /* ms (10s) */
+    int dashboard;             /* serve the admin dashboard at / (1) */
     struct tn_http_limits http; /* shared HTTP defaults */
 };
 extern const struct tn_conf_cmd tn_daemon_conf_table[];
@@ -108,6 +109,9 @@ void tn_admin_set_modset(struct tn_modset *ms);
 /* What POST /reload runs (main's SIGHUP reload): 0, or an error when the new
  * configuration was rejected. NULL: POST /reload answers 501. */
 void tn_admin_set_reload(int (*reload)(void));
+/* The dashboard's routes on the admin server (dashboard.c); its switch. */
+int tn_dashboard_routes(struct tn_http_server *s);
+void tn_dashboard_enable(int on);
 int tn_notify(const char *state); /* sd_notify; 0 when no NOTIFY_SOCKET */
 int64_t tn_notify_watchdog_usec(void);
 

@@ -271,8 +271,8 @@ static int broker_init(struct tn_mod *m)
         return TN_ENOMEM;
     bk->mod = m;
     bk->conf = bc;
-    bk->send_msg = broker_proto_send_msg;
-    bk->kick = broker_proto_kick;
+    bk->send_msg = broker_zmtp_send_msg; /* NSQ clients go on to proto.c */
+    bk->kick = broker_zmtp_kick;
     bk->start_time = broker_now() / 1000;
     if (bc->data_dir)
         snprintf(bk->dir, sizeof(bk->dir), "%s", bc->data_dir);
@@ -318,6 +318,8 @@ static int broker_start(struct tn_mod *m)
             return err;
         tn_log_info(BROKER_LOG, "TCP listening on %s", tn_listener_addr(bk->listener));
     }
+    if ((err = broker_zmtp_start(bk)) != 0)
+        return err;
     if (bc->http_listen.len) {
         struct tn_http_limits lim = {0};
         /* room above max_body_size so the handlers, not the core, refuse
@@ -343,7 +345,12 @@ static int broker_start(struct tn_mod *m)
     if ((err = broker_local_start(bk)) != 0 ||
         (err = broker_lookupd_start(bk, broker_local_tcp(bk))) != 0)
         return err;
-    return tn_service_register(TN_BROKER_SERVICE, (void *)&broker_service);
+    if ((err = tn_service_register(TN_BROKER_SERVICE, (void *)&broker_service)) != 0)
+        return err;
+    /* last: a failed start is not stopped, so nothing may follow it */
+    if ((err = broker_http_dashboard(bk, 1)) != 0)
+        tn_service_unregister(TN_BROKER_SERVICE);
+    return err;
 }
 
 /* SIGTERM: stop taking work, close the consumers (their in-flight
@@ -358,6 +365,7 @@ static int broker_stop(struct tn_mod *m)
         return 0;
     bk->stopping = 1;
     tn_service_unregister(TN_BROKER_SERVICE);
+    broker_http_dashboard(bk, 0);
     broker_hook_remove_opener();
     bk->announce = NULL;
     broker_lookupd_stop(bk);
@@ -371,6 +379,7 @@ static int broker_stop(struct tn_mod *m)
     ev_timer_stop(tn_loop(), &bk->scan);
     broker_proto_flush(bk);
     broker_proto_close_all(bk);
+    broker_zmtp_stop(bk);
     n = broker_store_persist(bk, broker_now());
     if (bk->meta_loaded) /* never overwrite a file we did not read */
         meta_save(bk);
@@ -442,6 +451,8 @@ static int broker_reload(struct tn_mod *m, void *new_conf)
         tn_log_warn(BROKER_LOG, "data_dir changed: takes effect on restart");
     if (!addr_lists_equal(&old->lookupd, &nc->lookupd))
         tn_log_warn(BROKER_LOG, "lookupd changed: takes effect on restart");
+    if (broker_zmtp_conf_changed(&old->zmtp, &nc->zmtp))
+        tn_log_warn(BROKER_LOG, "zmtp changed: takes effect on restart");
     bk->conf = nc;
     broker_store_policies(bk);
     if (nc->lua.script) {
@@ -484,10 +495,14 @@ static void broker_stats(struct tn_mod *m, struct tn_stats_out *out)
                       tl, (double)broker_topic_depth(t));
         tn_stats_emit(out, "ternd_broker_topic_messages_total", TN_STAT_COUNTER,
                       "Messages published to a topic", tl, (double)t->message_count);
+        tn_stats_emit(out, "ternd_broker_topic_paused", TN_STAT_GAUGE, "1 while a topic is paused",
+                      tl, (double)t->paused);
         for (struct broker_channel *ch = t->channels; ch; ch = ch->next) {
             const char *cl[] = {"topic", t->name, "channel", ch->name, NULL};
             tn_stats_emit(out, "ternd_broker_channel_depth", TN_STAT_GAUGE,
                           "Messages waiting in a channel", cl, (double)broker_channel_depth(ch));
+            tn_stats_emit(out, "ternd_broker_channel_paused", TN_STAT_GAUGE,
+                          "1 while a channel is paused", cl, (double)ch->paused);
             tn_stats_emit(out, "ternd_broker_channel_in_flight", TN_STAT_GAUGE,
                           "Messages in flight", cl, (double)ch->inflight.n);
             tn_stats_emit(out, "ternd_broker_channel_deferred", TN_STAT_GAUGE, "Deferred messages",
@@ -498,6 +513,7 @@ static void broker_stats(struct tn_mod *m, struct tn_stats_out *out)
                           "In-flight timeouts", cl, (double)ch->timeout_count);
         }
     }
+    broker_zmtp_stats(bk, out);
     if (bk->hook)
         tn_stats_emit(out, "ternd_lua_errors_total", TN_STAT_COUNTER, "Lua errors",
                       (const char *[]){"module", "broker", NULL},

@@ -39,6 +39,31 @@ struct broker_policies {
     struct broker_policy *v;
 };
 
+/* One broker.zmtp listener (zmtp_bind.c): which peer sockets it accepts
+ * and what it maps them onto. */
+enum {
+    BROKER_ZMTP_PUB = 1, /* PUB peers publish into a topic */
+    BROKER_ZMTP_PUSH,    /* PUSH peers publish into a topic */
+    BROKER_ZMTP_SUB,     /* SUB peers receive a topic, prefix-filtered */
+    BROKER_ZMTP_PULL,    /* PULL peers consume a channel, load-balanced */
+    BROKER_ZMTP_ROUTER   /* Majordomo (7/MDP) clients and workers */
+};
+
+struct broker_zmtp_conf {
+    struct tn_addr listen;
+    int type;                /* BROKER_ZMTP_* */
+    char *topic;             /* NULL: pub/push name the topic in frame 1 */
+    char *channel;           /* pull: the channel consumed */
+    int64_t hwm;             /* messages queued per connection */
+    int64_t heartbeat;       /* ms; router: MDP heartbeat interval */
+    int64_t request_timeout; /* ms; router: requests waiting for a worker */
+};
+
+struct broker_zmtp_list {
+    size_t n;
+    struct broker_zmtp_conf *v;
+};
+
 struct broker_conf {
     struct tn_addr tcp_listen;
     struct tn_addr http_listen;
@@ -71,6 +96,7 @@ struct broker_conf {
     char *broadcast_address;           /* announced to them; NULL: the hostname */
     int64_t lookupd_interval;          /* ms between PINGs, longest reconnect delay */
     struct tn_lua_conf lua;
+    struct broker_zmtp_list zmtp; /* ZeroMQ endpoints (zmtp_bind.c) */
 };
 
 extern const struct tn_conf_cmd broker_conf_table[];
@@ -251,6 +277,7 @@ struct broker {
     struct tn_discovery_producer *disc_producer;
     int disc_watching; /* subscribed to the service events */
     uint64_t published, dropped_by_hook, dead_lettered;
+    struct broker_zmtp *zmtp; /* the ZeroMQ endpoints while they run */
 };
 
 /* ---- store.c ----------------------------------------------------------------------- */
@@ -356,9 +383,28 @@ void broker_proto_kick(struct broker_client *c);
 void broker_proto_flush(struct broker *bk);
 void broker_proto_close_all(struct broker *bk);
 
+/* ---- zmtp_bind.c, mdp.c: ZeroMQ endpoints (broker.zmtp) ------------------------------ */
+
+/* The broker.zmtp key (a sequence of listener mappings). */
+int broker_zmtp_conf_set(struct tn_conf *cf, const struct tn_conf_node *node,
+                         const struct tn_conf_cmd *cmd, void *conf);
+/* Do two broker.zmtp lists differ (reload: the listeners keep running)? */
+int broker_zmtp_conf_changed(const struct broker_zmtp_list *a, const struct broker_zmtp_list *b);
+/* bk->send_msg / bk->kick: ZeroMQ consumers are handled here, NSQ ones
+ * are passed on to proto.c. */
+void broker_zmtp_send_msg(struct broker_client *c, const struct broker_ent *e);
+void broker_zmtp_kick(struct broker_client *c);
+/* Open the listeners (start) / close them and every ZeroMQ connection,
+ * handing in-flight messages back to their channels (stop). */
+int broker_zmtp_start(struct broker *bk);
+void broker_zmtp_stop(struct broker *bk);
+void broker_zmtp_stats(struct broker *bk, struct tn_stats_out *out);
+
 /* ---- http.c: HTTP API -------------------------------------------------------------------- */
 
 int broker_http_routes(struct broker *bk, struct tn_http_server *s);
+/* Serve (on) or stop serving the admin dashboard's actions (TN_ADMIN_HTTP_EVENT). */
+int broker_http_dashboard(struct broker *bk, int on);
 
 /* ---- lookupd.c: registration with nsqlookupd-compatible directories ---- */
 

@@ -110,6 +110,7 @@ const struct tn_conf_cmd broker_conf_table[] = {
     {"broadcast_address", TN_CONF_STRING, OFF(broadcast_address), NULL, NULL, NULL},
     {"lookupd_interval", TN_CONF_DURATION, OFF(lookupd_interval), NULL, NULL, NULL},
     {"lua", TN_CONF_SECTION, OFF(lua), tn_lua_conf_table, NULL, NULL},
+    {"zmtp", TN_CONF_CUSTOM, OFF(zmtp), NULL, broker_zmtp_conf_set, NULL},
     TN_CONF_END};
 
 static void default_addr(struct tn_addr *a, const char *text)
