@@ -16,7 +16,7 @@ CPPFLAGS = -include config.h -I$(TOP)/server/include -I$(TOP)/server -I$(TOP)/mo
 	-DTERND_SYSCONF_DIR='"/nonexistent"' \
 	$(shell pkg-config --cflags $(PKGS))
 LDFLAGS = $(SAN) -fsanitize=fuzzer
-LIBS = $(shell pkg-config --libs $(PKGS)) -lev -lhttp_parser -lm -ldl -lpthread
+LIBS = $(shell pkg-config --libs $(PKGS)) -lev -lhttp_parser -lm -ldl -lpthread -lwslay
 
 # The sources: every .c of the core but main.c (plus the generated
 # dashboard assets), and every .c of a module's directory -- found, not

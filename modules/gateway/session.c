@@ -450,6 +450,10 @@ static void tcp_on_read(struct tn_conn *c)
         tn_buf_consume(&c->in, (size_t)r);
     else if (r < 0)
         tn_buf_consume(&c->in, tn_buf_rlen(&c->in));
+    /* nothing left over: an idle client keeps no read buffer (the core
+     * would keep read_size bytes); the next read allocates again */
+    if (tn_buf_rlen(&c->in) == 0)
+        tn_buf_shrink(&c->in, 0);
 }
 
 static void tcp_on_close(struct tn_conn *c, int reason)

@@ -1,36 +1,52 @@
 /*
  * ws.c -- the WebSocket transport (RFC 6455) on the core HTTP server's
- * upgrade: the handshake, frames (masking required from clients,
- * fragmentation, ping/pong, the close handshake with codes, UTF-8 checks,
- * size limits) and permessage-deflate (RFC 7692, without context takeover
- * in both directions, so one zlib stream pair serves every connection).
+ * upgrade. The frame layer is libwslay's event API: it unmasks (and
+ * refuses unmasked client frames), reassembles fragments, answers pings,
+ * runs the close handshake, checks UTF-8 in text messages and close
+ * reasons, and enforces the message size limit. It reads from the core's
+ * c->in through recv_cb and writes into c->out through send_cb, so no I/O
+ * blocks and the core's output limits stay the back-pressure.
+ *
+ * permessage-deflate (RFC 7692) sits on top: wslay passes RSV1 through
+ * (allowed_rsv_bits) and this file inflates and deflates with zlib,
+ * without context takeover in both directions, so one zlib stream pair
+ * serves every connection.
+ *
+ * Idle connections are kept small: a connection holds a wslay context
+ * (about 9 KiB) only while it has something in flight (a fragmented
+ * message, queued frames, a close handshake). Otherwise it borrows the one
+ * spare context for a read or a send and gives it back (see spare below),
+ * and gives back the core's read buffer once it is empty.
+ *
  * Each binary message carries one whole packet, size field included, as
  * due's WebSocket server expects; text messages are refused (1003) once
  * they are valid UTF-8.
  */
+#include <openssl/evp.h>
+#include <openssl/sha.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <wslay/wslay.h>
 #include <zlib.h>
 
 #include "gateway.h"
 
 #define WS_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-#define WS_FIN 0x80
-#define WS_RSV1 0x40
-#define WS_RSV_ALL 0x70
-enum { WS_CONT = 0, WS_TEXT = 1, WS_BINARY = 2, WS_CLOSE = 8, WS_PING = 9, WS_PONG = 10 };
+#define WS_REASON_MAX 123 /* bytes of a close reason (125 minus the code) */
 
 struct ws_conn {
     struct tn_conn *c;
     struct gw_session *s;
     struct gw *gw;
-    struct tn_buf msg; /* fragments of the message being received */
-    uint8_t msg_op;    /* WS_TEXT / WS_BINARY while a fragmented message is open */
-    uint8_t msg_rsv1;  /* that message is compressed */
-    uint8_t deflate;   /* permessage-deflate negotiated */
-    uint8_t closing;   /* our close frame is out: waiting for the client's */
+    struct ws_ctx *ctx;          /* NULL while quiescent */
+    size_t feed;                 /* bytes of c->in wslay may read: whole frames */
+    uint8_t deflate;             /* permessage-deflate negotiated */
+    uint8_t frag_open;           /* a fragmented message is being received */
+    uint8_t closing;             /* our close frame is queued */
+    uint8_t failed;              /* we failed the connection (logged) */
+    uint8_t in_recv;             /* inside wslay_event_recv: settle after it */
 };
 
 /* One deflate and one inflate stream for all connections: every message is
@@ -38,94 +54,34 @@ struct ws_conn {
 static struct {
     z_stream in, out;
     int in_ok, out_ok;
-    struct tn_buf buf; /* scratch: inflated or deflated message */
+    struct tn_buf buf;  /* scratch: the inflated message being handled */
+    struct tn_buf dbuf; /* scratch: a deflated message being sent (apart from
+                           buf: a reply is sent while the request in buf is
+                           still in use, e.g. forwarded to a node after) */
 } z;
 
-/* ---- SHA-1 and base64, for Sec-WebSocket-Accept ------------------------------------ */
+/* A wslay context and the connection it works for now (its user_data, so
+ * that it can change hands). */
+struct ws_ctx {
+    wslay_event_context_ptr w;
+    struct ws_conn *ws;
+};
 
-static uint32_t rol(uint32_t v, int n)
-{
-    return v << n | v >> (32 - n);
-}
+/*
+ * The spare context. Between whole frames (wslay only ever reads whole
+ * ones, see whole_frames), with no fragmented message open, nothing queued
+ * and no close sent or received, a server context is in exactly the state
+ * of a fresh one: it can serve any connection. A connection without a
+ * context borrows the spare for a read or a send and gives it back when
+ * that leaves it in this state; otherwise it keeps it (and the next
+ * borrower gets a new one).
+ */
+static struct {
+    struct ws_ctx *spare;
+    struct tn_buf flat; /* scratch: a packet's pieces in one piece */
+} pool;
 
-static void sha1_block(uint32_t h[5], const uint8_t *p)
-{
-    uint32_t w[80], a = h[0], b = h[1], c = h[2], d = h[3], e = h[4], f, k, t;
-
-    for (int i = 0; i < 16; i++)
-        w[i] = (uint32_t)p[4 * i] << 24 | (uint32_t)p[4 * i + 1] << 16 |
-               (uint32_t)p[4 * i + 2] << 8 | p[4 * i + 3];
-    for (int i = 16; i < 80; i++)
-        w[i] = rol(w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16], 1);
-    for (int i = 0; i < 80; i++) {
-        if (i < 20) {
-            f = (b & c) | (~b & d);
-            k = 0x5A827999;
-        } else if (i < 40) {
-            f = b ^ c ^ d;
-            k = 0x6ED9EBA1;
-        } else if (i < 60) {
-            f = (b & c) | (b & d) | (c & d);
-            k = 0x8F1BBCDC;
-        } else {
-            f = b ^ c ^ d;
-            k = 0xCA62C1D6;
-        }
-        t = rol(a, 5) + f + e + k + w[i];
-        e = d;
-        d = c;
-        c = rol(b, 30);
-        b = a;
-        a = t;
-    }
-    h[0] += a;
-    h[1] += b;
-    h[2] += c;
-    h[3] += d;
-    h[4] += e;
-}
-
-/* SHA-1 of a short text (the key and the GUID: under 120 bytes). */
-static void sha1(const char *s, size_t n, uint8_t out[20])
-{
-    uint32_t h[5] = {0x67452301, 0xEFCDAB89, 0x98BADCFE, 0x10325476, 0xC3D2E1F0};
-    uint8_t block[128] = {0};
-    size_t nb = n + 9 <= 64 ? 64 : 128;
-    uint64_t bits = (uint64_t)n * 8;
-
-    memcpy(block, s, n);
-    block[n] = 0x80;
-    for (int i = 0; i < 8; i++)
-        block[nb - 1 - i] = (uint8_t)(bits >> (8 * i));
-    for (size_t off = 0; off < nb; off += 64)
-        sha1_block(h, block + off);
-    for (int i = 0; i < 20; i++)
-        out[i] = (uint8_t)(h[i / 4] >> (24 - 8 * (i % 4)));
-}
-
-static void base64(const uint8_t *p, size_t n, char *out)
-{
-    static const char tab[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    size_t i, o = 0;
-
-    for (i = 0; i + 2 < n; i += 3) {
-        uint32_t v = (uint32_t)p[i] << 16 | (uint32_t)p[i + 1] << 8 | p[i + 2];
-        out[o++] = tab[v >> 18];
-        out[o++] = tab[(v >> 12) & 63];
-        out[o++] = tab[(v >> 6) & 63];
-        out[o++] = tab[v & 63];
-    }
-    if (i < n) {
-        uint32_t v = (uint32_t)p[i] << 16 | (i + 1 < n ? (uint32_t)p[i + 1] << 8 : 0);
-        out[o++] = tab[v >> 18];
-        out[o++] = tab[(v >> 12) & 63];
-        out[o++] = i + 1 < n ? tab[(v >> 6) & 63] : '=';
-        out[o++] = '=';
-    }
-    out[o] = '\0';
-}
-
-/* ---- UTF-8 -------------------------------------------------------------------------- */
+/* ---- UTF-8 (inflated text: wslay checks only what it sees uncompressed) ------------ */
 
 /* Well-formed UTF-8 (no overlongs, no surrogates, nothing above U+10FFFF)? */
 static int utf8_valid(const uint8_t *p, size_t n)
@@ -167,44 +123,7 @@ static int utf8_valid(const uint8_t *p, size_t n)
     return 1;
 }
 
-/* ---- sending ------------------------------------------------------------------------ */
-
-static size_t frame_head(uint8_t *h, int first, size_t len)
-{
-    h[0] = (uint8_t)first;
-    if (len < 126) {
-        h[1] = (uint8_t)len;
-        return 2;
-    }
-    if (len <= 0xFFFF) {
-        h[1] = 126;
-        h[2] = (uint8_t)(len >> 8);
-        h[3] = (uint8_t)len;
-        return 4;
-    }
-    h[1] = 127;
-    for (int i = 0; i < 8; i++)
-        h[2 + i] = (uint8_t)((uint64_t)len >> (56 - 8 * i));
-    return 10;
-}
-
-/* One unfragmented frame: FIN + opcode (+ RSV1), payload from iov. */
-static int ws_frame(struct ws_conn *ws, int first, const struct iovec *iov, int n)
-{
-    struct iovec v[8];
-    uint8_t h[10];
-    size_t len = 0;
-
-    if (n > 7)
-        return TN_EINVAL;
-    for (int i = 0; i < n; i++) {
-        len += iov[i].iov_len;
-        v[i + 1] = iov[i];
-    }
-    v[0].iov_base = h;
-    v[0].iov_len = frame_head(h, first, len);
-    return tn_conn_writev(ws->c, v, n + 1);
-}
+/* ---- zlib ----------------------------------------------------------------------------- */
 
 static int z_init(void)
 {
@@ -222,120 +141,30 @@ static int z_init(void)
     return 0;
 }
 
-/* Compress the message in iov into z.buf without the final 00 00 ff ff. */
-static int deflate_msg(const struct iovec *iov, int n)
+/* Compress p[0..n) into z.dbuf without the final 00 00 ff ff. */
+static int deflate_msg(const void *p, size_t n)
 {
-    size_t total = 0;
-
-    for (int i = 0; i < n; i++)
-        total += iov[i].iov_len;
-    tn_buf_reset(&z.buf);
-    if (tn_buf_reserve(&z.buf, deflateBound(&z.out, total) + 16) != 0)
+    if (z_init() != 0)
+        return TN_ENOMEM;
+    tn_buf_reset(&z.dbuf);
+    if (tn_buf_reserve(&z.dbuf, deflateBound(&z.out, n) + 16) != 0)
         return TN_ENOMEM;
     deflateReset(&z.out);
-    z.out.next_out = (Bytef *)tn_buf_wptr(&z.buf);
-    z.out.avail_out = (uInt)tn_buf_wlen(&z.buf);
-    for (int i = 0; i < n; i++) {
-        z.out.next_in = iov[i].iov_base;
-        z.out.avail_in = (uInt)iov[i].iov_len;
-        if (deflate(&z.out, i + 1 == n ? Z_SYNC_FLUSH : Z_NO_FLUSH) != Z_OK || z.out.avail_in != 0)
-            return TN_EIO;
-    }
-    tn_buf_commit(&z.buf, tn_buf_wlen(&z.buf) - z.out.avail_out);
-    if (tn_buf_rlen(&z.buf) < 4)
+    z.out.next_in = (Bytef *)p;
+    z.out.avail_in = (uInt)n;
+    z.out.next_out = (Bytef *)tn_buf_wptr(&z.dbuf);
+    z.out.avail_out = (uInt)tn_buf_wlen(&z.dbuf);
+    if (deflate(&z.out, Z_SYNC_FLUSH) != Z_OK || z.out.avail_in != 0)
         return TN_EIO;
-    z.buf.len -= 4;
+    tn_buf_commit(&z.dbuf, tn_buf_wlen(&z.dbuf) - z.out.avail_out);
+    if (tn_buf_rlen(&z.dbuf) < 4)
+        return TN_EIO;
+    z.dbuf.len -= 4;
     return 0;
 }
 
-static int ws_send(struct gw_session *s, const struct iovec *iov, int n)
-{
-    struct ws_conn *ws = s->tpdata;
-    size_t total = 0;
-    struct iovec zv;
-
-    if (ws->closing)
-        return TN_ECLOSED;
-    for (int i = 0; i < n; i++)
-        total += iov[i].iov_len;
-    if (ws->deflate && total >= ws->gw->conf->ws_compress_min && z_init() == 0 &&
-        deflate_msg(iov, n) == 0) {
-        zv.iov_base = tn_buf_rptr(&z.buf);
-        zv.iov_len = tn_buf_rlen(&z.buf);
-        return ws_frame(ws, WS_FIN | WS_RSV1 | WS_BINARY, &zv, 1);
-    }
-    return ws_frame(ws, WS_FIN | WS_BINARY, iov, n);
-}
-
-static void send_close(struct ws_conn *ws, int code, const char *why)
-{
-    uint8_t p[125];
-    size_t n = 0;
-    struct iovec v;
-
-    if (code) {
-        p[0] = (uint8_t)(code >> 8);
-        p[1] = (uint8_t)code;
-        n = strlen(why) > 120 ? 120 : strlen(why);
-        memcpy(p + 2, why, n);
-        n += 2;
-    }
-    v.iov_base = p;
-    v.iov_len = n;
-    ws_frame(ws, WS_FIN | WS_CLOSE, &v, 1);
-}
-
-/* Start the close handshake: our close frame, then wait (bounded) for the
- * client's. */
-static void ws_close(struct gw_session *s, int code, const char *why)
-{
-    struct ws_conn *ws = s->tpdata;
-
-    if (ws->closing)
-        return;
-    ws->closing = 1;
-    send_close(ws, code, why);
-    tn_conn_set_idle_timeout(ws->c, ws->gw->conf->ws_close_timeout);
-}
-
-/* A protocol violation: close frame with code, then the TCP connection. */
-static void ws_fail(struct ws_conn *ws, int code, const char *why)
-{
-    tn_log_info(GW_LOG, "websocket %s: %s, closing with %d", ws->c->peer, why, code);
-    if (!ws->closing)
-        send_close(ws, code, why);
-    ws->closing = 1;
-    if (ws->s)
-        ws->s->tpclosed = 1;
-    tn_conn_close_after_write(ws->c);
-}
-
-static const char *ws_addr(const struct gw_session *s)
-{
-    return ((struct ws_conn *)s->tpdata)->c->peer;
-}
-
-static void ws_free(struct ws_conn *ws)
-{
-    tn_buf_free(&ws->msg);
-    free(ws);
-}
-
-static void ws_detach(struct gw_session *s)
-{
-    struct ws_conn *ws = s->tpdata;
-
-    ws->c->data = NULL;
-    tn_conn_close(ws->c, 0);
-    ws_free(ws);
-}
-
-static const struct gw_transport ws_transport = {"ws", ws_send, ws_close, ws_addr, ws_detach};
-
-/* ---- receiving -------------------------------------------------------------------------- */
-
 /* Inflate a compressed message into z.buf, at most limit bytes. */
-static int inflate_msg(const char *p, size_t n, size_t limit)
+static int inflate_msg(const uint8_t *p, size_t n, size_t limit)
 {
     static const uint8_t tail[4] = {0, 0, 0xff, 0xff};
     int rc = Z_OK;
@@ -345,7 +174,7 @@ static int inflate_msg(const char *p, size_t n, size_t limit)
     inflateReset(&z.in);
     tn_buf_reset(&z.buf);
     for (int part = 0; part < 2 && rc != Z_STREAM_END; part++) {
-        z.in.next_in = (Bytef *)(part ? (const char *)tail : p);
+        z.in.next_in = (Bytef *)(part ? tail : p);
         z.in.avail_in = part ? 4 : (uInt)n;
         while (z.in.avail_in > 0) {
             if (tn_buf_reserve(&z.buf, 16 * 1024) != 0)
@@ -367,16 +196,263 @@ static int inflate_msg(const char *p, size_t n, size_t limit)
     return 0;
 }
 
-/* A whole message arrived. */
-static void ws_message(struct ws_conn *ws, int op, int compressed, const char *p, size_t n)
+/* ---- wslay callbacks ------------------------------------------------------------------------ */
+
+/* wslay reads whole frames from c->in, never more than ws->feed bytes. */
+static ssize_t recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, int flags,
+                       void *ud)
+{
+    struct ws_conn *ws = ((struct ws_ctx *)ud)->ws;
+    size_t n = len < ws->feed ? len : ws->feed;
+
+    if (n == 0) {
+        wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
+        return -1;
+    }
+    memcpy(buf, tn_buf_rptr(&ws->c->in), n);
+    tn_buf_consume(&ws->c->in, n);
+    ws->feed -= n;
+    return (ssize_t)n;
+}
+
+/* Frames go into c->out; the core's limits apply there. Bytes are always
+ * taken, so wslay's own state never stalls: a connection over its output
+ * limit is being closed by the core anyway. */
+static ssize_t send_cb(wslay_event_context_ptr ctx, const uint8_t *data, size_t len, int flags,
+                       void *ud)
+{
+    struct ws_conn *ws = ((struct ws_ctx *)ud)->ws;
+
+    if (!tn_conn_closing(ws->c))
+        tn_conn_write(ws->c, data, len);
+    return (ssize_t)len;
+}
+
+static void frame_start_cb(wslay_event_context_ptr ctx,
+                           const struct wslay_event_on_frame_recv_start_arg *arg, void *ud)
+{
+    struct ws_conn *ws = ((struct ws_ctx *)ud)->ws;
+
+    if (!(arg->opcode & 0x8)) /* data or continuation */
+        ws->frag_open = !arg->fin;
+}
+
+static void msg_cb(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_recv_arg *arg,
+                   void *ud);
+
+static const struct wslay_event_callbacks ws_callbacks = {
+    recv_cb, send_cb, NULL, frame_start_cb, NULL, NULL, msg_cb};
+
+static void ctx_free(struct ws_ctx *x)
+{
+    wslay_event_context_free(x->w);
+    free(x);
+}
+
+/* ws's context: its own, or the spare (or a new one) borrowed. */
+static int ws_ctx(struct ws_conn *ws)
+{
+    struct ws_ctx *x = pool.spare;
+
+    if (ws->ctx)
+        return 0;
+    if (x) {
+        pool.spare = NULL;
+    } else {
+        if (!(x = calloc(1, sizeof(*x))))
+            return TN_ENOMEM;
+        if (wslay_event_context_server_init(&x->w, &ws_callbacks, x) != 0) {
+            free(x);
+            return TN_ENOMEM;
+        }
+    }
+    x->ws = ws;
+    wslay_event_config_set_allowed_rsv_bits(x->w, ws->deflate ? WSLAY_RSV1_BIT : WSLAY_RSV_NONE);
+    wslay_event_config_set_max_recv_msg_length(x->w, ws->gw->codec.max_size);
+    ws->ctx = x;
+    return 0;
+}
+
+/* Give ws's context back when nothing is in flight on it. */
+static void ws_ctx_return(struct ws_conn *ws)
+{
+    struct ws_ctx *x = ws->ctx;
+
+    if (!x || ws->in_recv || ws->closing || ws->failed || ws->frag_open ||
+        wslay_event_want_write(x->w) || !wslay_event_get_read_enabled(x->w) ||
+        !wslay_event_get_write_enabled(x->w) || wslay_event_get_close_received(x->w))
+        return;
+    ws->ctx = NULL;
+    x->ws = NULL;
+    if (pool.spare)
+        ctx_free(x);
+    else
+        pool.spare = x;
+}
+
+/* ---- closing ------------------------------------------------------------------------------ */
+
+static void queue_close(struct ws_conn *ws, int code, const char *why)
+{
+    size_t n = strlen(why);
+
+    ws->closing = 1;
+    if (ws_ctx(ws) != 0) {
+        tn_conn_close(ws->c, TN_ENOMEM);
+        return;
+    }
+    wslay_event_queue_close(ws->ctx->w, (uint16_t)code, (const uint8_t *)why,
+                            n > WS_REASON_MAX ? WS_REASON_MAX : n);
+}
+
+static void ws_settle(struct ws_conn *ws);
+
+/* A failure we detected: close frame with code, then the TCP connection. */
+static void ws_fail(struct ws_conn *ws, int code, const char *why)
+{
+    tn_log_info(GW_LOG, "websocket %s: %s, closing with %d", ws->c->peer, why, code);
+    if (code == GW_CLOSE_TOO_BIG)
+        ws->gw->st.oversize++;
+    ws->failed = 1;
+    if (!ws->closing)
+        queue_close(ws, code, why);
+    if (ws->ctx)
+        wslay_event_shutdown_read(ws->ctx->w);
+    if (ws->s)
+        ws->s->tpclosed = 1;
+    if (!ws->in_recv)
+        ws_settle(ws);
+}
+
+/* A failure wslay detected (it queued the close frame itself). */
+static void wslay_failed(struct ws_conn *ws)
+{
+    int code = wslay_event_get_status_code_sent(ws->ctx->w);
+    const char *why = code == GW_CLOSE_TOO_BIG    ? "message over packet.max_size"
+                      : code == GW_CLOSE_BAD_DATA ? "text is not UTF-8"
+                                                  : "protocol error";
+
+    tn_log_info(GW_LOG, "websocket %s: %s, closing with %d", ws->c->peer, why, code);
+    if (code == GW_CLOSE_TOO_BIG)
+        ws->gw->st.oversize++;
+    ws->failed = 1;
+}
+
+/*
+ * After wslay ran: write what it queued, then end the connection once a
+ * close went both ways or the connection failed, or give the context back
+ * when nothing is in flight.
+ */
+static void ws_settle(struct ws_conn *ws)
+{
+    wslay_event_context_ptr w;
+
+    if (!ws->ctx)
+        return;
+    w = ws->ctx->w;
+    if (wslay_event_send(w) != 0) {
+        tn_conn_close(ws->c, TN_ENOMEM);
+        return;
+    }
+    if (wslay_event_get_close_received(w) || !wslay_event_get_read_enabled(w)) {
+        if (!wslay_event_get_close_received(w) && !ws->failed)
+            wslay_failed(ws);
+        if (ws->s)
+            ws->s->tpclosed = 1;
+        tn_conn_close_after_write(ws->c);
+        return;
+    }
+    ws_ctx_return(ws);
+}
+
+/* ---- sending ------------------------------------------------------------------------------ */
+
+/* The pieces of a packet as one message, compressed when worth it. */
+static int ws_send(struct gw_session *s, const struct iovec *iov, int n)
+{
+    struct ws_conn *ws = s->tpdata;
+    struct wslay_event_msg m = {WSLAY_BINARY_FRAME, NULL, 0};
+    uint8_t rsv = WSLAY_RSV_NONE;
+    int rc;
+
+    if (ws->closing)
+        return TN_ECLOSED;
+    tn_buf_reset(&pool.flat);
+    for (int i = 0; i < n; i++)
+        if (tn_buf_append(&pool.flat, iov[i].iov_base, iov[i].iov_len) != 0)
+            return TN_ENOMEM;
+    m.msg = (const uint8_t *)tn_buf_rptr(&pool.flat);
+    m.msg_length = tn_buf_rlen(&pool.flat);
+    if (ws->deflate && m.msg_length >= ws->gw->conf->ws_compress_min &&
+        deflate_msg(m.msg, m.msg_length) == 0) {
+        m.msg = (const uint8_t *)tn_buf_rptr(&z.dbuf);
+        m.msg_length = tn_buf_rlen(&z.dbuf);
+        rsv = WSLAY_RSV1_BIT;
+    }
+    if (ws_ctx(ws) != 0)
+        return TN_ENOMEM;
+    rc = wslay_event_queue_msg_ex(ws->ctx->w, &m, rsv);
+    if (rc == WSLAY_ERR_NO_MORE_MSG)
+        return TN_ECLOSED;
+    /* out now, also from inside wslay_event_recv: wslay sends queued
+     * control frames first, and a close must not overtake a reply */
+    if (rc != 0 || wslay_event_send(ws->ctx->w) != 0)
+        return TN_ENOMEM;
+    ws_ctx_return(ws);
+    return tn_conn_closing(ws->c) ? TN_ECLOSED : 0;
+}
+
+/* Start the close handshake: our close frame, then wait (bounded) for the
+ * client's. */
+static void ws_close(struct gw_session *s, int code, const char *why)
+{
+    struct ws_conn *ws = s->tpdata;
+
+    if (ws->closing)
+        return;
+    queue_close(ws, code, why);
+    tn_conn_set_idle_timeout(ws->c, ws->gw->conf->ws_close_timeout);
+    if (!ws->in_recv)
+        ws_settle(ws);
+}
+
+static const char *ws_addr(const struct gw_session *s)
+{
+    return ((struct ws_conn *)s->tpdata)->c->peer;
+}
+
+static void ws_free(struct ws_conn *ws)
+{
+    if (ws->ctx)
+        ctx_free(ws->ctx);
+    free(ws);
+}
+
+static void ws_detach(struct gw_session *s)
+{
+    struct ws_conn *ws = s->tpdata;
+
+    ws->c->data = NULL;
+    tn_conn_close(ws->c, 0);
+    ws_free(ws);
+}
+
+static const struct gw_transport ws_transport = {"ws", ws_send, ws_close, ws_addr, ws_detach};
+
+/* ---- receiving -------------------------------------------------------------------------- */
+
+/* A whole data message arrived (wslay already checked the UTF-8 of an
+ * uncompressed text message). */
+static void ws_message(struct ws_conn *ws, int op, int compressed, const uint8_t *p, size_t n)
 {
     struct gw_packet pk;
     long r;
 
+    if (ws->closing || !ws->s)
+        return;
     if (compressed) {
         int rc = inflate_msg(p, n, (size_t)ws->gw->codec.max_size);
         if (rc == TN_ETOOBIG) {
-            ws->gw->st.oversize++;
             ws_fail(ws, GW_CLOSE_TOO_BIG, "message over packet.max_size once inflated");
             return;
         }
@@ -384,19 +460,17 @@ static void ws_message(struct ws_conn *ws, int op, int compressed, const char *p
             ws_fail(ws, GW_CLOSE_BAD_DATA, "bad deflate data");
             return;
         }
-        p = tn_buf_rptr(&z.buf);
+        p = (const uint8_t *)tn_buf_rptr(&z.buf);
         n = tn_buf_rlen(&z.buf);
     }
-    if (ws->closing || !ws->s)
-        return;
-    if (op == WS_TEXT) {
-        if (!utf8_valid((const uint8_t *)p, n))
+    if (op == WSLAY_TEXT_FRAME) {
+        if (compressed && !utf8_valid(p, n))
             ws_fail(ws, GW_CLOSE_BAD_DATA, "text message is not UTF-8");
         else
             ws_fail(ws, GW_CLOSE_UNSUPPORTED, "binary messages only");
         return;
     }
-    r = gw_decode(&ws->gw->codec, p, n, &pk);
+    r = gw_decode(&ws->gw->codec, (const char *)p, n, &pk);
     if (r <= 0 || r != (long)n) { /* r == n == 0: an empty message, no packet */
         ws->gw->st.bad_packets++;
         ws_fail(ws, GW_CLOSE_POLICY, "a message must hold exactly one packet");
@@ -405,158 +479,121 @@ static void ws_message(struct ws_conn *ws, int op, int compressed, const char *p
     gw_session_packet(ws->s, &pk);
 }
 
-static int close_code_ok(int code)
+static void msg_cb(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_recv_arg *arg,
+                   void *ud)
 {
-    return (code >= 1000 && code <= 1003) || (code >= 1007 && code <= 1014) ||
-           (code >= 3000 && code <= 4999);
+    /* pings, pongs and closes: wslay answers them */
+    if (arg->opcode == WSLAY_TEXT_FRAME || arg->opcode == WSLAY_BINARY_FRAME)
+        /* an empty message may come as NULL: no pointer arithmetic on it */
+        ws_message(((struct ws_ctx *)ud)->ws, arg->opcode, wslay_get_rsv1(arg->rsv),
+                   arg->msg_length ? arg->msg : (const uint8_t *)"", arg->msg_length);
 }
 
-/* The client's close frame: answer it (echoing its code) unless ours went
- * out first, then end the connection. */
-static void ws_close_frame(struct ws_conn *ws, const uint8_t *p, size_t n)
-{
-    int code = n >= 2 ? p[0] << 8 | p[1] : 0;
-
-    if (n == 1 || (n >= 2 && !close_code_ok(code))) {
-        ws_fail(ws, GW_CLOSE_PROTOCOL, "bad close code");
-        return;
-    }
-    if (n > 2 && !utf8_valid(p + 2, n - 2)) {
-        ws_fail(ws, GW_CLOSE_BAD_DATA, "close reason is not UTF-8");
-        return;
-    }
-    if (!ws->closing) {
-        ws->closing = 1;
-        send_close(ws, code, "");
-    }
-    if (ws->s)
-        ws->s->tpclosed = 1;
-    tn_conn_close_after_write(ws->c);
-}
-
-static void ws_control(struct ws_conn *ws, int op, const uint8_t *p, size_t n)
-{
-    struct iovec v;
-
-    if (op == WS_PING && !ws->closing) {
-        v.iov_base = (void *)p;
-        v.iov_len = n;
-        ws_frame(ws, WS_FIN | WS_PONG, &v, 1);
-    } else if (op == WS_CLOSE) {
-        ws_close_frame(ws, p, n);
-    }
-}
-
-/* Check a frame header; 0 or a close code. */
-static int frame_check(struct ws_conn *ws, int b0, int b1, uint64_t len)
-{
-    int op = b0 & 0x0f, rsv = b0 & WS_RSV_ALL;
-
-    if (!(b1 & 0x80))
-        return GW_CLOSE_PROTOCOL; /* clients must mask */
-    if (rsv & ~(ws->deflate ? WS_RSV1 : 0))
-        return GW_CLOSE_PROTOCOL;
-    if (op >= 8) {
-        if (op > WS_PONG || !(b0 & WS_FIN) || len > 125 || rsv)
-            return GW_CLOSE_PROTOCOL;
-        return 0;
-    }
-    if (op > WS_BINARY || (op == WS_CONT && (!ws->msg_op || rsv)) || (op != WS_CONT && ws->msg_op))
-        return GW_CLOSE_PROTOCOL;
-    if (len + tn_buf_rlen(&ws->msg) > ws->gw->codec.max_size)
-        return GW_CLOSE_TOO_BIG;
-    return 0;
-}
-
-static void ws_data(struct ws_conn *ws, int b0, const char *p, size_t n)
-{
-    int op = b0 & 0x0f;
-
-    if (op != WS_CONT && (b0 & WS_FIN)) {
-        ws_message(ws, op, (b0 & WS_RSV1) != 0, p, n); /* unfragmented: no copy */
-        return;
-    }
-    if (op != WS_CONT) {
-        ws->msg_op = (uint8_t)op;
-        ws->msg_rsv1 = (b0 & WS_RSV1) != 0;
-    }
-    if (tn_buf_append(&ws->msg, p, n) != 0) {
-        ws_fail(ws, GW_CLOSE_ERROR, "out of memory");
-        return;
-    }
-    if (b0 & WS_FIN) {
-        size_t len = tn_buf_rlen(&ws->msg);
-        op = ws->msg_op;
-        ws->msg_op = 0;
-        /* empty fragments allocate nothing: no pointer arithmetic on NULL */
-        ws_message(ws, op, ws->msg_rsv1, len ? tn_buf_rptr(&ws->msg) : "", len);
-        tn_buf_reset(&ws->msg);
-        tn_buf_shrink(&ws->msg, 0);
-    }
-}
-
-/* Parse one frame at the front of c->in; returns its length, 0 when
- * incomplete, -1 after a failure. */
-static long ws_frame_in(struct ws_conn *ws, uint8_t *p, size_t avail)
+/*
+ * The header size of the frame at p and its payload length in *len: 0
+ * while the header is incomplete, -1 for a header wslay's frame layer
+ * would refuse with a bare close frame (a control frame over 125 bytes or
+ * fragmented, a length not in its shortest form) or accept although RFC
+ * 6455 forbids it (a 1-byte close payload): those get 1002 here.
+ */
+static long frame_size(const uint8_t *p, size_t avail, uint64_t *len)
 {
     size_t hl = 2;
-    uint64_t len;
-    uint8_t *mask, *payload;
-    int code;
+    uint64_t n;
 
     if (avail < 2)
         return 0;
-    len = p[1] & 0x7f;
-    if (len == 126)
-        hl += 2;
-    else if (len == 127)
-        hl += 8;
-    if (avail < hl + 4)
+    n = p[1] & 0x7f;
+    if ((p[0] & 0x08) && (n > 125 || !(p[0] & 0x80)))
+        return -1;
+    if ((p[0] & 0x0f) == WSLAY_CONNECTION_CLOSE && n == 1)
+        return -1; /* a close payload is empty or starts with a 2-byte code */
+    hl += n == 126 ? 2 : n == 127 ? 8 : 0;
+    hl += (p[1] & 0x80) ? 4 : 0;
+    if (avail < hl)
         return 0;
-    if (len == 126) {
-        len = (uint64_t)p[2] << 8 | p[3];
-    } else if (len == 127) {
-        len = 0;
+    if (n == 126) {
+        n = (uint64_t)p[2] << 8 | p[3];
+        if (n < 126)
+            return -1;
+    } else if (n == 127) {
+        n = 0;
         for (int i = 0; i < 8; i++)
-            len = len << 8 | p[2 + i];
-        if (len >> 63) {
-            ws_fail(ws, GW_CLOSE_PROTOCOL, "bad frame length");
+            n = n << 8 | p[2 + i];
+        if (n >> 63 || n <= 0xFFFF)
+            return -1;
+    }
+    *len = n;
+    return (long)hl;
+}
+
+/* How many bytes at the front of c->in wslay may read: whole frames only,
+ * so that a context with nothing in flight holds no partial frame and can
+ * be freed. A frame declaring more than the limit is handed over at once
+ * for wslay to refuse (1009). -1 after a failure. */
+static long whole_frames(struct ws_conn *ws, const uint8_t *p, size_t avail)
+{
+    size_t off = 0;
+    uint64_t len = 0;
+    long hl;
+
+    while (off < avail) {
+        hl = frame_size(p + off, avail - off, &len);
+        if (hl < 0) {
+            ws->feed = off;
             return -1;
         }
+        if (hl == 0)
+            break;
+        if (len > ws->gw->codec.max_size)
+            return (long)avail;
+        if (avail - off - (size_t)hl < len)
+            break;
+        off += (size_t)hl + (size_t)len;
     }
-    if ((code = frame_check(ws, p[0], p[1], len)) != 0) {
-        if (code == GW_CLOSE_TOO_BIG)
-            ws->gw->st.oversize++;
-        ws_fail(ws, code,
-                code == GW_CLOSE_TOO_BIG ? "message over packet.max_size" : "protocol error");
-        return -1;
-    }
-    if (avail - hl - 4 < len)
-        return 0;
-    mask = p + hl;
-    payload = mask + 4;
-    for (uint64_t i = 0; i < len; i++)
-        payload[i] ^= mask[i & 3];
-    if ((p[0] & 0x0f) >= 8)
-        ws_control(ws, p[0] & 0x0f, payload, (size_t)len);
-    else
-        ws_data(ws, p[0], (const char *)payload, (size_t)len);
-    return (long)(hl + 4 + len);
+    return (long)off;
 }
 
 static void ws_on_read(struct tn_conn *c)
 {
     struct ws_conn *ws = c->data;
-    long r;
+    long n;
+    int bad, rc;
 
-    while (ws && !tn_conn_closing(c) && tn_buf_rlen(&c->in) > 0) {
-        r = ws_frame_in(ws, (uint8_t *)tn_buf_rptr(&c->in), tn_buf_rlen(&c->in));
-        if (r <= 0)
-            break;
-        tn_buf_consume(&c->in, (size_t)r);
+    if (!ws || ws->failed || tn_conn_closing(c))
+        goto drop;
+    n = whole_frames(ws, (const uint8_t *)tn_buf_rptr(&c->in), tn_buf_rlen(&c->in));
+    bad = n < 0;
+    if (!bad)
+        ws->feed = (size_t)n;
+    if (ws->feed > 0) {
+        if (ws_ctx(ws) != 0) {
+            tn_conn_close(c, TN_ENOMEM);
+            return;
+        }
+        ws->in_recv = 1;
+        rc = wslay_event_recv(ws->ctx->w);
+        ws->in_recv = 0;
+        ws->feed = 0;
+        if (rc == WSLAY_ERR_NOMEM) {
+            tn_conn_close(c, TN_ENOMEM);
+            return;
+        }
+        /* any other error left reading disabled and a close queued:
+         * ws_settle sends it and ends the connection */
     }
-    if (tn_conn_closing(c))
-        tn_buf_consume(&c->in, tn_buf_rlen(&c->in));
+    if (bad && !ws->failed)
+        ws_fail(ws, GW_CLOSE_PROTOCOL, "protocol error");
+    else
+        ws_settle(ws);
+    if (!ws->failed && !tn_conn_closing(c)) {
+        /* an idle connection keeps no read buffer either */
+        if (tn_buf_rlen(&c->in) == 0)
+            tn_buf_shrink(&c->in, 0);
+        return;
+    }
+drop:
+    tn_buf_consume(&c->in, tn_buf_rlen(&c->in));
 }
 
 static void ws_on_close(struct tn_conn *c, int reason)
@@ -669,7 +706,7 @@ static int ws_upgrade(struct tn_http_req *r, void *ud)
     struct tn_conn *c;
     const char *key;
     char text[128], accept[32], head[512];
-    uint8_t digest[20];
+    uint8_t digest[SHA_DIGEST_LENGTH];
     int n;
 
     if (gw->stopping) {
@@ -686,8 +723,8 @@ static int ws_upgrade(struct tn_http_req *r, void *ud)
     ws->deflate =
         gw->conf->ws_deflate && deflate_wanted(tn_http_header(r, "Sec-WebSocket-Extensions"));
     snprintf(text, sizeof(text), "%s%s", key, WS_GUID);
-    sha1(text, strlen(text), digest);
-    base64(digest, sizeof(digest), accept);
+    SHA1((const unsigned char *)text, strlen(text), digest);
+    EVP_EncodeBlock((unsigned char *)accept, digest, sizeof(digest)); /* 28 chars + NUL */
     if (!(c = tn_http_upgrade(r, &ws_handler, ws))) {
         free(ws);
         tn_http_reply_str(r, 400, "text/plain", "cannot upgrade a pipelined request\n");
@@ -724,8 +761,12 @@ int gw_ws_listen(struct gw *gw, const struct gw_listen_conf *lc)
 {
     struct gw_listener *gl = calloc(1, sizeof(*gl));
     struct tn_http_limits lim = {0};
+    uint8_t digest[SHA_DIGEST_LENGTH];
     int err = 0;
 
+    /* libcrypto loads its configuration and providers on first use (a few
+     * ms): pay that now, not in the first client's handshake */
+    SHA1((const unsigned char *)WS_GUID, strlen(WS_GUID), digest);
     if (!gl || !(gl->path = strdup(lc->path))) {
         free(gl);
         return TN_ENOMEM;
@@ -756,4 +797,9 @@ void gw_ws_fini(void)
         deflateEnd(&z.out);
     z.in_ok = z.out_ok = 0;
     tn_buf_free(&z.buf);
+    tn_buf_free(&z.dbuf);
+    if (pool.spare)
+        ctx_free(pool.spare);
+    pool.spare = NULL;
+    tn_buf_free(&pool.flat);
 }

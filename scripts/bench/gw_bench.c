@@ -3,9 +3,14 @@
  * WebSocket send due-format packets (size|header|route|seq|data, big
  * endian, route and seq 2 bytes each) to a route whose script echoes them,
  * keeping `pipeline` packets in flight per connection, all on one poll()
- * loop; prints packets/s. With -i it only opens N connections and holds
- * them, each after one heartbeat (for measuring the server's memory per
- * idle connection).
+ * loop; prints packets/s and the round-trip latency percentiles of every
+ * packet (answers come back in order on a connection, so each is matched
+ * with its send time). With -i it only opens N connections and holds them,
+ * each after one heartbeat (for measuring the server's memory per idle
+ * connection); they come from several loopback source addresses
+ * (127.0.0.1, .2, ...: -S, default one per 20,000 connections) so that one
+ * address's ephemeral ports do not run out, with RLIMIT_NOFILE raised to
+ * its hard limit.
  *
  * Standalone on purpose: it shares no code with ternd, so a bug in the
  * gateway's framing cannot hide behind the same bug here. -h for usage.
@@ -23,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -35,9 +41,18 @@ struct client {
     unsigned char in[4 * MAX_PACKET];
     size_t len;
     uint16_t seq;
+    double *sent; /* send times of the packets in flight, a ring */
+    size_t head, count;
 };
 
+/* Every round trip, in microseconds, for the percentiles. */
+static struct {
+    float *v;
+    size_t n, cap;
+} lat;
+
 static int ws_mode;
+static int pipeline = 16;
 static size_t payload = 64;
 static const char *path = "/ws";
 
@@ -55,12 +70,23 @@ static void die(const char *what)
     exit(1);
 }
 
-static int dial(const struct sockaddr_in *sa)
+/* src: the local address to connect from (0: any). */
+static int dial(const struct sockaddr_in *sa, in_addr_t src)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0), one = 1;
 
     if (fd < 0)
         die("socket");
+    if (src) {
+        struct sockaddr_in la;
+        memset(&la, 0, sizeof(la));
+        la.sin_family = AF_INET;
+        la.sin_addr.s_addr = src;
+        /* the port is picked at connect, per destination: more of them */
+        setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof(one));
+        if (bind(fd, (struct sockaddr *)&la, sizeof(la)) != 0)
+            die("bind");
+    }
     if (connect(fd, (const struct sockaddr *)sa, sizeof(*sa)) != 0)
         die("connect");
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
@@ -125,6 +151,7 @@ static void send_packet(struct client *c)
     p[7] = (unsigned char)(c->seq >> 8);
     p[8] = (unsigned char)c->seq;
     c->seq++;
+    c->sent[(c->head + c->count++) % (size_t)pipeline] = now();
     memset(p + HEAD, 'x', payload);
     if (!ws_mode) {
         send_all(c->fd, p, n);
@@ -147,11 +174,43 @@ static void send_packet(struct client *c)
     send_all(c->fd, buf + off, 14 - off + n);
 }
 
-/* Count whole answers at the front of c->in and drop them. */
+static void record(struct client *c, double t)
+{
+    if (c->count == 0) {
+        fprintf(stderr, "an answer to no packet\n");
+        exit(1);
+    }
+    if (lat.n == lat.cap) {
+        lat.cap = lat.cap ? lat.cap * 2 : 1 << 20;
+        if (!(lat.v = realloc(lat.v, lat.cap * sizeof(*lat.v))))
+            die("realloc");
+    }
+    lat.v[lat.n++] = (float)((t - c->sent[c->head]) * 1e6);
+    c->head = (c->head + 1) % (size_t)pipeline;
+    c->count--;
+}
+
+static int cmp_float(const void *a, const void *b)
+{
+    float x = *(const float *)a, y = *(const float *)b;
+
+    return x < y ? -1 : x > y;
+}
+
+static double pct(double q)
+{
+    size_t i = (size_t)(q * (double)(lat.n - 1));
+
+    return lat.n ? lat.v[i] : 0;
+}
+
+/* Count whole answers at the front of c->in and drop them, recording the
+ * round trip of each. */
 static long take_answers(struct client *c)
 {
     size_t off = 0;
     long n = 0;
+    double t = now();
 
     for (;;) {
         size_t avail = c->len - off, need, plen;
@@ -180,6 +239,7 @@ static long take_answers(struct client *c)
             break;
         off += need;
         n++;
+        record(c, t);
     }
     memmove(c->in, c->in + off, c->len - off);
     c->len -= off;
@@ -211,22 +271,24 @@ static void usage(void)
 {
     fprintf(stderr, "usage: gw_bench [-a 127.0.0.1:3553] [-m tcp|ws] [-P /ws] [-c conns]\n"
                     "                [-p pipeline] [-s payload bytes] [-d seconds] [-i idle conns]\n"
+                    "                [-S source addresses]\n"
                     "Echo load against a gateway whose route 1 answers with the same data;\n"
-                    "-i N only opens N connections and holds them for -d seconds.\n");
+                    "-i N only opens N connections (from -S loopback addresses 127.0.0.1,\n"
+                    ".2, ...) and holds them for -d seconds.\n");
     exit(2);
 }
 
 int main(int argc, char **argv)
 {
     char host[128] = "127.0.0.1";
-    int port = 3553, conns = 2, pipeline = 16, idle = 0, opt;
+    int port = 3553, conns = 2, idle = 0, nsrc = 0, opt;
     double secs = 5, t0, t1;
     struct sockaddr_in sa;
     struct client *cl;
     struct pollfd *pf;
     long total = 0;
 
-    while ((opt = getopt(argc, argv, "a:m:P:c:p:s:d:i:h")) != -1) {
+    while ((opt = getopt(argc, argv, "a:m:P:c:p:s:d:i:S:h")) != -1) {
         switch (opt) {
         case 'a': {
             char *colon = strrchr(optarg, ':');
@@ -258,11 +320,15 @@ int main(int argc, char **argv)
         case 'i':
             idle = atoi(optarg);
             break;
+        case 'S':
+            nsrc = atoi(optarg);
+            break;
         default:
             usage();
         }
     }
-    if (conns < 1 || pipeline < 1 || payload > MAX_PACKET - HEAD || idle < 0)
+    if (conns < 1 || pipeline < 1 || payload > MAX_PACKET - HEAD || idle < 0 || nsrc < 0 ||
+        nsrc > 250)
         usage();
     memset(&sa, 0, sizeof(sa));
     sa.sin_family = AF_INET;
@@ -271,13 +337,22 @@ int main(int argc, char **argv)
         usage();
     if (idle) {
         int *fds = calloc((size_t)idle, sizeof(int));
+        struct rlimit rl;
+        double ti = now();
+        if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
+            rl.rlim_cur = rl.rlim_max;
+            setrlimit(RLIMIT_NOFILE, &rl);
+        }
+        if (!nsrc)
+            nsrc = 1 + idle / 20000;
         for (int i = 0; i < idle; i++) {
-            fds[i] = dial(&sa);
+            /* 127.0.0.1, 127.0.0.2, ... in turn */
+            fds[i] = dial(&sa, htonl(INADDR_LOOPBACK + (in_addr_t)(i % nsrc)));
             if (ws_mode)
                 ws_handshake(fds[i], host);
             heartbeat(fds[i]);
         }
-        printf("idle %d connected\n", idle);
+        printf("idle %d connected from %d addresses in %.1fs\n", idle, nsrc, now() - ti);
         fflush(stdout);
         usleep((useconds_t)(secs * 1e6));
         for (int i = 0; i < idle; i++)
@@ -290,7 +365,9 @@ int main(int argc, char **argv)
     if (!cl || !pf)
         die("calloc");
     for (int i = 0; i < conns; i++) {
-        cl[i].fd = dial(&sa);
+        if (!(cl[i].sent = calloc((size_t)pipeline, sizeof(double))))
+            die("calloc");
+        cl[i].fd = dial(&sa, 0);
         if (ws_mode)
             ws_handshake(cl[i].fd, host);
         pf[i].fd = cl[i].fd;
@@ -320,8 +397,10 @@ int main(int argc, char **argv)
                 send_packet(&cl[i]);
         }
     }
-    printf("%s conns=%d pipeline=%d size=%zu: %ld packets in %.2fs = %.0f packets/s\n",
+    qsort(lat.v, lat.n, sizeof(*lat.v), cmp_float);
+    printf("%s conns=%d pipeline=%d size=%zu: %ld packets in %.2fs = %.0f packets/s; "
+           "latency us p50 %.0f p99 %.0f p99.9 %.0f max %.0f\n",
            ws_mode ? "ws" : "tcp", conns, pipeline, payload, total, t1 - t0,
-           (double)total / (t1 - t0));
+           (double)total / (t1 - t0), pct(0.5), pct(0.99), pct(0.999), pct(1.0));
     return 0;
 }

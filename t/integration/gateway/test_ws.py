@@ -238,3 +238,35 @@ def test_stop_closes_ws_with_1001(gateway):
     assert ws.expect_close() == 1001
     ws.frame(8, struct.pack(">H", 1001))
     assert t.wait_exit() == 0
+
+
+def test_contexts_change_hands(gateway):
+    """Between reads a connection holds no wslay context unless a message
+    is half received: two connections share the spare one in turn, one of
+    them keeping its own across reads while the other's deflate and ping
+    still work, and the spare takes each connection's settings."""
+    t = gateway(SCRIPT, ws=True, extra="ws_compress_min: 16")
+    ws = RawWS(t.ws_port, extensions="permessage-deflate; client_max_window_bits")
+    half = RawWS(t.ws_port)
+    pkt = C.packet(1, 5, b"across reads")
+    half.frame(2, pkt[:6], fin=False)
+    ws.frame(2, C.packet(1, 1, b"b"))  # an answer under ws_compress_min: plain
+    assert C.decode(ws.recv_frame()[3])[0]["data"] == b"echo:b"
+    half.frame(0, pkt[6:], fin=True)
+    assert C.decode(half.recv_frame()[3])[0]["data"] == b"echo:across reads"
+    co = zlib.compressobj(9, zlib.DEFLATED, -15)
+    z = co.compress(C.packet(1, 2, b"y" * 300)) + co.flush(zlib.Z_SYNC_FLUSH)
+    ws.frame(2, z[:-4], rsv=0x40)
+    fin, rsv, op, payload = ws.recv_frame()
+    assert rsv == 0x40  # the answer is compressed too
+    data = zlib.decompressobj(-15).decompress(payload + b"\x00\x00\xff\xff")
+    assert C.decode(data)[0]["data"] == b"echo:" + b"y" * 300
+    ws.frame(9, b"still there")
+    assert ws.recv_frame()[2:] == (10, b"still there")
+    # the spare context just served a deflate connection: RSV1 is still
+    # refused on one without it
+    plain = RawWS(t.ws_port)
+    plain.frame(2, z[:-4], rsv=0x40)
+    assert plain.expect_close() == 1002
+    ws.close()
+    half.close()
