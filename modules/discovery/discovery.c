@@ -403,8 +403,8 @@ static int discovery_reload(struct tn_mod *m, void *new_conf)
     if (strcmp(oc->tcp_listen.text, nc->tcp_listen.text) != 0 ||
         strcmp(oc->http_listen.text, nc->http_listen.text) != 0)
         tn_log_warn(WHO, "tcp_listen/http_listen changes take effect after a restart");
-    if (oc->backend != nc->backend)
-        tn_log_warn(WHO, "a backend change takes effect after a restart");
+    if (oc->backend != nc->backend || strcmp(oc->etcd.prefix, nc->etcd.prefix) != 0)
+        tn_log_warn(WHO, "backend and etcd.prefix changes take effect after a restart");
     d->db.max_regs = (size_t)nc->max_registrations;
     d->reg.conf = &nc->services;
     discovery_schedule_expiry(d);

@@ -74,6 +74,8 @@ struct discovery_etcd {
     char host[160];              /* this process in keys: hostname-pid-random */
     int state;                   /* ETCD_* */
     size_t endpoint;             /* index in the conf's endpoints */
+    struct tn_addr addr;         /* the endpoint in use (a reload may change the list) */
+    char *prefix;                /* the conf's at start: keys written stay under it */
     struct etcd_http *kv, *wch;  /* requests; the watch stream */
     struct etcd_req *head, *tail;/* head is in flight when inflight */
     int inflight;
@@ -198,7 +200,7 @@ static void http_drop(struct etcd_http **hp)
 
 static int http_send(struct etcd_http *h, const char *path, const char *body)
 {
-    const struct tn_addr *a = &etcd_conf(h->e)->endpoints.v[h->e->endpoint];
+    const struct tn_addr *a = &h->e->addr;
     char head[512];
     int n = snprintf(head, sizeof(head),
                      "POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
@@ -319,10 +321,8 @@ static struct etcd_http *http_open(struct discovery_etcd *e, int watch)
     http_parser_init(&h->parser, HTTP_RESPONSE);
     h->parser.data = h;
     lim.in_max = 4 * 1024 * 1024;
-    if (!(h->c = tn_connect(&etcd_conf(e)->endpoints.v[e->endpoint], &http_handler, h, &lim,
-                            &err))) {
-        tn_log_warn(WHO, "cannot connect to %s: %s", etcd_conf(e)->endpoints.v[e->endpoint].text,
-                    tn_strerror(err));
+    if (!(h->c = tn_connect(&e->addr, &http_handler, h, &lim, &err))) {
+        tn_log_warn(WHO, "cannot connect to %s: %s", e->addr.text, tn_strerror(err));
         free(h);
         return NULL;
     }
@@ -424,7 +424,7 @@ static json_t *key_body(const char *key, size_t klen)
 /* {key, range_end}: every key under the prefix. */
 static json_t *prefix_body(struct discovery_etcd *e)
 {
-    const char *p = etcd_conf(e)->prefix;
+    const char *p = e->prefix;
     size_t n = strlen(p);
     char *end = strdup(p), *b;
     json_t *o = key_body(p, n);
@@ -597,7 +597,7 @@ static void apply_kv(struct discovery_etcd *e, json_t *kv, int deleted)
 {
     const char *k64 = json_string_value(json_object_get(kv, "key"));
     const char *v64 = json_string_value(json_object_get(kv, "value"));
-    size_t plen = strlen(etcd_conf(e)->prefix), klen, vlen;
+    size_t plen = strlen(e->prefix), klen, vlen;
     char *key = k64 ? b64_decode(k64, &klen) : NULL, *val = NULL;
     json_t *v = NULL;
     const char *host;
@@ -703,7 +703,7 @@ static void range_done(struct discovery_etcd *e, json_t *reply)
         char *k64 = b64_encode(key, strlen(key));
         if (k64 && !json_object_get(seen, k64)) {
             json_object_del(e->remote, key);
-            remote_apply(e, (char *)key + strlen(etcd_conf(e)->prefix), NULL);
+            remote_apply(e, (char *)key + strlen(e->prefix), NULL);
         }
         free(k64);
     }
@@ -713,7 +713,7 @@ static void range_done(struct discovery_etcd *e, json_t *reply)
         e->state = ETCD_UP;
         e->backoff = ETCD_BACKOFF_MIN_MS;
         tn_log_info(WHO, "registry shared through %s (lease %s, host %s)",
-                    etcd_conf(e)->endpoints.v[e->endpoint].text, e->lease, e->host);
+                    e->addr.text, e->lease, e->host);
         e->down_since = 0;
         etcd_sync(e);
     }
@@ -769,7 +769,7 @@ static void delete_key(struct discovery_etcd *e, const char *key)
 /* The local service instances as keys and values. */
 static int desired_services(struct discovery_etcd *e, json_t *out)
 {
-    const char *prefix = etcd_conf(e)->prefix;
+    const char *prefix = e->prefix;
     char key[1024];
 
     for (struct discovery_service *s = e->d->reg.services; s; s = s->next)
@@ -820,7 +820,7 @@ static int desired_producers(struct discovery_etcd *e, json_t *out)
         }
     json_object_foreach(by_id, id, v)
     {
-        snprintf(key, sizeof(key), "%snsq/producers/%s/%s", etcd_conf(e)->prefix, e->host, id);
+        snprintf(key, sizeof(key), "%snsq/producers/%s/%s", e->prefix, e->host, id);
         json_object_set(out, key, v);
     }
     json_decref(by_id);
@@ -875,6 +875,7 @@ static void etcd_connect(struct discovery_etcd *e)
     if (!ec->endpoints.n)
         return;
     e->endpoint %= ec->endpoints.n;
+    e->addr = ec->endpoints.v[e->endpoint];
     e->state = ETCD_CONNECTING;
     if (!(e->kv = http_open(e, 0))) {
         etcd_fail(e, "connect failed", TN_ECLOSED);
@@ -891,8 +892,7 @@ static void etcd_fail(struct discovery_etcd *e, const char *what, int err)
         return;
     tn_stat_add(&stat_errors, 1);
     tn_log_warn(WHO, "%s (%s): %s; serving the cached registry, retrying in %lld ms", what,
-                etcd_conf(e)->endpoints.n ? etcd_conf(e)->endpoints.v[e->endpoint].text : "-",
-                tn_strerror(err), (long long)e->backoff);
+                e->addr.text, tn_strerror(err), (long long)e->backoff);
     e->state = ETCD_DOWN;
     if (!e->down_since)
         e->down_since = tn_now_ms();
@@ -952,9 +952,12 @@ int discovery_etcd_start(struct discovery *d)
     struct discovery_etcd *e = calloc(1, sizeof(*e));
     char hn[64] = "";
 
-    if (!e || !(e->published = json_object()) || !(e->remote = json_object())) {
-        if (e)
+    if (!e || !(e->published = json_object()) || !(e->remote = json_object()) ||
+        !(e->prefix = strdup(discovery_conf(d)->etcd.prefix))) {
+        if (e) {
             json_decref(e->published);
+            json_decref(e->remote);
+        }
         free(e);
         return TN_ENOMEM;
     }
@@ -994,6 +997,7 @@ void discovery_etcd_stop(struct discovery *d)
     reqs_free(e);
     json_decref(e->published);
     json_decref(e->remote);
+    free(e->prefix);
     tn_stat_unregister(&stat_errors);
     tn_stat_unregister(&stat_events);
     d->etcd = NULL;
