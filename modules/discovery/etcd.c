@@ -983,6 +983,21 @@ int discovery_etcd_start(struct discovery *d)
     return 0;
 }
 
+/* The table does not own its peers (their connections do): the ones
+ * learnt from etcd are ours to free. */
+static void drop_remote_peers(struct discovery *d)
+{
+    struct discovery_peer *p = d->db.peers, *next;
+
+    for (; p; p = next) {
+        next = p->next;
+        if (discovery_peer_remote(p)) {
+            discovery_peer_remove(&d->db, p);
+            discovery_peer_free(p);
+        }
+    }
+}
+
 void discovery_etcd_stop(struct discovery *d)
 {
     struct discovery_etcd *e = d->etcd;
@@ -995,6 +1010,7 @@ void discovery_etcd_stop(struct discovery *d)
     http_drop(&e->kv);
     http_drop(&e->wch);
     reqs_free(e);
+    drop_remote_peers(d);
     json_decref(e->published);
     json_decref(e->remote);
     free(e->prefix);
