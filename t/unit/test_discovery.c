@@ -307,7 +307,7 @@ static struct discovery_services_conf svc_conf(void)
 
 static struct discovery_instance_spec spec(const char *name, const char *id, const char *addr)
 {
-    struct discovery_instance_spec s = {name, id, addr, NULL, -1, TN_DISCOVERY_UP, 0};
+    struct discovery_instance_spec s = {name, id, addr, NULL, -1, TN_DISCOVERY_UP, 0, 0};
     return s;
 }
 
