@@ -42,7 +42,24 @@ static const struct tn_conf_cmd services_table[] = {
      &range_positive, NULL, NULL},
     TN_CONF_END};
 
+static const struct tn_conf_enum backends[] = {
+    {"embedded", DISCOVERY_BACKEND_EMBEDDED}, {"etcd", DISCOVERY_BACKEND_ETCD}, {NULL, 0}};
+
+static const struct tn_conf_cmd etcd_table[] = {
+    {"endpoints", TN_CONF_ADDR_LIST, offsetof(struct discovery_etcd_conf, endpoints), NULL, NULL,
+     NULL},
+    {"prefix", TN_CONF_STRING, offsetof(struct discovery_etcd_conf, prefix), NULL, NULL, NULL},
+    {"lease_ttl", TN_CONF_DURATION, offsetof(struct discovery_etcd_conf, lease_ttl), &range_ttl,
+     NULL, NULL},
+    {"dial_timeout", TN_CONF_DURATION, offsetof(struct discovery_etcd_conf, dial_timeout),
+     &range_positive, NULL, NULL},
+    {"sync_interval", TN_CONF_DURATION, offsetof(struct discovery_etcd_conf, sync_interval),
+     &range_positive, NULL, NULL},
+    TN_CONF_END};
+
 static const struct tn_conf_cmd discovery_table[] = {
+    {"backend", TN_CONF_ENUM, offsetof(struct discovery_conf, backend), backends, NULL, NULL},
+    {"etcd", TN_CONF_SECTION, offsetof(struct discovery_conf, etcd), etcd_table, NULL, NULL},
     {"tcp_listen", TN_CONF_ADDR, offsetof(struct discovery_conf, tcp_listen), NULL, NULL, NULL},
     {"http_listen", TN_CONF_ADDR, offsetof(struct discovery_conf, http_listen), NULL, NULL, NULL},
     {"broadcast_address", TN_CONF_STRING, offsetof(struct discovery_conf, broadcast_address), NULL,
@@ -90,6 +107,11 @@ static int discovery_create_conf(struct tn_mod *m, void *conf)
     dc->services.default_wait = 30 * 1000;
     dc->services.max_wait = 300 * 1000;
     tn_lua_conf_default(&dc->lua);
+    dc->backend = DISCOVERY_BACKEND_EMBEDDED;
+    dc->etcd.prefix = "/ternd/";
+    dc->etcd.lease_ttl = 10 * 1000;
+    dc->etcd.dial_timeout = 2 * 1000;
+    dc->etcd.sync_interval = 1000;
     return 0;
 }
 
@@ -114,6 +136,15 @@ static int discovery_check_conf(struct tn_mod *m, struct tn_conf *cf, void *conf
         tn_conf_error_key(cf, "max_identify_size", "must be at least 2 bytes");
     if (!dc->nsq_version || !*dc->nsq_version)
         tn_conf_error_key(cf, "nsq_version", "must not be empty");
+    if (dc->backend == DISCOVERY_BACKEND_ETCD && !dc->etcd.endpoints.n)
+        tn_conf_error_key(cf, "etcd.endpoints", "backend etcd needs at least one endpoint");
+    for (size_t i = 0; i < dc->etcd.endpoints.n; i++)
+        if (dc->etcd.endpoints.v[i].sa.ss_family == AF_UNIX)
+            tn_conf_error_key(cf, "etcd.endpoints", "must be host:port addresses");
+    if (!dc->etcd.prefix || !*dc->etcd.prefix || dc->etcd.prefix[strlen(dc->etcd.prefix) - 1] != '/')
+        tn_conf_error_key(cf, "etcd.prefix", "must be a non-empty key prefix ending in '/'");
+    if (dc->etcd.lease_ttl < 2000)
+        tn_conf_error_key(cf, "etcd.lease_ttl", "must be at least 2s (etcd counts in seconds)");
     if (dc->lua.script && tn_lua_check_file(dc->lua.script, err, sizeof(err)) != 0)
         tn_conf_error_key(cf, "lua.script", "%s", err);
     return tn_conf_errors(cf) ? TN_ECONF : 0;
@@ -142,6 +173,7 @@ static void on_change(const char *name, uint64_t index, void *ud)
     struct discovery *d = ud;
 
     discovery_http_wake(d, name);
+    discovery_etcd_changed(d);
     discovery_cwatch_notify(d, name, index);
     discovery_lua_on_change(d, name, index);
 }
@@ -285,6 +317,8 @@ static int discovery_start(struct tn_mod *m)
                      tn_strerror(err));
         goto fail;
     }
+    if (dc->backend == DISCOVERY_BACKEND_ETCD && (err = discovery_etcd_start(d)) != 0)
+        goto fail;
     return 0;
 fail:
     /* leave nothing open: the core may not call stop after a failed start */
@@ -301,6 +335,7 @@ static int discovery_stop(struct tn_mod *m)
     if (tn_service_lookup(TN_DISCOVERY_SERVICE) == &discovery_service_api)
         tn_service_unregister(TN_DISCOVERY_SERVICE);
     ev_timer_stop(tn_loop(), &d->expiry);
+    discovery_etcd_stop(d);
     if (d->tcp) {
         tn_listener_close(d->tcp);
         d->tcp = NULL;
@@ -367,6 +402,8 @@ static int discovery_reload(struct tn_mod *m, void *new_conf)
     if (strcmp(oc->tcp_listen.text, nc->tcp_listen.text) != 0 ||
         strcmp(oc->http_listen.text, nc->http_listen.text) != 0)
         tn_log_warn(WHO, "tcp_listen/http_listen changes take effect after a restart");
+    if (oc->backend != nc->backend || strcmp(oc->etcd.prefix, nc->etcd.prefix) != 0)
+        tn_log_warn(WHO, "backend and etcd.prefix changes take effect after a restart");
     d->db.max_regs = (size_t)nc->max_registrations;
     d->reg.conf = &nc->services;
     discovery_schedule_expiry(d);

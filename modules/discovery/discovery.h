@@ -31,7 +31,20 @@ struct discovery_services_conf {
     int64_t max_wait;           /* ms cap on ?timeout= (5m) */
 };
 
+enum { DISCOVERY_BACKEND_EMBEDDED = 0, DISCOVERY_BACKEND_ETCD = 1 };
+
+/* discovery.etcd: the shared registry (etcd.c). */
+struct discovery_etcd_conf {
+    struct tn_addr_list endpoints; /* etcd client addresses, tried in turn */
+    char *prefix;                  /* key prefix, ends in '/' (/ternd/) */
+    int64_t lease_ttl;             /* ms; the lease is kept alive every third of it (10s) */
+    int64_t dial_timeout;          /* ms for a connect or a request (2s) */
+    int64_t sync_interval;         /* ms between publications of the nsq table (1s) */
+};
+
 struct discovery_conf {
+    int backend;                /* DISCOVERY_BACKEND_* (embedded) */
+    struct discovery_etcd_conf etcd;
     struct tn_addr tcp_listen;  /* 127.0.0.1:4160 */
     struct tn_addr http_listen; /* 127.0.0.1:4161 */
     char *broadcast_address;    /* told to producers; NULL: the hostname */
@@ -226,6 +239,7 @@ struct discovery_instance {
     char *metadata_text; /* the same as compact JSON with sorted keys */
     int64_t weight;
     int state;       /* TN_DISCOVERY_* */
+    int remote;      /* learnt from etcd (another host's): never published */
     int64_t ttl;     /* ms; -1: never expires */
     int64_t expires; /* ms; meaningful when ttl >= 0 */
     uint64_t create_index;
@@ -267,6 +281,7 @@ struct discovery_instance_spec {
     int64_t weight;   /* negative: 1 */
     int state;
     int64_t ttl; /* ms; 0: default, -1: never */
+    int remote;  /* another host's, from etcd */
 };
 
 void discovery_registry_init(struct discovery_registry *reg,
@@ -306,6 +321,7 @@ int64_t discovery_registry_next_expiry(const struct discovery_registry *reg);
 /* ---- the module (discovery.c) --------------------------------------------- */
 
 struct discovery_watcher;
+struct discovery_etcd;
 struct discovery_proto_conn;
 struct discovery_cwatch;
 
@@ -324,6 +340,7 @@ struct discovery {
     size_t nwatchers;
     struct discovery_cwatch *cwatches; /* watches of the C service */
     int tcp_port, http_port;           /* bound ports (IDENTIFY reply) */
+    struct discovery_etcd *etcd;       /* backend etcd: the shared registry client */
     int64_t started_ms;
 };
 
@@ -358,6 +375,16 @@ json_t *discovery_instance_json(const struct discovery_instance *in, int64_t now
 /* api_lua.c */
 int discovery_lua_open(lua_State *L, void *ud);
 void discovery_lua_on_change(struct discovery *d, const char *name, uint64_t index);
+
+/* etcd.c: the etcd backend. Local registrations are published under
+ * etcd.prefix with one lease per process; a watch on the prefix feeds the
+ * other hosts' entries into the local tables (marked remote). */
+int discovery_etcd_start(struct discovery *d);
+void discovery_etcd_stop(struct discovery *d);
+/* The registry changed: publish soon. */
+void discovery_etcd_changed(struct discovery *d);
+/* Is the peer another host's (from etcd)? */
+int discovery_peer_remote(const struct discovery_peer *p);
 
 /* service.c */
 extern const struct tn_discovery_service discovery_service_api;

@@ -7,11 +7,11 @@ mod_LTLIBRARIES += modules/discovery/discovery.la
 DISCOVERY_SOURCES = \
 	modules/discovery/discovery.c modules/discovery/lookup_db.c modules/discovery/services.c \
 	modules/discovery/proto_v1.c modules/discovery/api_http.c modules/discovery/api_lua.c \
-	modules/discovery/service.c modules/discovery/hash.c \
+	modules/discovery/service.c modules/discovery/hash.c modules/discovery/etcd.c \
 	modules/discovery/discovery.h modules/discovery/tn_discovery.h
 modules_discovery_discovery_la_SOURCES = $(DISCOVERY_SOURCES)
 modules_discovery_discovery_la_LDFLAGS = $(MODULE_LDFLAGS)
-modules_discovery_discovery_la_LIBADD = $(JANSSON_LIBS)
+modules_discovery_discovery_la_LIBADD = $(JANSSON_LIBS) $(HTTP_PARSER_LIBS)
 
 discoveryincludedir = $(includedir)/ternd
 discoveryinclude_HEADERS = modules/discovery/tn_discovery.h

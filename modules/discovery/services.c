@@ -191,6 +191,7 @@ static int instance_fill(const struct discovery_registry *reg, struct discovery_
         return *why = "OUT_OF_MEMORY", TN_ENOMEM;
     in->weight = sp->weight < 0 ? 1 : sp->weight;
     in->state = sp->state;
+    in->remote = sp->remote;
     in->ttl = sp->ttl == 0 ? reg->conf->default_ttl : sp->ttl;
     in->expires = in->ttl >= 0 ? now + in->ttl : 0;
     return 0;
@@ -200,7 +201,8 @@ static int instance_fill(const struct discovery_registry *reg, struct discovery_
 static int instance_differs(const struct discovery_instance *a, const struct discovery_instance *b)
 {
     return strcmp(a->address, b->address) != 0 || strcmp(a->metadata_text, b->metadata_text) != 0 ||
-           a->weight != b->weight || a->state != b->state || a->ttl != b->ttl;
+           a->weight != b->weight || a->state != b->state || a->ttl != b->ttl ||
+           a->remote != b->remote;
 }
 
 static struct discovery_service *service_get(struct discovery_registry *reg, const char *name)

@@ -307,8 +307,36 @@ static struct discovery_services_conf svc_conf(void)
 
 static struct discovery_instance_spec spec(const char *name, const char *id, const char *addr)
 {
-    struct discovery_instance_spec s = {name, id, addr, NULL, -1, TN_DISCOVERY_UP, 0};
+    struct discovery_instance_spec s = {name, id, addr, NULL, -1, TN_DISCOVERY_UP, 0, 0};
     return s;
+}
+
+/* An instance learnt from etcd (remote) keeps its flag and never expires;
+ * the same instance turning local is a change (the etcd backend publishes
+ * local ones only). */
+static void test_registry_remote(void **state)
+{
+    struct discovery_services_conf c = svc_conf();
+    struct discovery_registry reg;
+    struct changes ch = {0};
+    struct discovery_instance_spec s = spec("gw", "r", "10.0.0.2:1");
+    const char *why = NULL;
+    int changed;
+
+    discovery_registry_init(&reg, &c, on_change, &ch);
+    s.remote = 1;
+    s.ttl = -1;
+    assert_int_equal(discovery_registry_put(&reg, &s, 1000, &changed, &why), 0);
+    assert_true(changed);
+    assert_true(discovery_registry_instance(&reg, "gw", "r")->remote);
+    assert_int_equal(discovery_registry_expire(&reg, 1000 + 7 * 24 * 3600 * 1000LL), 0);
+    assert_int_equal(discovery_registry_put(&reg, &s, 2000, &changed, &why), 0);
+    assert_false(changed);
+    s.remote = 0;
+    assert_int_equal(discovery_registry_put(&reg, &s, 3000, &changed, &why), 0);
+    assert_true(changed);
+    assert_false(discovery_registry_instance(&reg, "gw", "r")->remote);
+    discovery_registry_free(&reg);
 }
 
 static void test_registry_put(void **state)
@@ -506,6 +534,7 @@ int main(void)
         cmocka_unit_test(test_many_registrations),
         cmocka_unit_test(test_channels_of_topic),
         cmocka_unit_test(test_registry_put),
+        cmocka_unit_test(test_registry_remote),
         cmocka_unit_test(test_registry_rules),
         cmocka_unit_test(test_registry_ttl),
         cmocka_unit_test(test_registry_order),
