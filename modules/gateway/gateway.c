@@ -48,7 +48,9 @@ static int gw_start(struct tn_mod *m)
 
     for (size_t i = 0; i < gw->conf->nlisten; i++) {
         const struct gw_listen_conf *lc = &gw->conf->listen[i];
-        rc = lc->proto == GW_PROTO_WS ? gw_ws_listen(gw, lc) : gw_tcp_listen(gw, lc);
+        rc = lc->proto == GW_PROTO_WS    ? gw_ws_listen(gw, lc)
+             : lc->proto == GW_PROTO_KCP ? gw_kcp_listen(gw, lc)
+                                         : gw_tcp_listen(gw, lc);
         if (rc != 0)
             return rc;
     }
@@ -112,6 +114,7 @@ static void gw_fini(struct tn_mod *m)
         gw->listeners = gl->next;
         if (gl->http)
             tn_http_server_free(gl->http);
+        gw_kcp_listener_free(gl->kcp);
         free(gl->path);
         free(gl);
     }

@@ -6,7 +6,7 @@ modules_gateway_gateway_la_SOURCES = \
 	modules/gateway/gateway.c modules/gateway/config.c modules/gateway/codec.c \
 	modules/gateway/session.c modules/gateway/ws.c modules/gateway/luaapi.c \
 	modules/gateway/node.c modules/gateway/map.c modules/gateway/registry.c \
-	modules/gateway/kcp.c \
+	modules/gateway/kcp.c modules/gateway/kcp_transport.c \
 	modules/gateway/gateway.h modules/gateway/codec.h modules/gateway/kcp.h
 # tn_discovery.h (the discovery module's service) when that module is in the tree
 modules_gateway_gateway_la_CFLAGS = $(AM_CFLAGS) -I$(top_srcdir)/modules/discovery

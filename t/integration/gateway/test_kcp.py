@@ -1,0 +1,191 @@
+"""The gateway over KCP, against a peer nobody here wrote: kcp-go (Debian's
+golang-github-xtaci-kcp-dev), in a small Go client (scripts/bench/kcp_client.go)
+built offline in GOPATH mode. Echo through Lua, fragmented packets, several
+clients at once, the idle timeout, config checks; then loss, delay and
+reordering with netem on the loopback of a network namespace made for the
+test (skipped, saying why, where namespaces or netem are not available)."""
+
+import ctypes
+import os
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+import tnhelp
+
+SCRIPT = (Path(__file__).resolve().parent / "route_test.lua").read_text()
+CLIENT_SRC = tnhelp.SRCDIR / "scripts" / "bench" / "kcp_client.go"
+GOCODE = Path("/usr/share/gocode")
+KCP_GO = GOCODE / "src" / "github.com" / "xtaci" / "kcp-go"
+TURBO = {"nodelay": "true", "interval": "10ms", "resend": 2, "nc": "true",
+         "sndwnd": 128, "rcvwnd": 128, "mtu": 1400}
+
+
+def build_client(out_dir):
+    """Build kcp_client offline; the Go build cache lives in the build tree."""
+    go = shutil.which("go")
+    assert go and KCP_GO.is_dir(), (
+        "the KCP interop test needs golang-go and golang-github-xtaci-kcp-dev "
+        "(scripts/dev/bootstrap installs them)")
+    gopath = out_dir / "gopath"
+    src = gopath / "src" / "kcpclient"
+    src.mkdir(parents=True)
+    shutil.copy(CLIENT_SRC, src / "main.go")
+    cache = tnhelp.BUILD / "go-cache"
+    cache.mkdir(exist_ok=True)
+    env = dict(os.environ, GO111MODULE="off", GOPATH="%s:%s" % (gopath, GOCODE),
+               GOCACHE=str(cache), GOPROXY="off", GOFLAGS="", CGO_ENABLED="0")
+    binary = out_dir / "kcp_client"
+    r = subprocess.run([go, "build", "-o", str(binary), "."], cwd=src, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, "go build failed:\n%s" % r.stderr
+    return binary
+
+
+@pytest.fixture(scope="module")
+def client_bin(tmp_path_factory):
+    return build_client(tmp_path_factory.mktemp("kcpgo"))
+
+
+def run_client(binary, port, *args, timeout=60):
+    r = subprocess.run([str(binary), "-addr", "127.0.0.1:%d" % port] + list(args),
+                       capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, "kcp client failed (%d): %s %s" % (r.returncode, r.stdout,
+                                                                 r.stderr)
+    return r.stdout
+
+
+def replies(out):
+    return [(int(m.group(1)), int(m.group(2)), m.group(3))
+            for m in re.finditer(r"^reply (-?\d+) (-?\d+) (.*)$", out, re.M)]
+
+
+def test_echo_with_kcp_go(gateway, client_bin):
+    t = gateway(SCRIPT, kcp=TURBO)
+    t.wait_log(r"KCP listening on 127\.0\.0\.1:%d" % t.kcp_port)
+    out = run_client(client_bin, t.kcp_port, "-n", "50", "-prefix", "hi")
+    assert replies(out) == [(1, i, "echo:hi%d" % i) for i in range(50)]
+    assert out.rstrip().endswith("done")
+
+
+def test_normal_mode_and_big_packets(gateway, client_bin):
+    # the listener in its defaults (normal mode), the client too; packets of
+    # 20 KB are fragments of several segments each way
+    t = gateway(SCRIPT, kcp={"mtu": 1200})
+    out = run_client(client_bin, t.kcp_port, "-mode", "bench", "-n", "40", "-size", "20000",
+                     "-window", "4", "-nodelay=false", "-nc=false", "-resend", "0",
+                     "-interval", "40", "-mtu", "1200")
+    assert '"n":40' in out and '"size":20000' in out
+
+
+def test_several_clients(gateway, client_bin):
+    t = gateway(SCRIPT, kcp=TURBO)
+    procs = [subprocess.Popen([str(client_bin), "-addr", "127.0.0.1:%d" % t.kcp_port, "-n", "30",
+                               "-prefix", "c%d-" % k], stdout=subprocess.PIPE, text=True)
+             for k in range(4)]
+    for k, p in enumerate(procs):
+        out, _ = p.communicate(timeout=60)
+        assert p.returncode == 0, out
+        assert replies(out) == [(1, i, "echo:c%d-%d" % (k, i)) for i in range(30)]
+
+
+def test_idle_timeout_closes(gateway, client_bin):
+    t = gateway(SCRIPT, kcp=TURBO, extra="heartbeat: 300ms\nheartbeat_timeout: 600ms")
+    run_client(client_bin, t.kcp_port, "-n", "1")
+    t.wait_log(r"session \d+ \(127\.0\.0\.1:\d+\): no packet for 600 ms, closed", timeout=10)
+
+
+def test_bad_datagrams_do_not_open_sessions(gateway, client_bin):
+    import socket
+    t = gateway(SCRIPT, kcp=TURBO, extra="max_connections: 2")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.sendto(b"short", ("127.0.0.1", t.kcp_port))
+        # an ACK of an unknown conversation: no session
+        s.sendto(bytes([1, 0, 0, 0, 82]) + bytes(19), ("127.0.0.1", t.kcp_port))
+        # a PUSH whose length runs past the datagram: a session, input refused
+        s.sendto(bytes([2, 0, 0, 0, 81]) + bytes(15) + bytes([200, 0, 0, 0]),
+                 ("127.0.0.1", t.kcp_port))
+    # still serving, and the limit of 2 sessions leaves room for the client
+    out = run_client(client_bin, t.kcp_port, "-n", "3")
+    assert len(replies(out)) == 3
+
+
+def test_config_errors(ternd):
+    from gwhelp import modules_dir
+    for bad, msg in [("interval: 0ms", "interval must be 1ms"),
+                     ("mtu: 20", "mtu"), ("sndwnd: 4", "sndwnd"), ("resend: -1", "resend")]:
+        t = ternd(daemon={"modules_dir": str(modules_dir())},
+                  text="gateway:\n  listen:\n    - { proto: kcp, addr: 127.0.0.1:3555, %s }\n"
+                  % bad)
+        r = t.check()
+        assert r.returncode != 0 and msg in (r.stdout + r.stderr), (bad, r.stdout, r.stderr)
+
+
+# ---- loss and reordering (netem) ----------------------------------------------------
+
+CLONE_NEWNET = 0x40000000
+
+
+def _setns(fd):
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, CLONE_NEWNET) != 0:
+        raise OSError(ctypes.get_errno(), "setns")
+
+
+@pytest.fixture
+def lossy_netns():
+    """netns(netem args): this test's thread (and what it starts) moves into a
+    new network namespace whose loopback loses, delays and reorders packets
+    (netem), so ternd and the client talk through a bad link on 127.0.0.1.
+    Skipped, with the reason, where namespaces or netem are unavailable."""
+    ip, tc = shutil.which("ip"), shutil.which("tc")
+    if not ip or not tc:
+        pytest.skip("netem tests need iproute2 (ip, tc): not installed")
+    name = "tnkcp%d" % os.getpid()
+    made = []
+
+    def enter(netem):
+        r = subprocess.run([ip, "netns", "add", name], capture_output=True, text=True)
+        if r.returncode != 0:
+            pytest.skip("network namespaces unavailable here: %s" % r.stderr.strip())
+        made.append(name)
+        subprocess.run([ip, "-n", name, "link", "set", "lo", "up"], check=True)
+        r = subprocess.run([tc, "-n", name, "qdisc", "add", "dev", "lo", "root", "netem"]
+                           + netem.split(), capture_output=True, text=True)
+        if r.returncode != 0:
+            pytest.skip("tc netem unavailable here: %s" % r.stderr.strip())
+        made.append(os.open("/proc/self/ns/net", os.O_RDONLY))
+        fd = os.open("/run/netns/%s" % name, os.O_RDONLY)
+        try:
+            _setns(fd)
+        finally:
+            os.close(fd)
+
+        def stats():
+            return subprocess.run([tc, "-s", "qdisc", "show", "dev", "lo"], capture_output=True,
+                                  text=True).stdout
+        return stats
+    yield enter
+    if len(made) > 1:
+        _setns(made[1])
+        os.close(made[1])
+    if made:
+        subprocess.run([ip, "netns", "del", name])
+
+
+def test_loss_and_reorder(lossy_netns, gateway, client_bin):
+    stats = lossy_netns("delay 10ms loss 5% reorder 25%")
+    t = gateway(SCRIPT, kcp=TURBO)
+    out = run_client(client_bin, t.kcp_port, "-n", "300", "-prefix", "x", timeout=120)
+    assert replies(out) == [(1, i, "echo:x%d" % i) for i in range(300)]
+    # big packets (fragments) through the same link
+    out = run_client(client_bin, t.kcp_port, "-mode", "bench", "-n", "30", "-size", "8000",
+                     "-window", "8", timeout=120)
+    assert '"n":30' in out
+    dropped = re.search(r"dropped (\d+)", stats())
+    assert dropped and int(dropped.group(1)) > 0, stats()
+    t.stop()
