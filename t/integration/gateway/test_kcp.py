@@ -189,3 +189,21 @@ def test_loss_and_reorder(lossy_netns, gateway, client_bin):
     dropped = re.search(r"dropped (\d+)", stats())
     assert dropped and int(dropped.group(1)) > 0, stats()
     t.stop()
+
+
+# ---- loss and reordering (a relay in user space: runs everywhere) ---------------------
+
+
+@pytest.mark.parametrize("loss", [0.05, 0.2])
+def test_lossy_relay(gateway, client_bin, loss):
+    from lossyudp import Relay
+    t = gateway(SCRIPT, kcp=TURBO)
+    with Relay(t.kcp_port, loss=loss, delay=0.005, jitter=0.010, dup=0.02,
+               seed=int(loss * 100)) as relay:
+        out = run_client(client_bin, relay.port, "-n", "200", "-prefix", "r", timeout=120)
+        assert replies(out) == [(1, i, "echo:r%d" % i) for i in range(200)]
+        out = run_client(client_bin, relay.port, "-mode", "bench", "-n", "20", "-size",
+                         "6000", "-window", "4", timeout=120)
+        assert '"n":20' in out
+    # the link really was bad
+    assert relay.dropped > 0 and relay.reordered > 0, (relay.dropped, relay.reordered)
