@@ -2,15 +2,15 @@
 golang-github-xtaci-kcp-dev), in a small Go client (scripts/bench/kcp_client.go)
 built offline in GOPATH mode. Echo through Lua, fragmented packets, several
 clients at once, the idle timeout, config checks; then loss, delay and
-reordering with netem on the loopback of a network namespace made for the
-test (skipped, saying why, where namespaces or netem are not available)."""
+reordering: ternd and the client in two network namespaces made for the
+test, joined by a bad link (netem where the kernel has it, else a TUN
+bridge: tunlink.py; skipped, saying why, where namespaces cannot be made),
+and through a lossy UDP relay on loopback (lossyudp.py, runs everywhere)."""
 
-import ctypes
 import os
 import re
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -125,70 +125,55 @@ def test_config_errors(ternd):
         assert r.returncode != 0 and msg in (r.stdout + r.stderr), (bad, r.stdout, r.stderr)
 
 
-# ---- loss and reordering (netem) ----------------------------------------------------
-
-CLONE_NEWNET = 0x40000000
-
-
-def _setns(fd):
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.setns(fd, CLONE_NEWNET) != 0:
-        raise OSError(ctypes.get_errno(), "setns")
+# ---- loss and reordering between two network namespaces ----------------------------
 
 
 @pytest.fixture
-def lossy_netns():
-    """netns(netem args): this test's thread (and what it starts) moves into a
-    new network namespace whose loopback loses, delays and reorders packets
-    (netem), so ternd and the client talk through a bad link on 127.0.0.1.
-    Skipped, with the reason, where namespaces or netem are unavailable."""
-    ip, tc = shutil.which("ip"), shutil.which("tc")
-    if not ip or not tc:
-        pytest.skip("netem tests need iproute2 (ip, tc): not installed")
-    name = "tnkcp%d" % os.getpid()
-    made = []
+def bad_link():
+    """link(loss, delay, jitter): two namespaces made for the test joined by a
+    lossy, delaying, reordering link (tunlink: netem where the kernel has
+    it, else a TUN bridge in this process). The test's thread is moved into
+    the server's namespace. Skipped, with the reason, where namespaces
+    cannot be made."""
+    import tunlink
+    why = tunlink.check()
+    if why:
+        pytest.skip("network namespace tests unavailable here: %s" % why)
+    links = []
 
-    def enter(netem):
-        r = subprocess.run([ip, "netns", "add", name], capture_output=True, text=True)
-        if r.returncode != 0:
-            pytest.skip("network namespaces unavailable here: %s" % r.stderr.strip())
-        made.append(name)
-        subprocess.run([ip, "-n", name, "link", "set", "lo", "up"], check=True)
-        r = subprocess.run([tc, "-n", name, "qdisc", "add", "dev", "lo", "root", "netem"]
-                           + netem.split(), capture_output=True, text=True)
-        if r.returncode != 0:
-            pytest.skip("tc netem unavailable here: %s" % r.stderr.strip())
-        made.append(os.open("/proc/self/ns/net", os.O_RDONLY))
-        fd = os.open("/run/netns/%s" % name, os.O_RDONLY)
-        try:
-            _setns(fd)
-        finally:
-            os.close(fd)
-
-        def stats():
-            return subprocess.run([tc, "-s", "qdisc", "show", "dev", "lo"], capture_output=True,
-                                  text=True).stdout
-        return stats
-    yield enter
-    if len(made) > 1:
-        _setns(made[1])
-        os.close(made[1])
-    if made:
-        subprocess.run([ip, "netns", "del", name])
+    def make(**kw):
+        link = tunlink.Link(**kw)
+        links.append(link)
+        link.enter("server")
+        return link
+    yield make
+    for link in links:
+        link.close()
 
 
-def test_loss_and_reorder(lossy_netns, gateway, client_bin):
-    stats = lossy_netns("delay 10ms loss 5% reorder 25%")
-    t = gateway(SCRIPT, kcp=TURBO)
-    out = run_client(client_bin, t.kcp_port, "-n", "300", "-prefix", "x", timeout=120)
-    assert replies(out) == [(1, i, "echo:x%d" % i) for i in range(300)]
+def test_loss_and_reorder_between_namespaces(bad_link, ternd, client_bin):
+    from gwhelp import modules_dir
+    link = bad_link(loss=0.05, delay=0.010, jitter=0.010, seed=5)
+    port = 3555
+    t = ternd(daemon={"modules_dir": str(modules_dir())},
+              text="gateway:\n  listen:\n    - { proto: kcp, addr: %s:%d, %s }\n"
+              "  lua: { script: %s }\n"
+              % (link.addr["server"], port, ", ".join("%s: %s" % kv for kv in TURBO.items()),
+                 Path(__file__).resolve().parent / "route_test.lua"))
+    t.start()
+    t.wait_log(r"KCP listening on %s:%d" % (re.escape(link.addr["server"]), port))
+    cmd = link.exec("client") + [str(client_bin), "-addr", "%s:%d" % (link.addr["server"], port)]
+    r = subprocess.run(cmd + ["-n", "300", "-prefix", "x"], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert replies(r.stdout) == [(1, i, "echo:x%d" % i) for i in range(300)]
     # big packets (fragments) through the same link
-    out = run_client(client_bin, t.kcp_port, "-mode", "bench", "-n", "30", "-size", "8000",
-                     "-window", "8", timeout=120)
-    assert '"n":30' in out
-    dropped = re.search(r"dropped (\d+)", stats())
-    assert dropped and int(dropped.group(1)) > 0, stats()
+    r = subprocess.run(cmd + ["-mode", "bench", "-n", "30", "-size", "8000", "-window", "8"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and '"n":30' in r.stdout, r.stdout + r.stderr
     t.stop()
+    if not link.netem:
+        assert link.dropped > 0 and link.reordered > 0, (link.dropped, link.reordered)
 
 
 # ---- loss and reordering (a relay in user space: runs everywhere) ---------------------
