@@ -21,6 +21,7 @@
 #define PROBE_LIMIT 120000
 #define SSTHRESH_INIT 2
 #define SSTHRESH_MIN 2
+#define FAST_LIMIT 5     /* fast resends stop after this many sends of a segment */
 #define ACKLIST_MAX 4096 /* acks owed before the next flush; past that the peer resends */
 
 enum { PROBE_ASK = 1, PROBE_TELL = 2 };
@@ -331,15 +332,18 @@ static void ack_one(struct gw_kcp *k, uint32_t sn)
 }
 
 /* Segments before the highest acked one were skipped by that ack: count
- * it towards their fast resend. */
-static void ack_skipped(struct gw_kcp *k, uint32_t maxsn)
+ * it towards their fast resend, but only where the acked segment left after
+ * the skipped one's last send (ts): an ack of something sent earlier says
+ * nothing about a resend still on its way. */
+static void ack_skipped(struct gw_kcp *k, uint32_t maxsn, uint32_t maxts)
 {
     struct seg *s;
 
     if (diff(maxsn, k->snd_una) < 0 || diff(maxsn, k->snd_nxt) >= 0)
         return;
     for (s = FIRST(&k->snd_buf); s != END(&k->snd_buf) && diff(maxsn, s->sn) > 0; s = s->next)
-        s->fastack++;
+        if (diff(maxts, s->ts) >= 0)
+            s->fastack++;
 }
 
 static void ack_owe(struct gw_kcp *k, uint32_t sn, uint32_t ts)
@@ -426,7 +430,7 @@ static void cwnd_grow(struct gw_kcp *k)
 }
 
 static int input_seg(struct gw_kcp *k, const uint8_t *h, const uint8_t *data, uint32_t len,
-                     uint32_t *maxack, int *acked)
+                     uint32_t *maxack, uint32_t *maxts, int *acked)
 {
     uint8_t cmd = h[4];
     uint32_t ts = get32(h + 8), sn = get32(h + 12);
@@ -440,8 +444,10 @@ static int input_seg(struct gw_kcp *k, const uint8_t *h, const uint8_t *data, ui
             rtt_sample(k, diff(k->current, ts));
         ack_one(k, sn);
         shrink_buf(k);
-        if (!*acked || diff(sn, *maxack) > 0)
+        if (!*acked || diff(sn, *maxack) > 0) {
             *maxack = sn;
+            *maxts = ts;
+        }
         *acked = 1;
         return 0;
     case GW_KCP_PUSH:
@@ -462,7 +468,7 @@ static int input_seg(struct gw_kcp *k, const uint8_t *h, const uint8_t *data, ui
 int gw_kcp_input(struct gw_kcp *k, const void *p, size_t n, uint32_t now_ms)
 {
     const uint8_t *d = p;
-    uint32_t prev_una = k->snd_una, maxack = 0, len;
+    uint32_t prev_una = k->snd_una, maxack = 0, maxts = 0, len;
     int acked = 0, rc = 0;
 
     k->current = now_ms;
@@ -474,13 +480,13 @@ int gw_kcp_input(struct gw_kcp *k, const void *p, size_t n, uint32_t now_ms)
             rc = TN_EPROTO;
             break;
         }
-        if ((rc = input_seg(k, d, d + GW_KCP_OVERHEAD, len, &maxack, &acked)) != 0)
+        if ((rc = input_seg(k, d, d + GW_KCP_OVERHEAD, len, &maxack, &maxts, &acked)) != 0)
             break;
         d += GW_KCP_OVERHEAD + len;
         n -= GW_KCP_OVERHEAD + len;
     }
     if (acked)
-        ack_skipped(k, maxack);
+        ack_skipped(k, maxack, maxts);
     if (diff(k->snd_una, prev_una) > 0)
         cwnd_grow(k);
     return rc;
@@ -641,7 +647,7 @@ static int flush_data(struct gw_kcp *k, uint16_t wnd)
                 s->rto = RTO_MAX;
             s->resendts = k->current + s->rto;
             events |= 1;
-        } else if (s->fastack >= resent) {
+        } else if (s->fastack >= resent && s->xmit <= FAST_LIMIT) {
             send = 1;
             s->fastack = 0;
             s->resendts = k->current + s->rto;

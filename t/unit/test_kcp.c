@@ -69,7 +69,11 @@ static void link_out(const void *buf, size_t len, void *ud)
         link_push(l, buf, len);
 }
 
-/* Hand every datagram due by now to k, in delivery-time order. */
+/* Hand every datagram due by now to k, in delivery-time order; with
+ * ack_nodelay k answers each one at once (kcp-go's SetACKNoDelay), so
+ * acks arrive one datagram each. */
+static int ack_nodelay;
+
 static void link_deliver(struct link *l, struct gw_kcp *k)
 {
     for (;;) {
@@ -80,6 +84,8 @@ static void link_deliver(struct link *l, struct gw_kcp *k)
         if (best == l->n)
             return;
         assert_int_equal(gw_kcp_input(k, l->q[best].p, l->q[best].len, *l->now), 0);
+        if (ack_nodelay)
+            gw_kcp_flush(k, *l->now);
         free(l->q[best].p);
         l->q[best] = l->q[--l->n];
     }
@@ -217,6 +223,21 @@ static void test_lossy_reordering_turbo(void **state)
 
     transfer(&o, 5, 30, 2, 2000, 3600000);
     transfer(&o, 25, 60, 5, 300, 3600000);
+}
+
+/* Acks one datagram each count up fast resends quickly: a segment lost
+ * again must not be resent on every pair of them until the link is
+ * declared dead (fast resends are limited and wait for acks of segments
+ * sent after the resend). */
+static void test_ack_nodelay_under_loss(void **state)
+{
+    struct gw_kcp_opts o = turbo();
+
+    o.mtu = 1400;
+    ack_nodelay = 1;
+    transfer(&o, 5, 20, 0, 3000, 3600000);
+    transfer(&o, 15, 20, 0, 1000, 3600000);
+    ack_nodelay = 0;
 }
 
 static void test_header(void **state)
@@ -389,6 +410,7 @@ int main(void)
         cmocka_unit_test(test_clean_link),
         cmocka_unit_test(test_lossy_reordering_normal),
         cmocka_unit_test(test_lossy_reordering_turbo),
+        cmocka_unit_test(test_ack_nodelay_under_loss),
         cmocka_unit_test(test_window_probe),
         cmocka_unit_test(test_dead_link),
         cmocka_unit_test(test_check),

@@ -7,9 +7,7 @@ test, joined by a bad link (netem where the kernel has it, else a TUN
 bridge: tunlink.py; skipped, saying why, where namespaces cannot be made),
 and through a lossy UDP relay on loopback (lossyudp.py, runs everywhere)."""
 
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -18,37 +16,14 @@ import pytest
 import tnhelp
 
 SCRIPT = (Path(__file__).resolve().parent / "route_test.lua").read_text()
-CLIENT_SRC = tnhelp.SRCDIR / "scripts" / "bench" / "kcp_client.go"
-GOCODE = Path("/usr/share/gocode")
-KCP_GO = GOCODE / "src" / "github.com" / "xtaci" / "kcp-go"
 TURBO = {"nodelay": "true", "interval": "10ms", "resend": 2, "nc": "true",
          "sndwnd": 128, "rcvwnd": 128, "mtu": 1400}
 
 
-def build_client(out_dir):
-    """Build kcp_client offline; the Go build cache lives in the build tree."""
-    go = shutil.which("go")
-    assert go and KCP_GO.is_dir(), (
-        "the KCP interop test needs golang-go and golang-github-xtaci-kcp-dev "
-        "(scripts/dev/bootstrap installs them)")
-    gopath = out_dir / "gopath"
-    src = gopath / "src" / "kcpclient"
-    src.mkdir(parents=True)
-    shutil.copy(CLIENT_SRC, src / "main.go")
-    cache = tnhelp.BUILD / "go-cache"
-    cache.mkdir(exist_ok=True)
-    env = dict(os.environ, GO111MODULE="off", GOPATH="%s:%s" % (gopath, GOCODE),
-               GOCACHE=str(cache), GOPROXY="off", GOFLAGS="", CGO_ENABLED="0")
-    binary = out_dir / "kcp_client"
-    r = subprocess.run([go, "build", "-o", str(binary), "."], cwd=src, env=env,
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, "go build failed:\n%s" % r.stderr
-    return binary
-
-
 @pytest.fixture(scope="module")
 def client_bin(tmp_path_factory):
-    return build_client(tmp_path_factory.mktemp("kcpgo"))
+    import goclient
+    return goclient.build(tmp_path_factory.mktemp("kcpgo"), tnhelp.BUILD / "go-cache")
 
 
 def run_client(binary, port, *args, timeout=60):
