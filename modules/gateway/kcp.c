@@ -258,6 +258,11 @@ size_t gw_kcp_sndbytes(const struct gw_kcp *k)
     return k->snd_bytes;
 }
 
+int gw_kcp_idle(const struct gw_kcp *k)
+{
+    return !k->snd_queue.n && !k->snd_buf.n && !k->nacks && !k->probe;
+}
+
 int gw_kcp_dead(const struct gw_kcp *k)
 {
     return k->dead;

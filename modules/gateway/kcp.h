@@ -64,6 +64,9 @@ void gw_kcp_update(struct gw_kcp *k, uint32_t now_ms);
 void gw_kcp_flush(struct gw_kcp *k, uint32_t now_ms);
 /* When gw_kcp_update should next be called (absolute ms). */
 uint32_t gw_kcp_check(const struct gw_kcp *k, uint32_t now_ms);
+/* Nothing to send, resend, acknowledge or probe: no update is needed until
+ * the next send or input. */
+int gw_kcp_idle(const struct gw_kcp *k);
 /* Segments and bytes queued or unacknowledged. */
 size_t gw_kcp_waitsnd(const struct gw_kcp *k);
 size_t gw_kcp_sndbytes(const struct gw_kcp *k);

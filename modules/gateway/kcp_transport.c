@@ -27,6 +27,7 @@
 #define KCP_CLOSE_WAIT 3000        /* ms to flush a closing session's last replies */
 #define KCP_MSG_FRAGS 16           /* fragments of one message we send */
 #define KCP_SOCKBUF (4 << 20)
+#define KCP_IDLE_WAKE 60.0 /* s between updates of an idle session with no idle timeout */
 
 struct gw_kcp_listener {
     struct gw *gw;
@@ -95,11 +96,17 @@ static void conn_output(const void *buf, size_t len, void *ud)
     (void)sendto(c->kl->fd, buf, len, MSG_DONTWAIT, (const struct sockaddr *)&c->sa, c->salen);
 }
 
+/* The next update: when the engine needs one, else (nothing in flight,
+ * owed or probed) not before the idle timeout, so idle sessions cost no
+ * wakeups. */
 static void conn_schedule(struct kconn *c)
 {
     uint32_t now = now32(), next = gw_kcp_check(c->k, now);
     double after = (double)(int32_t)(next - now) / 1000.0;
+    int64_t idle = c->kl->gw->idle_ms;
 
+    if (gw_kcp_idle(c->k) && !c->closing)
+        after = idle > 0 ? (double)(c->last_rx + idle - tn_now_ms()) / 1000.0 : KCP_IDLE_WAKE;
     if (c->closing && after > 0.05)
         after = 0.05;
     ev_timer_stop(tn_loop(), &c->timer);

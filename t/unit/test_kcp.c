@@ -398,6 +398,14 @@ static void test_check(void **state)
     gw_kcp_update(p->a, p->now);
     t = gw_kcp_check(p->a, p->now);
     assert_true(t - p->now > 0 && t - p->now <= o.interval);
+    assert_true(gw_kcp_idle(p->a));
+    assert_int_equal(gw_kcp_send(p->a, "x", 1), 0);
+    assert_false(gw_kcp_idle(p->a));
+    for (int i = 0; i < 200; i++)
+        pair_step(p);
+    /* delivered and acked: nothing owed either way */
+    assert_true(gw_kcp_idle(p->a));
+    assert_true(gw_kcp_idle(p->b));
     pair_free(p);
 }
 
