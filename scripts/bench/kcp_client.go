@@ -3,10 +3,13 @@
 // over KCP (kcp-go, no FEC, no encryption) or TCP. Built offline by the
 // KCP integration test and by scripts/bench/run-kcp against Debian's
 // golang-github-xtaci-kcp-dev. Modes:
-//   echo: send -n packets with data "<prefix><i>" on route 1 and print each
-//         reply as "reply SEQ DATA" (the Lua echo script answers "echo:...")
-//   bench: -n round trips of -size bytes with up to -window outstanding;
-//         prints one JSON line with throughput and latency percentiles
+//
+//	echo: send -n packets with data "<prefix><i>" on -route (1) and print
+//	      each reply as "reply ROUTE SEQ DATA" (the Lua echo script answers
+//	      "echo:..."); with -hb a heartbeat goes first and its answer is
+//	      printed as "heartbeat"
+//	bench: -n round trips of -size bytes with up to -window outstanding;
+//	      prints one JSON line with throughput and latency percentiles
 package main
 
 import (
@@ -99,6 +102,8 @@ func main() {
 	size := flag.Int("size", 64, "bench: bytes of data per packet")
 	window := flag.Int("window", 1, "bench: packets outstanding")
 	prefix := flag.String("prefix", "m", "echo: data prefix")
+	route := flag.Int("route", 1, "echo: route")
+	hb := flag.Bool("hb", false, "echo: send a heartbeat first")
 	nodelay := flag.Bool("nodelay", true, "kcp nodelay")
 	interval := flag.Int("interval", 10, "kcp interval ms")
 	resend := flag.Int("resend", 2, "kcp fast resend")
@@ -117,15 +122,26 @@ func main() {
 	c.SetDeadline(time.Now().Add(*timeout))
 	r := bufio.NewReaderSize(c, 1<<16)
 	if *mode == "echo" {
-		echo(c, r, *n, *prefix)
+		echo(c, r, *n, *prefix, int16(*route), *hb)
 	} else {
 		bench(c, r, *n, *size, *window)
 	}
 }
 
-func echo(c net.Conn, r *bufio.Reader, n int, prefix string) {
+func echo(c net.Conn, r *bufio.Reader, n int, prefix string, route int16, hb bool) {
+	if hb {
+		if _, err := c.Write([]byte{0, 0, 0, 1, 0x80}); err != nil {
+			fmt.Println("error", err)
+			os.Exit(1)
+		}
+		if p, err := readPacket(r); err != nil || !p.heartbeat {
+			fmt.Println("error: no heartbeat answer", err)
+			os.Exit(1)
+		}
+		fmt.Println("heartbeat")
+	}
 	for i := 0; i < n; i++ {
-		if _, err := c.Write(packet(1, int16(i), []byte(fmt.Sprintf("%s%d", prefix, i)))); err != nil {
+		if _, err := c.Write(packet(route, int16(i), []byte(fmt.Sprintf("%s%d", prefix, i)))); err != nil {
 			fmt.Println("error", err)
 			os.Exit(1)
 		}

@@ -47,6 +47,22 @@ def test_echo_with_kcp_go(gateway, client_bin):
     assert out.rstrip().endswith("done")
 
 
+def test_heartbeat_and_lua_close(gateway, client_bin):
+    t = gateway(SCRIPT, kcp=TURBO)
+    out = run_client(client_bin, t.kcp_port, "-hb", "-n", "1")
+    assert out.splitlines()[0] == "heartbeat"
+    assert replies(out) == [(1, 0, "echo:m0")]
+    # route 9: the script replies "bye" and closes the session: the reply
+    # still arrives, then the session ends (on_disconnect logs "gone ID");
+    # the first client's session is still open (no idle timeout yet)
+    mark = t.log_size()
+    out = run_client(client_bin, t.kcp_port, "-route", "9", "-n", "1")
+    assert replies(out) == [(9, 0, "bye")]
+    t.wait_log(r"gone \d+ n=0", since=mark, timeout=10)
+    out = run_client(client_bin, t.kcp_port, "-route", "10", "-n", "1")
+    assert replies(out) == [(10, 0, "count=2")]
+
+
 def test_normal_mode_and_big_packets(gateway, client_bin):
     # the listener in its defaults (normal mode), the client too; packets of
     # 20 KB are fragments of several segments each way
