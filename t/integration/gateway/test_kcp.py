@@ -105,6 +105,17 @@ def test_bad_datagrams_do_not_open_sessions(gateway, client_bin):
     assert len(replies(out)) == 3
 
 
+def test_session_limit(gateway, client_bin):
+    t = gateway(SCRIPT, kcp=TURBO, extra="max_connections: 1")
+    # the first client's session outlives it until the idle timeout (20s):
+    # KCP has no close
+    assert len(replies(run_client(client_bin, t.kcp_port, "-n", "1"))) == 1
+    r = subprocess.run([str(client_bin), "-addr", "127.0.0.1:%d" % t.kcp_port, "-n", "1",
+                        "-timeout", "2s"], capture_output=True, text=True, timeout=30)
+    assert r.returncode != 0 and "reply" not in r.stdout, r.stdout
+    t.wait_log(r"kcp 127\.0\.0\.1:%d: session refused \(max_connections\)" % t.kcp_port)
+
+
 def test_config_errors(ternd):
     from gwhelp import modules_dir
     for bad, msg in [("interval: 0ms", "interval must be 1ms"),
