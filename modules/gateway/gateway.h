@@ -207,6 +207,7 @@ struct gw_kcp_listener;
 int gw_kcp_listen(struct gw *gw, const struct gw_listen_conf *lc);
 void gw_kcp_opts_from_conf(const struct gw_listen_conf *lc, struct gw_kcp_opts *o);
 void gw_kcp_listener_free(struct gw_kcp_listener *kl);
+void gw_kcp_stats(struct gw *gw, struct tn_stats_out *out);
 
 /* ---- Lua (luaapi.c) ---------------------------------------------------------------- */
 

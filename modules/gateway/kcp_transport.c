@@ -40,6 +40,8 @@ struct gw_kcp_listener {
     uint8_t *scratch; /* gathers one packet's iovec */
     size_t scratch_cap;
     uint64_t refused;
+    /* for stats: of sessions gone, and datagrams */
+    uint64_t retrans_done, dead, datagrams_in, datagrams_out, bad;
 };
 
 struct kconn {
@@ -94,6 +96,7 @@ static void conn_output(const void *buf, size_t len, void *ud)
 
     /* a full socket buffer loses the datagram: KCP resends it */
     (void)sendto(c->kl->fd, buf, len, MSG_DONTWAIT, (const struct sockaddr *)&c->sa, c->salen);
+    c->kl->datagrams_out++;
 }
 
 /* The next update: when the engine needs one, else (nothing in flight,
@@ -118,6 +121,7 @@ static void conn_schedule(struct kconn *c)
 static void conn_free(struct kconn *c)
 {
     ev_timer_stop(tn_loop(), &c->timer);
+    c->kl->retrans_done += gw_kcp_retrans(c->k);
     gw_map_del(&c->kl->conns, c->key, c->klen);
     gw_kcp_free(c->k);
     free(c->in);
@@ -145,6 +149,7 @@ static void conn_timer(struct ev_loop *loop, ev_timer *w, int revents)
     if (gw_kcp_dead(c->k)) {
         tn_log_info(GW_LOG, "kcp %s conv %u: no ack after %u sends, closed", c->peer, c->conv,
                     c->kl->opts.dead_link);
+        c->kl->dead++;
         conn_end(c);
         return;
     }
@@ -330,8 +335,9 @@ static void on_datagram(struct gw_kcp_listener *kl, const uint8_t *p, size_t n,
         if (p[4] != GW_KCP_PUSH || !(c = conn_open(kl, sa, salen, conv, key, klen)))
             return;
     }
+    kl->datagrams_in++;
     if (gw_kcp_input(c->k, p, n, now32()) != 0) {
-        kl->gw->st.bad_packets++;
+        kl->bad++;
         tn_log_debug(GW_LOG, "kcp %s conv %u: malformed datagram dropped", c->peer, conv);
     }
     c->last_rx = tn_now_ms();
@@ -456,4 +462,51 @@ void gw_kcp_listener_free(struct gw_kcp_listener *kl)
     close(kl->fd);
     free(kl->scratch);
     free(kl);
+}
+
+/* ---- stats ------------------------------------------------------------------------------ */
+
+static void add_retrans(void *val, void *arg)
+{
+    *(uint64_t *)arg += gw_kcp_retrans(((struct kconn *)val)->k);
+}
+
+static void emit(struct tn_stats_out *out, const char *name, int type, const char *help, uint64_t v)
+{
+    tn_stats_emit(out, name, type, help, NULL, (double)v);
+}
+
+void gw_kcp_stats(struct gw *gw, struct tn_stats_out *out)
+{
+    uint64_t sessions = 0, retrans = 0, dead = 0, in = 0, outn = 0, bad = 0, refused = 0;
+    int any = 0;
+
+    for (struct gw_listener *gl = gw->listeners; gl; gl = gl->next) {
+        struct gw_kcp_listener *kl = gl->kcp;
+        if (!kl)
+            continue;
+        any = 1;
+        sessions += kl->conns.n;
+        retrans += kl->retrans_done;
+        gw_map_each(&kl->conns, add_retrans, &retrans);
+        dead += kl->dead;
+        in += kl->datagrams_in;
+        outn += kl->datagrams_out;
+        bad += kl->bad;
+        refused += kl->refused;
+    }
+    if (!any)
+        return;
+    emit(out, "ternd_gateway_kcp_sessions", TN_STAT_GAUGE, "Open KCP conversations", sessions);
+    emit(out, "ternd_gateway_kcp_retransmits_total", TN_STAT_COUNTER,
+         "KCP segments sent again (timeout or fast resend)", retrans);
+    emit(out, "ternd_gateway_kcp_dead_total", TN_STAT_COUNTER,
+         "KCP sessions closed for a segment never acknowledged", dead);
+    emit(out, "ternd_gateway_kcp_datagrams_in_total", TN_STAT_COUNTER,
+         "UDP datagrams of known or new KCP conversations", in);
+    emit(out, "ternd_gateway_kcp_datagrams_out_total", TN_STAT_COUNTER, "UDP datagrams sent", outn);
+    emit(out, "ternd_gateway_kcp_bad_datagrams_total", TN_STAT_COUNTER,
+         "KCP datagrams refused (wrong conv, bad command or length)", bad);
+    emit(out, "ternd_gateway_kcp_refused_total", TN_STAT_COUNTER,
+         "New KCP conversations refused (max_connections, stopping)", refused);
 }

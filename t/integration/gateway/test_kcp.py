@@ -103,6 +103,9 @@ def test_bad_datagrams_do_not_open_sessions(gateway, client_bin):
     # still serving, and the limit of 2 sessions leaves room for the client
     out = run_client(client_bin, t.kcp_port, "-n", "3")
     assert len(replies(out)) == 3
+    m = t.metrics()
+    assert m["ternd_gateway_kcp_bad_datagrams_total"] == 1, m
+    assert m["ternd_gateway_kcp_sessions"] == 2, m  # the bad PUSH's and the client's
 
 
 def test_session_limit(gateway, client_bin):
@@ -192,5 +195,8 @@ def test_lossy_relay(gateway, client_bin, loss):
         out = run_client(client_bin, relay.port, "-mode", "bench", "-n", "20", "-size",
                          "6000", "-window", "4", timeout=120)
         assert '"n":20' in out
-    # the link really was bad
+    # the link really was bad, and the server resent what it lost
     assert relay.dropped > 0 and relay.reordered > 0, (relay.dropped, relay.reordered)
+    m = t.metrics()
+    assert m["ternd_gateway_kcp_retransmits_total"] > 0, m
+    assert m["ternd_gateway_kcp_datagrams_in_total"] > 0 and m["ternd_gateway_kcp_dead_total"] == 0
