@@ -6,6 +6,7 @@
 #include <limits.h>
 #include <signal.h>
 #include <stdlib.h>
+#include <pthread.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -17,9 +18,14 @@ static char core_data_dir[PATH_MAX] = ".";
 static int core_stopping;
 static int64_t core_started_ms;
 
+static pthread_t core_loop_thread;
+static int core_loop_thread_set;
+
 void tn_core_init(struct ev_loop *loop, const char *data_dir)
 {
     core_loop = loop;
+    core_loop_thread = pthread_self();
+    core_loop_thread_set = 1;
     core_started_ms = (int64_t)(ev_now(loop) * 1000.0);
     if (data_dir) {
         size_t n = strlen(data_dir);
@@ -30,6 +36,12 @@ void tn_core_init(struct ev_loop *loop, const char *data_dir)
         memcpy(core_data_dir, data_dir, n);
         core_data_dir[n] = '\0';
     }
+}
+
+int tn_on_loop_thread(void)
+{
+    /* before tn_core_init (unit tests) there is only the caller */
+    return !core_loop_thread_set || pthread_equal(pthread_self(), core_loop_thread);
 }
 
 struct ev_loop *tn_loop(void)

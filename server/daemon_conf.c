@@ -59,7 +59,9 @@ const struct tn_conf_cmd tn_daemon_conf_table[] = {
     {"admin_listen", TN_CONF_ADDR, DC_OFF(admin_listen), NULL, NULL, NULL},
     {"max_connections", TN_CONF_INT, DC_OFF(max_connections), &connections_range, NULL, NULL},
     {"shutdown_timeout", TN_CONF_DURATION, DC_OFF(shutdown_timeout), NULL, NULL, NULL},
+    {"dashboard", TN_CONF_BOOL, DC_OFF(dashboard), NULL, NULL, NULL},
     {"http", TN_CONF_SECTION, DC_OFF(http), http_table, NULL, NULL},
+    {"admin_tls", TN_CONF_SECTION, DC_OFF(admin_tls), tn_tls_conf_table, NULL, tn_tls_conf_check},
     TN_CONF_END};
 
 /* The documented defaults. Strings point at constants (never freed: the
@@ -75,10 +77,12 @@ void tn_daemon_conf_default(struct tn_daemon_conf *dc)
     tn_parse_addr("127.0.0.1:4171", &dc->admin_listen, err, sizeof(err));
     dc->max_connections = 10000;
     dc->shutdown_timeout = 10 * 1000;
+    dc->dashboard = 1;
     dc->http.max_header_size = 8 * 1024;
     dc->http.max_body_size = 5 * 1024 * 1024;
     dc->http.keepalive_timeout = 65 * 1000;
     dc->http.request_timeout = 30 * 1000;
     dc->http.max_conns = 0;
     dc->http.max_pipeline = 16;
+    tn_tls_conf_default(&dc->admin_tls);
 }

@@ -196,6 +196,7 @@ static void apply_daemon_changes(const struct tn_daemon_conf *old, const struct 
         tn_log_open(nu->log_file);
     tn_conns_set_limit((size_t)nu->max_connections);
     tn_http_set_defaults(&nu->http);
+    tn_dashboard_enable(nu->dashboard);
     if (strcmp(old->admin_listen.text, nu->admin_listen.text) != 0)
         tn_log_warn("core", "daemon.admin_listen changed (%s -> %s): takes effect on restart",
                     old->admin_listen.text, nu->admin_listen.text);

@@ -271,8 +271,8 @@ static int broker_init(struct tn_mod *m)
         return TN_ENOMEM;
     bk->mod = m;
     bk->conf = bc;
-    bk->send_msg = broker_proto_send_msg;
-    bk->kick = broker_proto_kick;
+    bk->send_msg = broker_zmtp_send_msg; /* NSQ clients go on to proto.c */
+    bk->kick = broker_zmtp_kick;
     bk->start_time = broker_now() / 1000;
     if (bc->data_dir)
         snprintf(bk->dir, sizeof(bk->dir), "%s", bc->data_dir);
@@ -301,13 +301,41 @@ static int broker_init(struct tn_mod *m)
     return meta_load(bk);
 }
 
+/* The HTTP API on addr, over TLS when tls is given. */
+static struct tn_http_server *http_start(struct broker *bk, const char *name,
+                                         const struct tn_addr *addr, struct tn_tls_ctx *tls,
+                                         int *err)
+{
+    struct tn_http_limits lim = {0};
+    struct tn_http_server *s;
+
+    /* room above max_body_size so the handlers, not the core, refuse
+     * slightly larger bodies with nsqd's codes (BODY_TOO_BIG, ...) */
+    lim.max_body_size = 2 * (size_t)bk->conf->max_body_size;
+    if (!(s = tn_http_server_create(name, addr, &lim, err)))
+        return NULL;
+    if (tls)
+        tn_http_server_set_tls(s, tls);
+    if ((*err = broker_http_routes(bk, s)) != 0) {
+        tn_http_server_free(s);
+        return NULL;
+    }
+    tn_log_info(BROKER_LOG, "%s listening on %s", tls ? "HTTPS" : "HTTP", tn_http_server_addr(s));
+    return s;
+}
+
 static int broker_start(struct tn_mod *m)
 {
     struct broker *bk = m->data;
     const struct broker_conf *bc = bk->conf;
     struct tn_listen_opts lo = {0};
+    char why[512];
     int err = 0;
 
+    if (tn_tls_conf_enabled(&bc->tls) && !(bk->tls = tn_tls_ctx_new(&bc->tls, why, sizeof(why)))) {
+        tn_log_error(BROKER_LOG, "tls: %s", why);
+        return TN_EINVAL;
+    }
     if (bc->tcp_listen.len) {
         lo.name = "broker.tcp";
         lo.max_conns = (size_t)bc->max_connections;
@@ -318,17 +346,14 @@ static int broker_start(struct tn_mod *m)
             return err;
         tn_log_info(BROKER_LOG, "TCP listening on %s", tn_listener_addr(bk->listener));
     }
-    if (bc->http_listen.len) {
-        struct tn_http_limits lim = {0};
-        /* room above max_body_size so the handlers, not the core, refuse
-         * slightly larger bodies with nsqd's codes (BODY_TOO_BIG, ...) */
-        lim.max_body_size = 2 * (size_t)bc->max_body_size;
-        if (!(bk->http = tn_http_server_create("broker.http", &bc->http_listen, &lim, &err)))
-            return err;
-        if ((err = broker_http_routes(bk, bk->http)) != 0)
-            return err;
-        tn_log_info(BROKER_LOG, "HTTP listening on %s", tn_http_server_addr(bk->http));
-    }
+    if ((err = broker_zmtp_start(bk)) != 0)
+        return err;
+    if (bc->http_listen.len &&
+        !(bk->http = http_start(bk, "broker.http", &bc->http_listen, NULL, &err)))
+        return err;
+    if (bc->https_listen.len &&
+        !(bk->https = http_start(bk, "broker.https", &bc->https_listen, bk->tls, &err)))
+        return err;
     ev_timer_init(&bk->scan, scan_cb, 0., (double)bc->queue_scan_interval / 1000.0);
     bk->scan.data = bk;
     ev_timer_again(tn_loop(), &bk->scan);
@@ -343,7 +368,12 @@ static int broker_start(struct tn_mod *m)
     if ((err = broker_local_start(bk)) != 0 ||
         (err = broker_lookupd_start(bk, broker_local_tcp(bk))) != 0)
         return err;
-    return tn_service_register(TN_BROKER_SERVICE, (void *)&broker_service);
+    if ((err = tn_service_register(TN_BROKER_SERVICE, (void *)&broker_service)) != 0)
+        return err;
+    /* last: a failed start is not stopped, so nothing may follow it */
+    if ((err = broker_http_dashboard(bk, 1)) != 0)
+        tn_service_unregister(TN_BROKER_SERVICE);
+    return err;
 }
 
 /* SIGTERM: stop taking work, close the consumers (their in-flight
@@ -358,6 +388,7 @@ static int broker_stop(struct tn_mod *m)
         return 0;
     bk->stopping = 1;
     tn_service_unregister(TN_BROKER_SERVICE);
+    broker_http_dashboard(bk, 0);
     broker_hook_remove_opener();
     bk->announce = NULL;
     broker_lookupd_stop(bk);
@@ -368,9 +399,12 @@ static int broker_stop(struct tn_mod *m)
     }
     if (bk->http)
         tn_http_server_close(bk->http);
+    if (bk->https)
+        tn_http_server_close(bk->https);
     ev_timer_stop(tn_loop(), &bk->scan);
     broker_proto_flush(bk);
     broker_proto_close_all(bk);
+    broker_zmtp_stop(bk);
     n = broker_store_persist(bk, broker_now());
     if (bk->meta_loaded) /* never overwrite a file we did not read */
         meta_save(bk);
@@ -409,6 +443,9 @@ static void broker_fini(struct tn_mod *m)
     broker_store_free(bk);
     if (bk->http)
         tn_http_server_free(bk->http);
+    if (bk->https)
+        tn_http_server_free(bk->https);
+    tn_tls_ctx_free(bk->tls);
     if (bk->hook)
         broker_hook_destroy(bk->hook);
     if (broker_self == bk)
@@ -427,6 +464,24 @@ static int addr_lists_equal(const struct tn_addr_list *a, const struct tn_addr_l
     return 1;
 }
 
+/* Certificates are read again on reload (rotation without a restart): new
+ * connections and upgrades get the new context, established ones keep
+ * theirs. */
+static void tls_reload(struct broker *bk, const struct broker_conf *nc)
+{
+    struct tn_tls_ctx *ctx = NULL;
+    char why[512];
+
+    if (tn_tls_conf_enabled(&nc->tls) && !(ctx = tn_tls_ctx_new(&nc->tls, why, sizeof(why)))) {
+        tn_log_error(BROKER_LOG, "tls: %s (keeping the previous certificate)", why);
+        return;
+    }
+    tn_tls_ctx_free(bk->tls);
+    bk->tls = ctx;
+    if (bk->https && ctx)
+        tn_http_server_set_tls(bk->https, ctx);
+}
+
 static int broker_reload(struct tn_mod *m, void *new_conf)
 {
     struct broker *bk = m->data;
@@ -435,13 +490,18 @@ static int broker_reload(struct tn_mod *m, void *new_conf)
     int rc = 0;
 
     if (strcmp(old->tcp_listen.text, nc->tcp_listen.text) != 0 ||
-        strcmp(old->http_listen.text, nc->http_listen.text) != 0)
-        tn_log_warn(BROKER_LOG, "tcp_listen/http_listen changed: takes effect on restart");
+        strcmp(old->http_listen.text, nc->http_listen.text) != 0 ||
+        strcmp(old->https_listen.text, nc->https_listen.text) != 0)
+        tn_log_warn(BROKER_LOG,
+                    "tcp_listen/http_listen/https_listen changed: takes effect on restart");
+    tls_reload(bk, nc);
     if ((old->data_dir == NULL) != (nc->data_dir == NULL) ||
         (old->data_dir && strcmp(old->data_dir, nc->data_dir) != 0))
         tn_log_warn(BROKER_LOG, "data_dir changed: takes effect on restart");
     if (!addr_lists_equal(&old->lookupd, &nc->lookupd))
         tn_log_warn(BROKER_LOG, "lookupd changed: takes effect on restart");
+    if (broker_zmtp_conf_changed(&old->zmtp, &nc->zmtp))
+        tn_log_warn(BROKER_LOG, "zmtp changed: takes effect on restart");
     bk->conf = nc;
     broker_store_policies(bk);
     if (nc->lua.script) {
@@ -484,10 +544,14 @@ static void broker_stats(struct tn_mod *m, struct tn_stats_out *out)
                       tl, (double)broker_topic_depth(t));
         tn_stats_emit(out, "ternd_broker_topic_messages_total", TN_STAT_COUNTER,
                       "Messages published to a topic", tl, (double)t->message_count);
+        tn_stats_emit(out, "ternd_broker_topic_paused", TN_STAT_GAUGE, "1 while a topic is paused",
+                      tl, (double)t->paused);
         for (struct broker_channel *ch = t->channels; ch; ch = ch->next) {
             const char *cl[] = {"topic", t->name, "channel", ch->name, NULL};
             tn_stats_emit(out, "ternd_broker_channel_depth", TN_STAT_GAUGE,
                           "Messages waiting in a channel", cl, (double)broker_channel_depth(ch));
+            tn_stats_emit(out, "ternd_broker_channel_paused", TN_STAT_GAUGE,
+                          "1 while a channel is paused", cl, (double)ch->paused);
             tn_stats_emit(out, "ternd_broker_channel_in_flight", TN_STAT_GAUGE,
                           "Messages in flight", cl, (double)ch->inflight.n);
             tn_stats_emit(out, "ternd_broker_channel_deferred", TN_STAT_GAUGE, "Deferred messages",
@@ -498,6 +562,7 @@ static void broker_stats(struct tn_mod *m, struct tn_stats_out *out)
                           "In-flight timeouts", cl, (double)ch->timeout_count);
         }
     }
+    broker_zmtp_stats(bk, out);
     if (bk->hook)
         tn_stats_emit(out, "ternd_lua_errors_total", TN_STAT_COUNTER, "Lua errors",
                       (const char *[]){"module", "broker", NULL},

@@ -39,13 +39,41 @@ struct broker_policies {
     struct broker_policy *v;
 };
 
+/* One broker.zmtp listener (zmtp_bind.c): which peer sockets it accepts
+ * and what it maps them onto. */
+enum {
+    BROKER_ZMTP_PUB = 1, /* PUB peers publish into a topic */
+    BROKER_ZMTP_PUSH,    /* PUSH peers publish into a topic */
+    BROKER_ZMTP_SUB,     /* SUB peers receive a topic, prefix-filtered */
+    BROKER_ZMTP_PULL,    /* PULL peers consume a channel, load-balanced */
+    BROKER_ZMTP_ROUTER   /* Majordomo (7/MDP) clients and workers */
+};
+
+struct broker_zmtp_conf {
+    struct tn_addr listen;
+    int type;                /* BROKER_ZMTP_* */
+    char *topic;             /* NULL: pub/push name the topic in frame 1 */
+    char *channel;           /* pull: the channel consumed */
+    int64_t hwm;             /* messages queued per connection */
+    int64_t heartbeat;       /* ms; router: MDP heartbeat interval */
+    int64_t request_timeout; /* ms; router: requests waiting for a worker */
+};
+
+struct broker_zmtp_list {
+    size_t n;
+    struct broker_zmtp_conf *v;
+};
+
 struct broker_conf {
     struct tn_addr tcp_listen;
     struct tn_addr http_listen;
-    char *data_dir;         /* NULL: <daemon.data_dir>/broker */
-    int64_t mem_queue_size; /* messages in memory per topic and per channel */
-    uint64_t max_msg_size;  /* bytes */
-    uint64_t max_body_size; /* bytes (MPUB, IDENTIFY, AUTH bodies) */
+    struct tn_addr https_listen; /* the HTTP API over TLS (len 0: off) */
+    struct tn_tls_conf tls;      /* TCP tls_v1 upgrade and https_listen */
+    int tls_required;            /* TCP: no command but IDENTIFY before TLS */
+    char *data_dir;              /* NULL: <daemon.data_dir>/broker */
+    int64_t mem_queue_size;      /* messages in memory per topic and per channel */
+    uint64_t max_msg_size;       /* bytes */
+    uint64_t max_body_size;      /* bytes (MPUB, IDENTIFY, AUTH bodies) */
     int64_t max_rdy_count;
     int64_t msg_timeout;               /* ms */
     int64_t max_msg_timeout;           /* ms */
@@ -71,6 +99,7 @@ struct broker_conf {
     char *broadcast_address;           /* announced to them; NULL: the hostname */
     int64_t lookupd_interval;          /* ms between PINGs, longest reconnect delay */
     struct tn_lua_conf lua;
+    struct broker_zmtp_list zmtp; /* ZeroMQ endpoints (zmtp_bind.c) */
 };
 
 extern const struct tn_conf_cmd broker_conf_table[];
@@ -192,6 +221,7 @@ struct broker_client {
     int64_t obuf_size, obuf_timeout;
     int sample_rate;
     int feature_negotiation;
+    int tls; /* upgraded (tls_v1): every command after IDENTIFY came over TLS */
     int deflate, deflate_level, dirty;
     int zpending; /* zlib may hold inflated bytes not yet handed out */
     z_stream zin, zout;
@@ -227,6 +257,8 @@ struct broker {
     uint64_t id_ms, id_seq;
     struct tn_listener *listener;
     struct tn_http_server *http;
+    struct tn_http_server *https;
+    struct tn_tls_ctx *tls; /* NULL: TLS not configured */
     struct broker_lua *hook;
     struct broker_client *clients;
     size_t nclients;
@@ -251,6 +283,7 @@ struct broker {
     struct tn_discovery_producer *disc_producer;
     int disc_watching; /* subscribed to the service events */
     uint64_t published, dropped_by_hook, dead_lettered;
+    struct broker_zmtp *zmtp; /* the ZeroMQ endpoints while they run */
 };
 
 /* ---- store.c ----------------------------------------------------------------------- */
@@ -356,9 +389,28 @@ void broker_proto_kick(struct broker_client *c);
 void broker_proto_flush(struct broker *bk);
 void broker_proto_close_all(struct broker *bk);
 
+/* ---- zmtp_bind.c, mdp.c: ZeroMQ endpoints (broker.zmtp) ------------------------------ */
+
+/* The broker.zmtp key (a sequence of listener mappings). */
+int broker_zmtp_conf_set(struct tn_conf *cf, const struct tn_conf_node *node,
+                         const struct tn_conf_cmd *cmd, void *conf);
+/* Do two broker.zmtp lists differ (reload: the listeners keep running)? */
+int broker_zmtp_conf_changed(const struct broker_zmtp_list *a, const struct broker_zmtp_list *b);
+/* bk->send_msg / bk->kick: ZeroMQ consumers are handled here, NSQ ones
+ * are passed on to proto.c. */
+void broker_zmtp_send_msg(struct broker_client *c, const struct broker_ent *e);
+void broker_zmtp_kick(struct broker_client *c);
+/* Open the listeners (start) / close them and every ZeroMQ connection,
+ * handing in-flight messages back to their channels (stop). */
+int broker_zmtp_start(struct broker *bk);
+void broker_zmtp_stop(struct broker *bk);
+void broker_zmtp_stats(struct broker *bk, struct tn_stats_out *out);
+
 /* ---- http.c: HTTP API -------------------------------------------------------------------- */
 
 int broker_http_routes(struct broker *bk, struct tn_http_server *s);
+/* Serve (on) or stop serving the admin dashboard's actions (TN_ADMIN_HTTP_EVENT). */
+int broker_http_dashboard(struct broker *bk, int on);
 
 /* ---- lookupd.c: registration with nsqlookupd-compatible directories ---- */
 

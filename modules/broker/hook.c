@@ -22,9 +22,8 @@ struct broker_lua {
     struct tn_buf body;
 };
 
-/* Set on the loop thread only: pool workers build Lua states on their own
- * threads, and the broker must not be touched from there. */
-static __thread int on_loop_thread;
+/* Pool workers build Lua states on their own threads, and the broker must
+ * not be touched from there: the opener asks tn_on_loop_thread(). */
 
 /* The functions find the broker at call time: a state that outlives the
  * module (another module's, after a reload without a broker) gets an error
@@ -77,7 +76,7 @@ static int hook_open(lua_State *L, void *ud)
 {
     static const luaL_Reg fns[] = {{"publish", l_publish}, {"depth", l_depth}, {NULL, NULL}};
 
-    if (!on_loop_thread)
+    if (!tn_on_loop_thread())
         return 0;
     luaL_newlib(L, fns);
     lua_setfield(L, -2, "broker");
@@ -86,7 +85,6 @@ static int hook_open(lua_State *L, void *ud)
 
 int broker_hook_add_opener(void)
 {
-    on_loop_thread = 1;
     return tn_lua_add_opener("broker", hook_open, NULL);
 }
 
@@ -103,7 +101,6 @@ struct broker_lua *broker_hook_create(struct broker *bk, const struct tn_lua_con
     if (!h)
         return NULL;
     h->bk = bk;
-    on_loop_thread = 1; /* init runs on the loop thread */
     h->lua = tn_lua_create("broker", lc, hook_open, h, err, sizeof(err));
     if (!h->lua) {
         tn_log_error(BROKER_LOG, "lua: %s", err);

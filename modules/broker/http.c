@@ -310,6 +310,8 @@ static const char *client_version(void)
 static json_t *client_json(const struct broker_client *cl)
 {
     json_t *pubs = json_array();
+    const char *tls_version = "", *tls_cipher = "";
+    int tls = cl->conn && tn_conn_tls(cl->conn, &tls_version, &tls_cipher);
     json_t *o;
 
     if (cl->pub_count && cl->ch == NULL)
@@ -328,8 +330,9 @@ static json_t *client_json(const struct broker_client *cl)
                   "connect_ts", (json_int_t)cl->connect_ts, "sample_rate", cl->sample_rate,
                   "deflate", cl->deflate, "snappy", 0, "user_agent", cl->user_agent, "authed",
                   cl->authed, "auth_identity", cl->auth_identity, "auth_identity_url", "",
-                  "pub_counts", pubs, "tls", 0, "tls_cipher_suite", "", "tls_version", "",
-                  "tls_negotiated_protocol", "", "tls_negotiated_protocol_is_mutual", 0);
+                  "pub_counts", pubs, "tls", tls, "tls_cipher_suite", tls_cipher, "tls_version",
+                  tls_version, "tls_negotiated_protocol", "", "tls_negotiated_protocol_is_mutual",
+                  0);
     return o;
 }
 
@@ -527,6 +530,66 @@ static int h_config(struct tn_http_req *r, void *ud)
     if (!(v = config_value(bk->conf, key)))
         return reply_err(r, 400, "INVALID_OPTION");
     return reply_json(r, v);
+}
+
+/* ---- the admin dashboard's actions ------------------------------------------------------ */
+
+/*
+ * The core's admin server offers /dashboard/api/... to the modules (the
+ * dashboard page cannot call this HTTP API: another origin, no CORS).
+ * GET /dashboard/api/broker says the actions exist; POST
+ * /dashboard/api/broker/{topic,channel}/OP?topic=&channel= is the same as
+ * this API's /topic/OP and /channel/OP.
+ */
+#define DASH_PATH "/dashboard/api/broker"
+
+static int dash_op_known(const char *op)
+{
+    static const char *const ops[] = {"create", "delete", "empty", "pause", "unpause"};
+
+    for (size_t i = 0; i < sizeof(ops) / sizeof(ops[0]); i++)
+        if (strcmp(op, ops[i]) == 0)
+            return 1;
+    return 0;
+}
+
+static int on_admin_http(const char *event, void *arg, void *ud)
+{
+    struct tn_http_req *r = arg;
+    const char *rest;
+    int with_channel;
+
+    if (strncmp(r->path, DASH_PATH, strlen(DASH_PATH)) != 0)
+        return 0;
+    rest = r->path + strlen(DASH_PATH);
+    if (*rest && *rest != '/')
+        return 0; /* another module's name that starts with "broker" */
+    if (*rest == '\0') {
+        reply_json(r, json_pack("{s:[s,s,s,s]}", "actions", "pause", "unpause", "empty", "delete"));
+        return 1;
+    }
+    if (strncmp(rest, "/topic/", 7) == 0)
+        with_channel = 0;
+    else if (strncmp(rest, "/channel/", 9) == 0)
+        with_channel = 1;
+    else
+        return 0;
+    if (!dash_op_known(strrchr(rest, '/') + 1) || strchr(rest + 1, '/') != strrchr(rest, '/'))
+        return 0;
+    if (r->method != TN_HTTP_POST)
+        reply_err(r, 405, "METHOD_NOT_ALLOWED");
+    else
+        admin(r, ud, with_channel);
+    return 1;
+}
+
+int broker_http_dashboard(struct broker *bk, int on)
+{
+    if (!on) {
+        tn_event_off(TN_ADMIN_HTTP_EVENT, on_admin_http, bk);
+        return 0;
+    }
+    return tn_event_on(TN_ADMIN_HTTP_EVENT, on_admin_http, bk);
 }
 
 int broker_http_routes(struct broker *bk, struct tn_http_server *s)

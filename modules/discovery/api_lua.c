@@ -14,14 +14,8 @@
 
 #define WHO "discovery"
 
-/* Set on the loop thread only: pool workers build Lua states on their own
- * threads, and the registries must not be read from there. */
-static __thread int on_loop_thread;
-
-void discovery_lua_mark_loop_thread(void)
-{
-    on_loop_thread = 1;
-}
+/* Pool workers build Lua states on their own threads, and the registries
+ * must not be read from there: the opener asks tn_on_loop_thread(). */
 
 /* Metadata as a Lua table through the host's ternd.json.decode (so JSON
  * null is the same ternd.json.null sentinel everywhere); the JSON text
@@ -129,7 +123,7 @@ int discovery_lua_open(lua_State *L, void *ud)
 {
     static const luaL_Reg fns[] = {{"lookup", l_lookup}, {"producers", l_producers}, {NULL, NULL}};
 
-    if (!on_loop_thread)
+    if (!tn_on_loop_thread())
         return 0; /* a worker's state: no ternd.discovery there */
 
     luaL_newlib(L, fns);

@@ -232,7 +232,6 @@ static int discovery_init(struct tn_mod *m)
     ev_timer_init(&d->expiry, expiry_cb, 0.0, 0.0);
     d->expiry.data = d;
     current = d;
-    discovery_lua_mark_loop_thread();
     /* every Lua state made from now on (ours and other modules') gets
      * ternd.discovery; the functions find the module through `current` */
     if ((rc = tn_lua_add_opener(WHO, discovery_lua_open, NULL)) != 0 ||

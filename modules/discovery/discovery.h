@@ -357,9 +357,6 @@ json_t *discovery_instance_json(const struct discovery_instance *in, int64_t now
 
 /* api_lua.c */
 int discovery_lua_open(lua_State *L, void *ud);
-/* Called on the loop thread: states built on other threads (pool workers)
- * get no ternd.discovery. */
-void discovery_lua_mark_loop_thread(void);
 void discovery_lua_on_change(struct discovery *d, const char *name, uint64_t index);
 
 /* service.c */

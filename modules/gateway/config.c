@@ -29,6 +29,8 @@ static const struct tn_conf_cmd listen_table[] = {
     {"proto", TN_CONF_ENUM, offsetof(struct gw_listen_conf, proto), e_proto, NULL, NULL},
     {"addr", TN_CONF_ADDR, offsetof(struct gw_listen_conf, addr), NULL, NULL, NULL},
     {"path", TN_CONF_STRING, offsetof(struct gw_listen_conf, path), NULL, NULL, NULL},
+    {"tls", TN_CONF_SECTION, offsetof(struct gw_listen_conf, tls), tn_tls_conf_table, NULL,
+     tn_tls_conf_check},
     /* kcp only */
     {"nodelay", TN_CONF_BOOL, offsetof(struct gw_listen_conf, kcp_nodelay), NULL, NULL, NULL},
     {"interval", TN_CONF_DURATION, offsetof(struct gw_listen_conf, kcp_interval), NULL, NULL, NULL},
@@ -56,7 +58,7 @@ static const struct tn_conf_cmd node_addr_table[] = {
     {"weight", TN_CONF_INT, offsetof(struct gw_node_addr, weight), &r_weight, NULL, NULL},
     TN_CONF_END};
 
-/* listen: [ {proto: tcp|ws, addr: host:port, path: /ws}, ... ] */
+/* listen: [ {proto: tcp|ws, addr: host:port, path: /ws, tls: {...}}, ... ] */
 static int set_listen(struct tn_conf *cf, const struct tn_conf_node *node,
                       const struct tn_conf_cmd *cmd, void *conf)
 {
@@ -77,6 +79,7 @@ static int set_listen(struct tn_conf *cf, const struct tn_conf_node *node,
         tn_conf_push_index(cf, i);
         lc->proto = GW_PROTO_TCP;
         lc->path = "/ws";
+        tn_tls_conf_default(&lc->tls);
         kcp_conf_default(lc);
         if (it->type != TN_NODE_MAP)
             rc = tn_conf_error(cf, it, "expected a mapping {proto, addr, path}");
@@ -88,6 +91,8 @@ static int set_listen(struct tn_conf *cf, const struct tn_conf_node *node,
             rc = tn_conf_error(cf, it, "path must start with /");
         else if (lc->proto == GW_PROTO_KCP && (lc->kcp_interval < 1 || lc->kcp_interval > 5000))
             rc = tn_conf_error(cf, it, "interval must be 1ms .. 5s");
+        else if (lc->proto == GW_PROTO_KCP && tn_tls_conf_enabled(&lc->tls))
+            rc = tn_conf_error(cf, it, "tls is not available on kcp listeners");
         tn_conf_pop(cf);
     }
     gc->nlisten = node->n;

@@ -43,8 +43,16 @@ struct wstate {
     char *base_path; /* package.path as the state started */
 };
 
-static __thread struct wstate *ws;
-static __thread int in_worker;
+/* Each worker thread's Lua state, under a pthread key: the module is
+ * dlopen()ed, where __thread variables mean dynamic TLS (and trip
+ * LeakSanitizer's scan of it). */
+static pthread_key_t ws_key;
+static pthread_once_t ws_key_once = PTHREAD_ONCE_INIT;
+
+static void ws_key_make(void)
+{
+    (void)pthread_key_create(&ws_key, NULL);
+}
 
 /* A loop-thread state's liveness, shared by the tasks it submitted. */
 struct token {
@@ -330,17 +338,21 @@ static int worker_open(lua_State *L, void *ud)
 
 static void wstate_free(void)
 {
-    if (!ws)
+    struct wstate *ws;
+
+    pthread_once(&ws_key_once, ws_key_make);
+    if (!(ws = pthread_getspecific(ws_key)))
         return;
     tn_lua_destroy(ws->lua);
     free(ws->base_path);
     free(ws);
-    ws = NULL;
+    pthread_setspecific(ws_key, NULL);
 }
 
 /* This thread's state, rebuilt when the config changed. */
 static struct wstate *worker_state(char *err, size_t errlen)
 {
+    struct wstate *ws;
     struct tn_lua_conf lc;
     uint64_t epoch;
     lua_State *L;
@@ -349,6 +361,8 @@ static struct wstate *worker_state(char *err, size_t errlen)
     epoch = worker_epoch;
     lc = worker_conf;
     pthread_mutex_unlock(&shared_lock);
+    pthread_once(&ws_key_once, ws_key_make);
+    ws = pthread_getspecific(ws_key);
     if (ws && ws->epoch == epoch)
         return ws;
     wstate_free();
@@ -356,10 +370,15 @@ static struct wstate *worker_state(char *err, size_t errlen)
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
-    in_worker = 1; /* our opener leaves ternd.pool out of worker states */
+    /* our opener leaves ternd.pool out of worker states (not the loop thread) */
     if (!(ws->lua = tn_lua_create("pool", &lc, worker_open, NULL, err, errlen))) {
         free(ws);
-        ws = NULL;
+        return NULL;
+    }
+    if (pthread_setspecific(ws_key, ws) != 0) {
+        tn_lua_destroy(ws->lua);
+        free(ws);
+        snprintf(err, errlen, "out of memory");
         return NULL;
     }
     ws->epoch = epoch;
@@ -797,7 +816,7 @@ static int pool_lua_open(lua_State *L, void *ud)
     static const luaL_Reg funcs[] = {{"submit", l_submit}, {"stats", l_stats}, {NULL, NULL}};
     struct token *t, **tp;
 
-    if (in_worker)
+    if (!tn_on_loop_thread())
         return 0; /* no submits from inside a task: a full pool would deadlock */
     if (!(t = calloc(1, sizeof(*t))))
         return TN_ENOMEM;

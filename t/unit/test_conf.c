@@ -670,6 +670,7 @@ static void test_daemon_defaults_match_shipped_yaml(void **state)
     memset(&dc.http, 0xff, sizeof(dc.http)); /* all of it must come from the file */
     dc.max_connections = dc.shutdown_timeout = -5;
     dc.log_level = -1;
+    dc.dashboard = -1;
     const struct tn_conf_node *daemon = tn_conf_map_get(tn_conf_root(cf), "daemon");
     assert_non_null(daemon);
     tn_conf_set_section(cf, "daemon", daemon);
@@ -699,6 +700,8 @@ static void test_daemon_defaults_match_shipped_yaml(void **state)
     assert_int_equal(def.max_connections, 10000);
     assert_int_equal(dc.shutdown_timeout, def.shutdown_timeout);
     assert_int_equal(def.shutdown_timeout, 10000);
+    assert_int_equal(dc.dashboard, def.dashboard);
+    assert_int_equal(def.dashboard, 1);
     assert_memory_equal(&dc.http, &def.http, sizeof(def.http));
     assert_int_equal(def.http.max_header_size, 8192);
     assert_int_equal(def.http.max_body_size, 5 * 1024 * 1024);
@@ -719,6 +722,7 @@ static void test_daemon_settings(void **state)
                                "  admin_listen: ~\n"
                                "  max_connections: 5\n"
                                "  shutdown_timeout: 0\n"
+                               "  dashboard: off\n"
                                "  http:\n"
                                "    max_header_size: 1KiB\n"
                                "    max_body_size: 0\n"
@@ -738,6 +742,7 @@ static void test_daemon_settings(void **state)
     assert_int_equal(dc.admin_listen.len, 0); /* off */
     assert_int_equal(dc.max_connections, 5);
     assert_int_equal(dc.shutdown_timeout, 0);
+    assert_int_equal(dc.dashboard, 0);
     assert_int_equal(dc.http.max_header_size, 1024);
     assert_int_equal(dc.http.max_body_size, 0);
     assert_int_equal(dc.http.keepalive_timeout, 65000); /* untouched */

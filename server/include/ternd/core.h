@@ -33,6 +33,12 @@ TN_API struct ev_loop *tn_loop(void);
 TN_API int64_t tn_now_ms(void);
 TN_API int64_t tn_wall_ns(void);
 
+/* Non-zero on the thread that runs the loop (the main thread): code that
+ * other threads may reach (Lua openers run by pool workers) asks this
+ * instead of keeping a __thread flag -- modules are dlopen()ed, and thread
+ * locals in them cost a dynamic TLS lookup and confuse LeakSanitizer. */
+TN_API int tn_on_loop_thread(void);
+
 /* daemon.data_dir, absolute, without a trailing slash; created at start. */
 TN_API const char *tn_data_dir(void);
 

@@ -39,6 +39,14 @@ TN_API int tn_event_emit(const char *event, void *arg);
 TN_API int tn_event_has(const char *event);
 
 /*
+ * The admin server's /dashboard/api/... requests (GET, or POST with an
+ * X-Ternd-Dashboard header) are emitted as this event with the struct
+ * tn_http_req * as arg: the subscriber that serves the path replies at once
+ * and returns non-zero; when none does, the client gets 404.
+ */
+#define TN_ADMIN_HTTP_EVENT "admin.http"
+
+/*
  * Authentication, shared by every protocol module that takes a secret (the
  * broker's NSQ AUTH, service "nsq"; a gateway login, service "gateway") and
  * answered by auth plugins (auth_file). The emitter zeroes the struct, sets
