@@ -12,9 +12,12 @@ static const struct tn_conf_range r_route = {1, 4};
 static const struct tn_conf_range r_seq = {0, 4};
 static const struct tn_conf_range r_nonneg = {0, INT64_MAX};
 static const struct tn_conf_range r_weight = {1, 1000000};
+static const struct tn_conf_range r_kcp_resend = {0, 100};
+static const struct tn_conf_range r_kcp_wnd = {16, 32768};
+static const struct tn_conf_range r_kcp_mtu = {GW_KCP_MTU_MIN, 9000};
 
 static const struct tn_conf_enum e_proto[] = {
-    {"tcp", GW_PROTO_TCP}, {"ws", GW_PROTO_WS}, {NULL, 0}};
+    {"tcp", GW_PROTO_TCP}, {"ws", GW_PROTO_WS}, {"kcp", GW_PROTO_KCP}, {NULL, 0}};
 static const struct tn_conf_enum e_order[] = {{"big", 1}, {"little", 0}, {NULL, 0}};
 static const struct tn_conf_enum e_select[] = {{"round_robin", GW_SELECT_RR},
                                                {"rr", GW_SELECT_RR},
@@ -28,7 +31,27 @@ static const struct tn_conf_cmd listen_table[] = {
     {"path", TN_CONF_STRING, offsetof(struct gw_listen_conf, path), NULL, NULL, NULL},
     {"tls", TN_CONF_SECTION, offsetof(struct gw_listen_conf, tls), tn_tls_conf_table, NULL,
      tn_tls_conf_check},
+    /* kcp only */
+    {"nodelay", TN_CONF_BOOL, offsetof(struct gw_listen_conf, kcp_nodelay), NULL, NULL, NULL},
+    {"interval", TN_CONF_DURATION, offsetof(struct gw_listen_conf, kcp_interval), NULL, NULL, NULL},
+    {"resend", TN_CONF_INT, offsetof(struct gw_listen_conf, kcp_resend), &r_kcp_resend, NULL, NULL},
+    {"nc", TN_CONF_BOOL, offsetof(struct gw_listen_conf, kcp_nc), NULL, NULL, NULL},
+    {"sndwnd", TN_CONF_INT, offsetof(struct gw_listen_conf, kcp_sndwnd), &r_kcp_wnd, NULL, NULL},
+    {"rcvwnd", TN_CONF_INT, offsetof(struct gw_listen_conf, kcp_rcvwnd), &r_kcp_wnd, NULL, NULL},
+    {"mtu", TN_CONF_INT, offsetof(struct gw_listen_conf, kcp_mtu), &r_kcp_mtu, NULL, NULL},
     TN_CONF_END};
+
+/* The KCP defaults: the reference's normal mode, flushed every 10ms. */
+static void kcp_conf_default(struct gw_listen_conf *lc)
+{
+    lc->kcp_nodelay = 0;
+    lc->kcp_interval = 10;
+    lc->kcp_resend = 0;
+    lc->kcp_nc = 0;
+    lc->kcp_sndwnd = 32;
+    lc->kcp_rcvwnd = 128;
+    lc->kcp_mtu = 1400;
+}
 
 static const struct tn_conf_cmd node_addr_table[] = {
     {"addr", TN_CONF_ADDR, offsetof(struct gw_node_addr, addr), NULL, NULL, NULL},
@@ -57,6 +80,7 @@ static int set_listen(struct tn_conf *cf, const struct tn_conf_node *node,
         lc->proto = GW_PROTO_TCP;
         lc->path = "/ws";
         tn_tls_conf_default(&lc->tls);
+        kcp_conf_default(lc);
         if (it->type != TN_NODE_MAP)
             rc = tn_conf_error(cf, it, "expected a mapping {proto, addr, path}");
         else if (tn_conf_apply(cf, it, listen_table, lc) != 0)
@@ -65,6 +89,10 @@ static int set_listen(struct tn_conf *cf, const struct tn_conf_node *node,
             rc = tn_conf_error(cf, it, "addr is required");
         else if (lc->proto == GW_PROTO_WS && (!lc->path || lc->path[0] != '/'))
             rc = tn_conf_error(cf, it, "path must start with /");
+        else if (lc->proto == GW_PROTO_KCP && (lc->kcp_interval < 1 || lc->kcp_interval > 5000))
+            rc = tn_conf_error(cf, it, "interval must be 1ms .. 5s");
+        else if (lc->proto == GW_PROTO_KCP && tn_tls_conf_enabled(&lc->tls))
+            rc = tn_conf_error(cf, it, "tls is not available on kcp listeners");
         tn_conf_pop(cf);
     }
     gc->nlisten = node->n;

@@ -71,8 +71,10 @@ static int gw_start(struct tn_mod *m)
 
     for (size_t i = 0; i < gw->conf->nlisten; i++) {
         const struct gw_listen_conf *lc = &gw->conf->listen[i];
-        rc = lc->proto == GW_PROTO_WS ? gw_ws_listen(gw, lc) : gw_tcp_listen(gw, lc);
-        if (rc == 0)
+        rc = lc->proto == GW_PROTO_WS    ? gw_ws_listen(gw, lc)
+             : lc->proto == GW_PROTO_KCP ? gw_kcp_listen(gw, lc)
+                                         : gw_tcp_listen(gw, lc);
+        if (rc == 0 && lc->proto != GW_PROTO_KCP)
             rc = listener_tls(gw, lc);
         if (rc != 0)
             return rc;
@@ -137,6 +139,7 @@ static void gw_fini(struct tn_mod *m)
         gw->listeners = gl->next;
         if (gl->http)
             tn_http_server_free(gl->http);
+        gw_kcp_listener_free(gl->kcp);
         free(gl->path);
         free(gl);
     }
@@ -212,6 +215,7 @@ static void gw_stats(struct tn_mod *m, struct tn_stats_out *out)
          st->node_frames);
     emit(out, "ternd_gateway_uids", TN_STAT_GAUGE, "Bound uids", gw->uids.n);
     emit(out, "ternd_gateway_groups", TN_STAT_GAUGE, "Groups with members", gw->groups.n);
+    gw_kcp_stats(gw, out);
     if (gw->lua)
         tn_stats_emit(out, "ternd_lua_errors_total", TN_STAT_COUNTER, "Lua errors",
                       (const char *[]){"module", "gateway", NULL}, (double)tn_lua_errors(gw->lua));

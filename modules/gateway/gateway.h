@@ -14,6 +14,7 @@
 #include <ternd/ternd.h>
 
 #include "codec.h"
+#include "kcp.h"
 
 #define GW_LOG "gateway"
 #define GW_VERSION "0.1.0"
@@ -34,7 +35,7 @@ enum {
 
 /* ---- configuration ------------------------------------------------------------ */
 
-enum { GW_PROTO_TCP = 1, GW_PROTO_WS = 2 };
+enum { GW_PROTO_TCP = 1, GW_PROTO_WS = 2, GW_PROTO_KCP = 3 };
 enum { GW_SELECT_RR = 0, GW_SELECT_RANDOM = 1, GW_SELECT_WEIGHTED = 2 };
 
 struct gw_listen_conf {
@@ -42,6 +43,9 @@ struct gw_listen_conf {
     struct tn_addr addr;
     char *path;             /* ws: the upgrade path ("/ws") */
     struct tn_tls_conf tls; /* cert set: TLS on this listener (tcp+tls, wss) */
+    /* kcp: the engine's modes (struct gw_kcp_opts) */
+    int kcp_nodelay, kcp_nc;
+    int64_t kcp_interval, kcp_resend, kcp_sndwnd, kcp_rcvwnd, kcp_mtu;
 };
 
 struct gw_node_addr {
@@ -200,6 +204,11 @@ int gw_attr_set(struct gw_session *s, const char *key, int type, int64_t i, doub
 int gw_tcp_listen(struct gw *gw, const struct gw_listen_conf *lc);
 int gw_ws_listen(struct gw *gw, const struct gw_listen_conf *lc);
 void gw_ws_fini(void);
+struct gw_kcp_listener;
+int gw_kcp_listen(struct gw *gw, const struct gw_listen_conf *lc);
+void gw_kcp_opts_from_conf(const struct gw_listen_conf *lc, struct gw_kcp_opts *o);
+void gw_kcp_listener_free(struct gw_kcp_listener *kl);
+void gw_kcp_stats(struct gw *gw, struct tn_stats_out *out);
 
 /* ---- Lua (luaapi.c) ---------------------------------------------------------------- */
 
@@ -241,6 +250,7 @@ struct gw_listener {
     struct tn_listener *tcp;
     struct tn_http_server *http;
     char *path;
+    struct gw_kcp_listener *kcp;
 };
 
 struct gw_stats {

@@ -6,7 +6,8 @@ modules_gateway_gateway_la_SOURCES = \
 	modules/gateway/gateway.c modules/gateway/config.c modules/gateway/codec.c \
 	modules/gateway/session.c modules/gateway/ws.c modules/gateway/luaapi.c \
 	modules/gateway/node.c modules/gateway/map.c modules/gateway/registry.c \
-	modules/gateway/gateway.h modules/gateway/codec.h
+	modules/gateway/kcp.c modules/gateway/kcp_transport.c \
+	modules/gateway/gateway.h modules/gateway/codec.h modules/gateway/kcp.h
 # tn_discovery.h (the discovery module's service) when that module is in the tree
 modules_gateway_gateway_la_CFLAGS = $(AM_CFLAGS) -I$(top_srcdir)/modules/discovery \
 	$(WSLAY_CFLAGS) $(CRYPTO_CFLAGS)
@@ -18,6 +19,10 @@ UNIT_TESTS += t/unit/test_gateway_codec
 t_unit_test_gateway_codec_SOURCES = t/unit/test_gateway_codec.c modules/gateway/codec.c
 t_unit_test_gateway_codec_CFLAGS = $(UNIT_CFLAGS) -I$(top_srcdir)/modules/gateway
 t_unit_test_gateway_codec_LDADD = $(CMOCKA_LIBS)
+UNIT_TESTS += t/unit/test_kcp
+t_unit_test_kcp_SOURCES = t/unit/test_kcp.c modules/gateway/kcp.c
+t_unit_test_kcp_CFLAGS = $(UNIT_CFLAGS) -I$(top_srcdir)/modules/gateway
+t_unit_test_kcp_LDADD = $(CMOCKA_LIBS)
 endif
 
 # The gateway's load generator (scripts/bench/run-gateway), standalone like

@@ -25,12 +25,23 @@ def tcp_open(port):
         return False
 
 
-def gateway_yaml(tcp, ws, script, extra):
+def udp_free_port():
+    import socket
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def gateway_yaml(tcp, ws, script, extra, kcp=None):
     lines = ["gateway:", "  listen:"]
     if tcp:
         lines.append("    - { proto: tcp, addr: 127.0.0.1:%d }" % tcp)
     if ws:
         lines.append("    - { proto: ws, addr: 127.0.0.1:%d, path: /ws }" % ws)
+    if kcp:
+        port, opts = kcp
+        lines.append("    - { proto: kcp, addr: 127.0.0.1:%d%s }"
+                     % (port, "".join(", %s: %s" % kv for kv in opts.items())))
     if script:
         lines.append("  lua: { script: %s }" % script)
     for line in extra.splitlines():
@@ -44,9 +55,11 @@ def gateway(ternd):
         pytest.skip("gateway.so missing in %s: build first" % modules_dir())
     made = []
 
-    def make(script=None, ws=False, extra="", daemon=None, start=True):
+    def make(script=None, ws=False, extra="", daemon=None, start=True, kcp=None):
         tcp = tnhelp.free_port()
         wsp = tnhelp.free_port() if ws else None
+        # kcp: a dict of the kcp listener's options ({} for the defaults)
+        kcpp = udp_free_port() if kcp is not None else None
         d = {"modules_dir": str(modules_dir())}
         d.update(daemon or {})
         t = ternd(daemon=d)
@@ -54,9 +67,9 @@ def gateway(ternd):
         if script is not None:
             path = t.tmp / "route.lua"
             path.write_text(script)
-        t.text = gateway_yaml(tcp, wsp, path, extra)
+        t.text = gateway_yaml(tcp, wsp, path, extra, (kcpp, kcp) if kcp is not None else None)
         t.script_path = path
-        t.tcp_port, t.ws_port = tcp, wsp
+        t.tcp_port, t.ws_port, t.kcp_port = tcp, wsp, kcpp
         t.write_conf()
         made.append(t)
         if start:
