@@ -12,6 +12,7 @@ import pytest
 
 import tnhelp
 from gwhelp import Client, Codec
+from wsraw import RawWS
 
 SCRIPT = r"""
 function on_connect(s)
@@ -46,11 +47,11 @@ def plugin_so():
     return tnhelp.BUILD / "lib" / "ternd" / "plugins" / "auth_file.so"
 
 
-def start(gateway, auth="auth: { enabled: true }", plugin=True, extra=""):
+def start(gateway, auth="auth: { enabled: true }", plugin=True, extra="", ws=False):
     """The gateway with SCRIPT and `auth`, and auth_file serving SECRETS."""
     if plugin and not plugin_so().exists():
         pytest.skip("auth_file.so missing: build first")
-    t = gateway(SCRIPT, extra=auth + "\n" + extra, start=False)
+    t = gateway(SCRIPT, ws=ws, extra=auth + "\n" + extra, start=False)
     if plugin:
         os.symlink(os.path.realpath(plugin_so()), t.tmp / "plugins" / "auth_file.so")
         t.secrets = t.tmp / "secrets.json"
@@ -191,3 +192,28 @@ def test_login_with_one_byte_routes(gateway):
     with Client(t.tcp_port, Codec(1, 2)) as c:
         assert login(c, b"alice-secret", route=-1)["identity"] == "alice"
         assert c.ask(2, 1, b"y")["data"] == b"alice|alice|none|2|y"
+
+
+def test_login_over_websocket(gateway):
+    """The login sits above the transports: the same over WebSocket, where a
+    refused secret ends with close code 1008 after the reply."""
+    t = start(gateway, ws=True, extra="ws_close_timeout: 200ms")
+    codec = Codec()
+
+    def ask(ws, route, seq, data):
+        ws.frame(2, codec.packet(route, seq, data))
+        fin, rsv, op, payload = ws.recv_frame()
+        assert op == 2
+        p, rest = codec.decode(payload)
+        assert rest == b"" and (p["route"], p["seq"]) == (route, seq)
+        return p["data"]
+
+    ws = RawWS(t.ws_port)
+    assert json.loads(ask(ws, 0, 1, b"alice-secret"))["identity"] == "alice"
+    assert ask(ws, 1, 2, b"x") == b"alice|alice|none|1|x"
+    assert json.loads(ask(ws, 3, 3, b"z"))["error"] == "E_UNAUTHORIZED"
+    ws.close()
+    ws = RawWS(t.ws_port)
+    assert json.loads(ask(ws, 0, 1, b"wrong"))["error"] == "E_AUTH_FAILED"
+    assert ws.expect_close() == 1008
+    assert tnhelp.closed_by_peer(ws.sock)
