@@ -20,7 +20,10 @@
 struct gw_auth {
     struct gw_session *s;
     ev_timer timer; /* the login deadline, stopped once authenticated */
-    int32_t route;  /* the login route when the session opened */
+    /* the settings when the session opened (a reload changes new ones) */
+    int32_t route;
+    int64_t timeout;
+    int close_on_deny;
     int authed;
     char *secret; /* kept for auth.authorize: the plugin looks it up again */
     size_t secret_len;
@@ -93,8 +96,7 @@ static void on_deadline(struct ev_loop *loop, ev_timer *w, int revents)
         return;
     s->gw->auth_st.timeouts++;
     tn_log_info(GW_LOG, "session %llu (%s): no login within %lld ms, closing",
-                (unsigned long long)s->id, gw_session_addr(s),
-                (long long)s->gw->conf->auth.timeout);
+                (unsigned long long)s->id, gw_session_addr(s), (long long)a->timeout);
     reply_error(s, a->route, 0, "E_AUTH_TIMEOUT", "no AUTH within auth.timeout");
     gw_session_close(s, GW_CLOSE_POLICY, "authentication timeout");
 }
@@ -110,6 +112,8 @@ int gw_auth_open(struct gw_session *s)
         return TN_ENOMEM;
     a->s = s;
     a->route = (int32_t)ac->route;
+    a->close_on_deny = ac->close_on_deny;
+    a->timeout = ac->timeout;
     ev_timer_init(&a->timer, on_deadline, (double)ac->timeout / 1000.0, 0.);
     a->timer.data = a;
     if (ac->timeout > 0)
@@ -250,7 +254,7 @@ int gw_auth_packet(struct gw_session *s, const struct gw_packet *pk)
     s->gw->auth_st.denied++;
     snprintf(msg, sizeof(msg), "AUTH failed for route %d", (int)pk->route);
     reply_error(s, pk->route, pk->seq, "E_UNAUTHORIZED", msg);
-    if (s->gw->conf->auth.close_on_deny)
+    if (a->close_on_deny)
         gw_session_close(s, GW_CLOSE_POLICY, "not authorized");
     return 0;
 }

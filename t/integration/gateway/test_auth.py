@@ -217,3 +217,22 @@ def test_login_over_websocket(gateway):
     assert json.loads(ask(ws, 0, 1, b"wrong"))["error"] == "E_AUTH_FAILED"
     assert ws.expect_close() == 1008
     assert tnhelp.closed_by_peer(ws.sock)
+
+
+def test_reload_applies_to_new_sessions(gateway):
+    """auth settings follow SIGHUP for sessions opened afterwards; a session
+    keeps the mode it started with."""
+    t = start(gateway, auth="auth: { enabled: false }")
+    with Client(t.tcp_port) as before:
+        assert before.ask(3, 1, b"a")["data"] == b"nil|nil|none|3|a"
+        t.text = t.text.replace("auth: { enabled: false }",
+                                "auth: { enabled: true, route: 50 }")
+        assert "reload done" in t.reload()
+        # the open session is not asked to log in
+        assert before.ask(3, 2, b"b")["data"] == b"nil|nil|none|3|b"
+        with Client(t.tcp_port) as after:
+            assert json.loads(after.ask(3, 1, b"c")["data"])["error"] == "E_AUTH_FIRST"
+            assert closed(after)
+        with Client(t.tcp_port) as after:
+            assert login(after, b"alice-secret", route=50)["identity"] == "alice"
+            assert after.ask(1, 2, b"d")["data"] == b"alice|alice|none|1|d"
