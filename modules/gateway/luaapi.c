@@ -212,7 +212,7 @@ static int l_index(lua_State *L)
     else if (strcmp(key, "addr") == 0)
         s ? (void)lua_pushstring(L, gw_session_addr(s)) : lua_pushnil(L);
     else if (strcmp(key, "identity") == 0)
-        s && gw_auth_identity(s) ? (void)lua_pushstring(L, gw_auth_identity(s)) : lua_pushnil(L);
+        lua_pushstring(L, s ? gw_auth_identity(s) : NULL); /* NULL pushes nil */
     else if (strcmp(key, "closed") == 0)
         lua_pushboolean(L, !s || s->tpclosed);
     else
