@@ -79,6 +79,17 @@ int tn_admin_start(const struct tn_daemon_conf *dc)
     admin = tn_http_server_create("admin", &dc->admin_listen, &dc->http, &err);
     if (!admin)
         return err ? err : TN_EIO;
+    if (tn_tls_conf_enabled(&dc->admin_tls)) {
+        char why[512];
+        struct tn_tls_ctx *ctx = tn_tls_ctx_new(&dc->admin_tls, why, sizeof(why));
+        if (!ctx) {
+            tn_log_error("core", "daemon.admin_tls: %s", why);
+            tn_admin_stop();
+            return TN_EINVAL;
+        }
+        tn_http_server_set_tls(admin, ctx); /* the server keeps its own reference */
+        tn_tls_ctx_free(ctx);
+    }
     tn_http_route(admin, TN_HTTP_GET, "/ping", admin_ping, NULL);
     tn_http_route(admin, TN_HTTP_GET, "/stats", admin_stats, NULL);
     tn_http_route(admin, TN_HTTP_GET, "/metrics", admin_metrics, NULL);
@@ -88,7 +99,8 @@ int tn_admin_start(const struct tn_daemon_conf *dc)
         tn_admin_stop();
         return err;
     }
-    tn_log_info("core", "admin HTTP on %s", tn_http_server_addr(admin));
+    tn_log_info("core", "admin %s on %s", tn_tls_conf_enabled(&dc->admin_tls) ? "HTTPS" : "HTTP",
+                tn_http_server_addr(admin));
     return 0;
 }
 

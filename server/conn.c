@@ -3,7 +3,9 @@
  * (see ternd/conn.h). Writes and closes are deferred to one ev_prepare
  * watcher that runs after every callback of a loop iteration: each dirty
  * connection gets one write per iteration, and on_close never runs from
- * inside the call that asked for the close.
+ * inside the call that asked for the close. A TLS connection (tls.c does
+ * the crypto over memory BIOs) reads ciphertext here, hands plaintext to
+ * c->in, encrypts c->out into a wire buffer and sends that instead.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -26,6 +28,7 @@
 #define REFUSE_LOG_MS 1000       /* at most one "refused" line per second */
 #define OUT_KEEP (64 * 1024)     /* output capacity kept after a drain */
 #define DIRECT_WRITE (64 * 1024) /* writev at once, uncopied, from this size */
+#define TLS_READ (16 * 1024)     /* ciphertext bytes per read(2) */
 
 /* Deferred work flags (conn_impl.pend). */
 enum { PEND_FLUSH = 1, PEND_DISPATCH = 2, PEND_CLOSE = 4 };
@@ -47,6 +50,7 @@ struct tn_listener {
     int closed;
     uint64_t refused;
     int64_t refuse_logged_ms;
+    struct tn_tls_ctx *tls; /* accepted connections handshake first */
 };
 
 struct conn_impl {
@@ -65,6 +69,8 @@ struct conn_impl {
     unsigned connecting : 1;   /* outgoing, connect not finished */
     unsigned silent_close : 1; /* no on_close (failed connect) */
     int close_reason;
+    struct tn_tls_sess *tls; /* NULL: plaintext */
+    struct tn_buf wire;      /* TLS: bytes for the socket, in order */
 };
 
 static struct {
@@ -94,6 +100,13 @@ static void pending_cb(struct ev_loop *loop, ev_prepare *w, int revents);
 static inline struct conn_impl *impl_of(const struct tn_conn *c)
 {
     return (struct conn_impl *)c->priv;
+}
+
+/* Bytes queued for the peer: plaintext not yet encrypted plus what waits
+ * on the wire (TLS). */
+static size_t pending_bytes(const struct conn_impl *ci)
+{
+    return tn_buf_rlen(&ci->c.out) + tn_buf_rlen(&ci->wire);
 }
 
 static void conns_init(void)
@@ -219,14 +232,177 @@ static void deliver(struct conn_impl *ci)
 static void eof(struct conn_impl *ci)
 {
     /* A peer that half-closes after its request still gets the answer
-     * already queued; anything else ends the connection now. */
-    if (tn_buf_rlen(&ci->c.out) > 0 && !ci->closing) {
+     * already queued; anything else ends the connection now (as does a
+     * TLS peer gone before its handshake ended: what waits for it cannot
+     * be sent). */
+    if (pending_bytes(ci) > 0 && !ci->closing && (!ci->tls || tn_tls_sess_done(ci->tls))) {
         ci->close_reason = TN_EPEER;
         tn_conn_close_after_write(&ci->c);
         return;
     }
     tn_conn_close(&ci->c, TN_EPEER);
 }
+
+/* ---- TLS ------------------------------------------------------------------ */
+
+/* Ciphertext the session produced (handshake, records, alerts) goes to the
+ * wire buffer, flushed this iteration. */
+static int tls_output(struct conn_impl *ci)
+{
+    if (tn_tls_sess_drain(ci->tls, &ci->wire) != 0)
+        return TN_ENOMEM;
+    if (tn_buf_rlen(&ci->wire) > 0 && !ev_is_active(&ci->wio))
+        pend_add(ci, PEND_FLUSH);
+    return 0;
+}
+
+static void tls_fail(struct conn_impl *ci, int rc, const char *why)
+{
+    if (rc == TN_EPEER) { /* close_notify: an orderly end of input */
+        eof(ci);
+        return;
+    }
+    if (rc == TN_EPROTO)
+        tn_log_info(CONN_WHO, "%s: TLS %s failed: %s", ci->c.peer,
+                    tn_tls_sess_done(ci->tls) ? "connection" : "handshake", why);
+    tls_output(ci); /* the alert, sent on the way out */
+    tn_conn_close(&ci->c, rc);
+}
+
+/* Decrypt what the session holds into c->in and hand it to the handler,
+ * again while the session has more and the handler keeps taking it (no
+ * read event announces plaintext already inside the session). redeliver:
+ * c->in is handed over even without new bytes (after a resume, a handler
+ * switch or an upgrade, as the plaintext path does). */
+static void tls_pump(struct conn_impl *ci, int redeliver)
+{
+    struct tn_conn *c = &ci->c;
+    char why[256] = "";
+    int was_done = tn_tls_sess_done(ci->tls);
+
+    while (!ci->closing) {
+        size_t have = tn_buf_rlen(&c->in), got;
+        size_t room = have > c->lim.in_max ? 1 : c->lim.in_max + 1 - have;
+        int rc = tn_tls_sess_read(ci->tls, &c->in, room, &got, why, sizeof(why));
+
+        if (rc == 0 && tls_output(ci) != 0)
+            rc = TN_ENOMEM;
+        if (!was_done && tn_tls_sess_done(ci->tls)) {
+            was_done = 1; /* what the handler wrote meanwhile can go now */
+            if (tn_buf_rlen(&c->out) > 0)
+                pend_add(ci, PEND_FLUSH);
+        }
+        if (got > 0 || (redeliver && tn_buf_rlen(&c->in) > 0))
+            deliver(ci);
+        redeliver = 0;
+        if (rc != 0) {
+            if (!ci->closing)
+                tls_fail(ci, rc, why);
+            return;
+        }
+        if (got == 0 || ci->app_paused || !tn_tls_sess_more(ci->tls))
+            return;
+    }
+}
+
+static void tls_read(struct conn_impl *ci)
+{
+    static char buf[TLS_READ]; /* loop thread only; fed to the session at once */
+    struct tn_conn *c = &ci->c;
+    ssize_t n = read(c->fd, buf, sizeof(buf));
+
+    if (n < 0) {
+        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+            tn_conn_close(c, -errno);
+        return;
+    }
+    if (n == 0) {
+        eof(ci);
+        return;
+    }
+    c->bytes_in += (uint64_t)n;
+    tn_stat_add(&st_bytes_in, n);
+    ci->last_read_ms = tn_now_ms();
+    if (tn_tls_sess_feed(ci->tls, buf, (size_t)n) != 0) {
+        tn_conn_close(c, TN_ENOMEM);
+        return;
+    }
+    tls_pump(ci, 0);
+}
+
+/* Encrypt c->out onto the wire (held until the handshake is done). */
+static int tls_encrypt(struct conn_impl *ci)
+{
+    char why[256] = "";
+    int rc = tn_tls_sess_write(ci->tls, &ci->c.out, why, sizeof(why));
+
+    if (rc == 0 && tn_tls_sess_drain(ci->tls, &ci->wire) != 0)
+        rc = TN_ENOMEM;
+    if (rc != 0)
+        tls_fail(ci, rc, why);
+    return rc;
+}
+
+/* The end of a TLS connection: our close_notify when nothing else is
+ * waiting, then one non-blocking send of what is on the wire (the
+ * close_notify, or the alert of a failed handshake). Best effort. */
+static void tls_goodbye(struct conn_impl *ci)
+{
+    if (tn_buf_rlen(&ci->wire) == 0) {
+        tn_tls_sess_shutdown(ci->tls);
+        tn_tls_sess_drain(ci->tls, &ci->wire);
+    }
+    if (tn_buf_rlen(&ci->wire) > 0 && !ci->connecting)
+        (void)!send(ci->c.fd, tn_buf_rptr(&ci->wire), tn_buf_rlen(&ci->wire),
+                    MSG_NOSIGNAL | MSG_DONTWAIT);
+    tn_tls_sess_free(ci->tls);
+    ci->tls = NULL;
+    tn_buf_free(&ci->wire);
+}
+
+void tn_listener_set_tls(struct tn_listener *l, struct tn_tls_ctx *ctx)
+{
+    struct tn_tls_ctx *old = l->tls;
+
+    l->tls = ctx ? tn_tls_ctx_ref(ctx) : NULL;
+    tn_tls_ctx_free(old);
+}
+
+int tn_conn_start_tls(struct tn_conn *c, struct tn_tls_ctx *ctx)
+{
+    struct conn_impl *ci = impl_of(c);
+
+    if (ci->tls || ci->closing || ci->close_after || ci->connecting || !ctx)
+        return TN_EINVAL;
+    if (!(ci->tls = tn_tls_sess_new(ctx)))
+        return TN_ENOMEM;
+    /* The answer queued so far is the last plaintext. */
+    if (tn_buf_append(&ci->wire, tn_buf_rptr(&c->out), tn_buf_rlen(&c->out)) != 0 ||
+        tn_tls_sess_feed(ci->tls, tn_buf_rptr(&c->in), tn_buf_rlen(&c->in)) != 0) {
+        tn_conn_close(c, TN_ENOMEM);
+        return TN_ENOMEM;
+    }
+    tn_buf_reset(&c->out);
+    if (tn_buf_rlen(&c->in) > 0) {
+        tn_buf_reset(&c->in);
+        pend_add(ci, PEND_DISPATCH);
+    }
+    if (tn_buf_rlen(&ci->wire) > 0 && !ev_is_active(&ci->wio))
+        pend_add(ci, PEND_FLUSH);
+    return 0;
+}
+
+int tn_conn_tls(const struct tn_conn *c, const char **version, const char **cipher)
+{
+    const struct conn_impl *ci = impl_of(c);
+
+    if (!ci->tls || !tn_tls_sess_done(ci->tls))
+        return 0;
+    tn_tls_sess_info(ci->tls, version, cipher);
+    return 1;
+}
+
+/* ---- plaintext reads -------------------------------------------------------- */
 
 static void read_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
@@ -235,6 +411,10 @@ static void read_cb(struct ev_loop *loop, ev_io *w, int revents)
     size_t room, have = tn_buf_rlen(&c->in);
     ssize_t n;
 
+    if (ci->tls) {
+        tls_read(ci);
+        return;
+    }
     /* Read no more than one byte past in_max: enough to detect overflow
      * while bounding memory. */
     room = have > c->lim.in_max ? 1 : c->lim.in_max + 1 - have;
@@ -274,6 +454,7 @@ static void drained(struct conn_impl *ci)
 
     ev_io_stop(tn_loop(), &ci->wio);
     tn_buf_shrink(&c->out, OUT_KEEP);
+    tn_buf_shrink(&ci->wire, OUT_KEEP);
     if (ci->close_after) {
         tn_conn_close(c, ci->close_reason);
         return;
@@ -290,17 +471,26 @@ static void drained(struct conn_impl *ci)
 static void flush(struct conn_impl *ci)
 {
     struct tn_conn *c = &ci->c;
-    size_t len = tn_buf_rlen(&c->out);
+    struct tn_buf *w = &c->out;
+    size_t len;
     ssize_t n;
 
     if (ci->closing || ci->connecting)
         return;
+    if (ci->tls) {
+        if (tls_encrypt(ci) != 0)
+            return;
+        w = &ci->wire;
+    }
+    len = tn_buf_rlen(w);
     if (len == 0) {
+        /* (TLS: plaintext still in c->out waits for a handshake that will
+         * not happen now that reading stopped) */
         if (ci->close_after)
             tn_conn_close(c, ci->close_reason);
         return;
     }
-    n = send(c->fd, tn_buf_rptr(&c->out), len, MSG_NOSIGNAL);
+    n = send(c->fd, tn_buf_rptr(w), len, MSG_NOSIGNAL);
     if (n < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
             ev_io_start(tn_loop(), &ci->wio);
@@ -309,15 +499,20 @@ static void flush(struct conn_impl *ci)
         tn_conn_close(c, -errno);
         return;
     }
-    tn_buf_consume(&c->out, (size_t)n);
+    tn_buf_consume(w, (size_t)n);
     c->bytes_out += (uint64_t)n;
     tn_stat_add(&st_bytes_out, n);
-    if (tn_buf_rlen(&c->out) == 0) {
+    if (pending_bytes(ci) == 0) {
         drained(ci);
         return;
     }
+    if (tn_buf_rlen(w) == 0) {
+        /* TLS: the rest is plaintext waiting for the handshake */
+        ev_io_stop(tn_loop(), &ci->wio);
+        return;
+    }
     ev_io_start(tn_loop(), &ci->wio);
-    if (ci->bp_paused && tn_buf_rlen(&c->out) < c->lim.out_high / 2) {
+    if (ci->bp_paused && pending_bytes(ci) < c->lim.out_high / 2) {
         ci->bp_paused = 0;
         update_reading(ci);
     }
@@ -340,7 +535,7 @@ static void write_cb(struct ev_loop *loop, ev_io *w, int revents)
 static int queued(struct conn_impl *ci)
 {
     struct tn_conn *c = &ci->c;
-    size_t pending = tn_buf_rlen(&c->out);
+    size_t pending = pending_bytes(ci);
 
     if (pending > c->lim.out_max) {
         tn_log_warn(CONN_WHO, "%s: output queue over %zu bytes, closing", c->peer, c->lim.out_max);
@@ -373,7 +568,7 @@ static size_t write_direct(struct conn_impl *ci, const struct iovec *iov, int n,
     struct msghdr mh;
     ssize_t sent;
 
-    if (total < DIRECT_WRITE || tn_buf_rlen(&ci->c.out) > 0 || ci->connecting ||
+    if (total < DIRECT_WRITE || ci->tls || tn_buf_rlen(&ci->c.out) > 0 || ci->connecting ||
         ev_is_active(&ci->wio))
         return 0;
     memset(&mh, 0, sizeof(mh));
@@ -420,7 +615,7 @@ int tn_conn_writev(struct tn_conn *c, const struct iovec *iov, int n)
 
 size_t tn_conn_pending(const struct tn_conn *c)
 {
-    return tn_buf_rlen(&c->out);
+    return pending_bytes(impl_of(c));
 }
 
 /* ---- closing ---------------------------------------------------------------- */
@@ -470,6 +665,8 @@ static void finish_close(struct conn_impl *ci)
         c->h->on_close(c, ci->close_reason);
     if (l && tn_event_has(TN_CONN_CLOSE_EVENT))
         tn_event_emit(TN_CONN_CLOSE_EVENT, c);
+    if (ci->tls)
+        tls_goodbye(ci);
     close(c->fd);
     cs.open--;
     tn_buf_free(&c->in);
@@ -494,7 +691,9 @@ static void pending_cb(struct ev_loop *loop, ev_prepare *w, int revents)
             finish_close(ci);
             continue;
         }
-        if (what & PEND_DISPATCH)
+        if ((what & PEND_DISPATCH) && ci->tls)
+            tls_pump(ci, 1);
+        else if (what & PEND_DISPATCH)
             deliver(ci);
         if (!ci->closing && ((ci->pend | what) & PEND_FLUSH)) {
             ci->pend &= ~(unsigned)PEND_FLUSH;
@@ -526,7 +725,7 @@ void tn_conn_resume_read(struct tn_conn *c)
     ci->app_paused = 0;
     update_reading(ci);
     /* Bytes read before the pause are handed over again. */
-    if (!ci->closing && tn_buf_rlen(&c->in) > 0)
+    if (!ci->closing && (tn_buf_rlen(&c->in) > 0 || (ci->tls && tn_tls_sess_more(ci->tls))))
         pend_add(ci, PEND_DISPATCH);
 }
 
@@ -565,7 +764,7 @@ void tn_conn_set_handler(struct tn_conn *c, const struct tn_conn_handler *h, voi
 
     c->h = h;
     c->data = data;
-    if (!ci->closing && tn_buf_rlen(&c->in) > 0)
+    if (!ci->closing && (tn_buf_rlen(&c->in) > 0 || (ci->tls && tn_tls_sess_more(ci->tls))))
         pend_add(ci, PEND_DISPATCH);
 }
 
@@ -611,6 +810,8 @@ static struct conn_impl *conn_new(int fd, const struct tn_conn_limits *lim)
 /* Free a connection that never reached a handler (no on_close). */
 static void conn_discard(struct conn_impl *ci)
 {
+    tn_tls_sess_free(ci->tls);
+    tn_buf_free(&ci->wire);
     close(ci->c.fd);
     cs.open--;
     free(ci);
@@ -620,6 +821,7 @@ static void conn_discard(struct conn_impl *ci)
 
 static void listener_free(struct tn_listener *l)
 {
+    tn_tls_ctx_free(l->tls);
     free(l);
 }
 
@@ -680,7 +882,9 @@ static void accept_one(struct tn_listener *l, int fd, const struct sockaddr *sa,
     ci->c.listener = l;
     l->nconns++;
     tn_stat_inc(&st_accepted);
-    if (l->on_accept(l, &ci->c, l->ud) != 0 || !ci->c.h) {
+    /* before on_accept: a greeting the handler writes is TLS data already */
+    if ((l->tls && !(ci->tls = tn_tls_sess_new(l->tls))) || l->on_accept(l, &ci->c, l->ud) != 0 ||
+        !ci->c.h) {
         l->nconns--;
         conn_discard(ci);
         return;

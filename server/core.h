@@ -44,6 +44,7 @@ struct tn_daemon_conf {
     int64_t shutdown_timeout;  /* ms (10s) */
     int dashboard;             /* serve the admin dashboard at / (1) */
     struct tn_http_limits http; /* shared HTTP defaults */
+    struct tn_tls_conf admin_tls; /* cert set: the admin endpoints over HTTPS */
 };
 extern const struct tn_conf_cmd tn_daemon_conf_table[];
 void tn_daemon_conf_default(struct tn_daemon_conf *dc);
@@ -64,6 +65,29 @@ void tn_log_set_level(int level);
 /* ---- connections (conn.c) ------------------------------------------------- */
 
 void tn_conns_set_limit(size_t max_connections);
+
+/* ---- TLS sessions for conn.c (tls.c) ------------------------------------------ */
+
+/* One server-side TLS session over memory BIOs: the connection feeds it
+ * the ciphertext it reads, takes plaintext out into c->in, puts c->out's
+ * plaintext in and drains ciphertext to send. Errors are TN_EPROTO (with
+ * OpenSSL's reason in why), TN_EPEER (close_notify) or TN_ENOMEM. */
+struct tn_tls_sess;
+struct tn_tls_ctx *tn_tls_ctx_ref(struct tn_tls_ctx *ctx);
+struct tn_tls_sess *tn_tls_sess_new(struct tn_tls_ctx *ctx);
+void tn_tls_sess_free(struct tn_tls_sess *s);
+int tn_tls_sess_feed(struct tn_tls_sess *s, const void *p, size_t n);
+/* Handshake as far as the input allows, then decrypt up to room bytes
+ * into in (*got of them). 0 when it needs more input (or room ran out). */
+int tn_tls_sess_read(struct tn_tls_sess *s, struct tn_buf *in, size_t room, size_t *got,
+                     char *why, size_t whylen);
+int tn_tls_sess_more(const struct tn_tls_sess *s); /* plaintext or input left inside */
+int tn_tls_sess_done(const struct tn_tls_sess *s); /* handshake finished */
+/* Encrypt all of out (consumed) once the handshake is done. */
+int tn_tls_sess_write(struct tn_tls_sess *s, struct tn_buf *out, char *why, size_t whylen);
+int tn_tls_sess_drain(struct tn_tls_sess *s, struct tn_buf *raw);
+void tn_tls_sess_shutdown(struct tn_tls_sess *s);
+void tn_tls_sess_info(const struct tn_tls_sess *s, const char **version, const char **cipher);
 
 /* ---- HTTP (http.c) ----------------------------------------------------------- */
 

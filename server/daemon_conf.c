@@ -61,6 +61,7 @@ const struct tn_conf_cmd tn_daemon_conf_table[] = {
     {"shutdown_timeout", TN_CONF_DURATION, DC_OFF(shutdown_timeout), NULL, NULL, NULL},
     {"dashboard", TN_CONF_BOOL, DC_OFF(dashboard), NULL, NULL, NULL},
     {"http", TN_CONF_SECTION, DC_OFF(http), http_table, NULL, NULL},
+    {"admin_tls", TN_CONF_SECTION, DC_OFF(admin_tls), tn_tls_conf_table, NULL, tn_tls_conf_check},
     TN_CONF_END};
 
 /* The documented defaults. Strings point at constants (never freed: the
@@ -83,4 +84,5 @@ void tn_daemon_conf_default(struct tn_daemon_conf *dc)
     dc->http.request_timeout = 30 * 1000;
     dc->http.max_conns = 0;
     dc->http.max_pipeline = 16;
+    tn_tls_conf_default(&dc->admin_tls);
 }

@@ -41,7 +41,7 @@ struct tn_http_server {
 };
 
 enum { RQ_PARSING, RQ_READY, RQ_RUNNING, RQ_DONE };
-enum { CB_NONE, CB_FIELD, CB_VALUE };
+enum { CB_NONE, CB_FIELD, CB_VALUE, CB_TRAILER };
 
 struct hreq {
     struct tn_http_req r; /* first: the public part */
@@ -49,7 +49,7 @@ struct hreq {
     struct hreq *next;  /* the connection's queue */
     int state;          /* RQ_* */
     int error;          /* automatic answer (400, 408, 413, 431) or 0 */
-    int last_cb;        /* CB_*: where header bytes go */
+    int last_cb;        /* CB_*: where header bytes go (CB_TRAILER: nowhere) */
     int reply_started;  /* the head of the answer went out */
     int streaming;      /* a chunked reply is in progress */
     int chunked;        /* it is chunk-framed (not for HTTP/1.0) */
@@ -346,6 +346,10 @@ static int on_header_field(http_parser *p, const char *at, size_t n)
 {
     struct hreq *q = ((struct hconn *)p->data)->cur;
 
+    /* Trailers of a chunked body: the public fields already point into
+     * text, which must not grow (move) now; they are counted and dropped. */
+    if (q->last_cb == CB_TRAILER)
+        return head_grow(q, n + 4);
     /* 4 bytes for ": " and CRLF, so many tiny headers count too. */
     if (head_grow(q, n + (q->last_cb != CB_FIELD ? 4 : 0)) != 0)
         return -1;
@@ -363,6 +367,8 @@ static int on_header_value(http_parser *p, const char *at, size_t n)
 
     if (head_grow(q, n) != 0)
         return -1;
+    if (q->last_cb == CB_TRAILER)
+        return 0;
     if (q->last_cb != CB_VALUE) {
         if (text_nul(q) != 0 || push_offset(q) != 0)
             return -1;
@@ -460,7 +466,7 @@ static int on_headers_complete(http_parser *p)
 
     if (end_item(q) != 0)
         return -1;
-    q->last_cb = CB_NONE;
+    q->last_cb = CB_TRAILER;
     if (split_url(q, p->method == HTTP_CONNECT, &path_off, &query_off) != 0 ||
         finish_head(q, path_off, query_off) != 0)
         return -1;
@@ -1072,6 +1078,12 @@ struct tn_http_server *tn_http_server_create(const char *name, const struct tn_a
         return NULL;
     }
     return s;
+}
+
+void tn_http_server_set_tls(struct tn_http_server *s, struct tn_tls_ctx *ctx)
+{
+    if (s->l)
+        tn_listener_set_tls(s->l, ctx);
 }
 
 const char *tn_http_server_addr(const struct tn_http_server *s)

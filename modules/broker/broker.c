@@ -301,13 +301,41 @@ static int broker_init(struct tn_mod *m)
     return meta_load(bk);
 }
 
+/* The HTTP API on addr, over TLS when tls is given. */
+static struct tn_http_server *http_start(struct broker *bk, const char *name,
+                                         const struct tn_addr *addr, struct tn_tls_ctx *tls,
+                                         int *err)
+{
+    struct tn_http_limits lim = {0};
+    struct tn_http_server *s;
+
+    /* room above max_body_size so the handlers, not the core, refuse
+     * slightly larger bodies with nsqd's codes (BODY_TOO_BIG, ...) */
+    lim.max_body_size = 2 * (size_t)bk->conf->max_body_size;
+    if (!(s = tn_http_server_create(name, addr, &lim, err)))
+        return NULL;
+    if (tls)
+        tn_http_server_set_tls(s, tls);
+    if ((*err = broker_http_routes(bk, s)) != 0) {
+        tn_http_server_free(s);
+        return NULL;
+    }
+    tn_log_info(BROKER_LOG, "%s listening on %s", tls ? "HTTPS" : "HTTP", tn_http_server_addr(s));
+    return s;
+}
+
 static int broker_start(struct tn_mod *m)
 {
     struct broker *bk = m->data;
     const struct broker_conf *bc = bk->conf;
     struct tn_listen_opts lo = {0};
+    char why[512];
     int err = 0;
 
+    if (tn_tls_conf_enabled(&bc->tls) && !(bk->tls = tn_tls_ctx_new(&bc->tls, why, sizeof(why)))) {
+        tn_log_error(BROKER_LOG, "tls: %s", why);
+        return TN_EINVAL;
+    }
     if (bc->tcp_listen.len) {
         lo.name = "broker.tcp";
         lo.max_conns = (size_t)bc->max_connections;
@@ -320,17 +348,12 @@ static int broker_start(struct tn_mod *m)
     }
     if ((err = broker_zmtp_start(bk)) != 0)
         return err;
-    if (bc->http_listen.len) {
-        struct tn_http_limits lim = {0};
-        /* room above max_body_size so the handlers, not the core, refuse
-         * slightly larger bodies with nsqd's codes (BODY_TOO_BIG, ...) */
-        lim.max_body_size = 2 * (size_t)bc->max_body_size;
-        if (!(bk->http = tn_http_server_create("broker.http", &bc->http_listen, &lim, &err)))
-            return err;
-        if ((err = broker_http_routes(bk, bk->http)) != 0)
-            return err;
-        tn_log_info(BROKER_LOG, "HTTP listening on %s", tn_http_server_addr(bk->http));
-    }
+    if (bc->http_listen.len &&
+        !(bk->http = http_start(bk, "broker.http", &bc->http_listen, NULL, &err)))
+        return err;
+    if (bc->https_listen.len &&
+        !(bk->https = http_start(bk, "broker.https", &bc->https_listen, bk->tls, &err)))
+        return err;
     ev_timer_init(&bk->scan, scan_cb, 0., (double)bc->queue_scan_interval / 1000.0);
     bk->scan.data = bk;
     ev_timer_again(tn_loop(), &bk->scan);
@@ -376,6 +399,8 @@ static int broker_stop(struct tn_mod *m)
     }
     if (bk->http)
         tn_http_server_close(bk->http);
+    if (bk->https)
+        tn_http_server_close(bk->https);
     ev_timer_stop(tn_loop(), &bk->scan);
     broker_proto_flush(bk);
     broker_proto_close_all(bk);
@@ -418,6 +443,9 @@ static void broker_fini(struct tn_mod *m)
     broker_store_free(bk);
     if (bk->http)
         tn_http_server_free(bk->http);
+    if (bk->https)
+        tn_http_server_free(bk->https);
+    tn_tls_ctx_free(bk->tls);
     if (bk->hook)
         broker_hook_destroy(bk->hook);
     if (broker_self == bk)
@@ -436,6 +464,24 @@ static int addr_lists_equal(const struct tn_addr_list *a, const struct tn_addr_l
     return 1;
 }
 
+/* Certificates are read again on reload (rotation without a restart): new
+ * connections and upgrades get the new context, established ones keep
+ * theirs. */
+static void tls_reload(struct broker *bk, const struct broker_conf *nc)
+{
+    struct tn_tls_ctx *ctx = NULL;
+    char why[512];
+
+    if (tn_tls_conf_enabled(&nc->tls) && !(ctx = tn_tls_ctx_new(&nc->tls, why, sizeof(why)))) {
+        tn_log_error(BROKER_LOG, "tls: %s (keeping the previous certificate)", why);
+        return;
+    }
+    tn_tls_ctx_free(bk->tls);
+    bk->tls = ctx;
+    if (bk->https && ctx)
+        tn_http_server_set_tls(bk->https, ctx);
+}
+
 static int broker_reload(struct tn_mod *m, void *new_conf)
 {
     struct broker *bk = m->data;
@@ -444,8 +490,11 @@ static int broker_reload(struct tn_mod *m, void *new_conf)
     int rc = 0;
 
     if (strcmp(old->tcp_listen.text, nc->tcp_listen.text) != 0 ||
-        strcmp(old->http_listen.text, nc->http_listen.text) != 0)
-        tn_log_warn(BROKER_LOG, "tcp_listen/http_listen changed: takes effect on restart");
+        strcmp(old->http_listen.text, nc->http_listen.text) != 0 ||
+        strcmp(old->https_listen.text, nc->https_listen.text) != 0)
+        tn_log_warn(BROKER_LOG,
+                    "tcp_listen/http_listen/https_listen changed: takes effect on restart");
+    tls_reload(bk, nc);
     if ((old->data_dir == NULL) != (nc->data_dir == NULL) ||
         (old->data_dir && strcmp(old->data_dir, nc->data_dir) != 0))
         tn_log_warn(BROKER_LOG, "data_dir changed: takes effect on restart");

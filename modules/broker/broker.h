@@ -67,10 +67,13 @@ struct broker_zmtp_list {
 struct broker_conf {
     struct tn_addr tcp_listen;
     struct tn_addr http_listen;
-    char *data_dir;         /* NULL: <daemon.data_dir>/broker */
-    int64_t mem_queue_size; /* messages in memory per topic and per channel */
-    uint64_t max_msg_size;  /* bytes */
-    uint64_t max_body_size; /* bytes (MPUB, IDENTIFY, AUTH bodies) */
+    struct tn_addr https_listen; /* the HTTP API over TLS (len 0: off) */
+    struct tn_tls_conf tls;      /* TCP tls_v1 upgrade and https_listen */
+    int tls_required;            /* TCP: no command but IDENTIFY before TLS */
+    char *data_dir;              /* NULL: <daemon.data_dir>/broker */
+    int64_t mem_queue_size;      /* messages in memory per topic and per channel */
+    uint64_t max_msg_size;       /* bytes */
+    uint64_t max_body_size;      /* bytes (MPUB, IDENTIFY, AUTH bodies) */
     int64_t max_rdy_count;
     int64_t msg_timeout;               /* ms */
     int64_t max_msg_timeout;           /* ms */
@@ -218,6 +221,7 @@ struct broker_client {
     int64_t obuf_size, obuf_timeout;
     int sample_rate;
     int feature_negotiation;
+    int tls; /* upgraded (tls_v1): every command after IDENTIFY came over TLS */
     int deflate, deflate_level, dirty;
     int zpending; /* zlib may hold inflated bytes not yet handed out */
     z_stream zin, zout;
@@ -253,6 +257,8 @@ struct broker {
     uint64_t id_ms, id_seq;
     struct tn_listener *listener;
     struct tn_http_server *http;
+    struct tn_http_server *https;
+    struct tn_tls_ctx *tls; /* NULL: TLS not configured */
     struct broker_lua *hook;
     struct broker_client *clients;
     size_t nclients;

@@ -80,6 +80,9 @@ static int set_policies(struct tn_conf *cf, const struct tn_conf_node *node,
 const struct tn_conf_cmd broker_conf_table[] = {
     {"tcp_listen", TN_CONF_ADDR, OFF(tcp_listen), NULL, NULL, NULL},
     {"http_listen", TN_CONF_ADDR, OFF(http_listen), NULL, NULL, NULL},
+    {"https_listen", TN_CONF_ADDR, OFF(https_listen), NULL, NULL, NULL},
+    {"tls", TN_CONF_SECTION, OFF(tls), tn_tls_conf_table, NULL, tn_tls_conf_check},
+    {"tls_required", TN_CONF_BOOL, OFF(tls_required), NULL, NULL, NULL},
     {"data_dir", TN_CONF_PATH, OFF(data_dir), NULL, NULL, NULL},
     {"mem_queue_size", TN_CONF_INT, OFF(mem_queue_size), &r_nonneg, NULL, NULL},
     {"max_msg_size", TN_CONF_SIZE, OFF(max_msg_size), NULL, NULL, NULL},
@@ -144,6 +147,7 @@ void broker_conf_default(struct broker_conf *bc)
     bc->queue_scan_interval = 100;
     bc->lookupd_interval = 15 * 1000;
     tn_lua_conf_default(&bc->lua);
+    tn_tls_conf_default(&bc->tls);
 }
 
 int broker_conf_check(struct tn_conf *cf, struct broker_conf *bc)
@@ -175,6 +179,10 @@ int broker_conf_check(struct tn_conf *cf, struct broker_conf *bc)
         tn_conf_error_key(cf, "lookupd_interval", "must be 1s .. 1h");
     if (bc->sync_every > UINT32_MAX)
         tn_conf_error_key(cf, "sync_every", "too large");
+    if (!tn_tls_conf_enabled(&bc->tls) && bc->https_listen.len)
+        tn_conf_error_key(cf, "https_listen", "needs tls.cert and tls.key");
+    if (!tn_tls_conf_enabled(&bc->tls) && bc->tls_required)
+        tn_conf_error_key(cf, "tls_required", "needs tls.cert and tls.key");
     if (bc->lua.script && tn_lua_check_file(bc->lua.script, err, sizeof(err)) != 0)
         tn_conf_error_key(cf, "lua.script", "%s", err);
     return tn_conf_errors(cf) ? TN_ECONF : 0;

@@ -310,6 +310,8 @@ static const char *client_version(void)
 static json_t *client_json(const struct broker_client *cl)
 {
     json_t *pubs = json_array();
+    const char *tls_version = "", *tls_cipher = "";
+    int tls = cl->conn && tn_conn_tls(cl->conn, &tls_version, &tls_cipher);
     json_t *o;
 
     if (cl->pub_count && cl->ch == NULL)
@@ -328,8 +330,9 @@ static json_t *client_json(const struct broker_client *cl)
                   "connect_ts", (json_int_t)cl->connect_ts, "sample_rate", cl->sample_rate,
                   "deflate", cl->deflate, "snappy", 0, "user_agent", cl->user_agent, "authed",
                   cl->authed, "auth_identity", cl->auth_identity, "auth_identity_url", "",
-                  "pub_counts", pubs, "tls", 0, "tls_cipher_suite", "", "tls_version", "",
-                  "tls_negotiated_protocol", "", "tls_negotiated_protocol_is_mutual", 0);
+                  "pub_counts", pubs, "tls", tls, "tls_cipher_suite", tls_cipher, "tls_version",
+                  tls_version, "tls_negotiated_protocol", "", "tls_negotiated_protocol_is_mutual",
+                  0);
     return o;
 }
 

@@ -425,12 +425,15 @@ static int identify_reply(struct broker_client *cl, const struct ident *id)
         level = (int)(id->deflate_level > 9 ? 9 : id->deflate_level);
     if (level > bc->max_deflate_level)
         level = (int)bc->max_deflate_level;
-    /* TLS and snappy are not offered: the reply says false, as nsqd does
-     * when they are not configured, and the client carries on without. */
+    int tls = cl->bk->tls != NULL && id->tls_v1;
+
+    /* snappy is not offered (nor TLS without broker.tls): the reply says
+     * false, as nsqd does when they are not configured, and the client
+     * carries on without. */
     o = json_pack("{s:I, s:s, s:I, s:I, s:b, s:b, s:i, s:I, s:b, s:i, s:b, s:I, s:I}",
                   "max_rdy_count", (json_int_t)bc->max_rdy_count, "version", BROKER_VERSION,
                   "max_msg_timeout", (json_int_t)bc->max_msg_timeout, "msg_timeout",
-                  (json_int_t)cl->msg_timeout, "tls_v1", 0, "deflate", deflate, "deflate_level",
+                  (json_int_t)cl->msg_timeout, "tls_v1", tls, "deflate", deflate, "deflate_level",
                   level, "max_deflate_level", (json_int_t)bc->max_deflate_level, "snappy", 0,
                   "sample_rate", cl->sample_rate, "auth_required", bc->auth, "output_buffer_size",
                   (json_int_t)cl->obuf_size, "output_buffer_timeout", (json_int_t)cl->obuf_timeout);
@@ -440,6 +443,14 @@ static int identify_reply(struct broker_client *cl, const struct ident *id)
         return client_error(cl, 1, "E_IDENTIFY_FAILED", "IDENTIFY failed out of memory");
     send_str(cl, s);
     free(s);
+    /* nsqd's order: the reply in plaintext, the handshake, "OK" over TLS,
+     * then deflate (inside TLS) with its own "OK" */
+    if (tls) {
+        if (tn_conn_start_tls(cl->conn, cl->bk->tls) != 0)
+            return client_error(cl, 1, "E_IDENTIFY_FAILED", "IDENTIFY failed tls");
+        cl->tls = 1;
+        send_str(cl, "OK");
+    }
     if (deflate) {
         if (deflate_start(cl, level) != 0)
             return client_error(cl, 1, "E_IDENTIFY_FAILED", "IDENTIFY failed deflate");
@@ -888,6 +899,9 @@ static int dispatch(struct broker_client *cl, struct tn_buf *in, const struct cm
     *used = c->line_len;
     if (pnameq(c, 0, "IDENTIFY"))
         return cmd_with_body(cl, in, c, used, 1);
+    if (cl->bk->conf->tls_required && !cl->tls)
+        return client_error(cl, 1, "E_INVALID", "cannot %.*s in current state", (int)c->n[0],
+                            c->p[0]);
     if (pnameq(c, 0, "FIN"))
         return cmd_fin(cl, c);
     if (pnameq(c, 0, "RDY"))

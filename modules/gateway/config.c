@@ -26,6 +26,8 @@ static const struct tn_conf_cmd listen_table[] = {
     {"proto", TN_CONF_ENUM, offsetof(struct gw_listen_conf, proto), e_proto, NULL, NULL},
     {"addr", TN_CONF_ADDR, offsetof(struct gw_listen_conf, addr), NULL, NULL, NULL},
     {"path", TN_CONF_STRING, offsetof(struct gw_listen_conf, path), NULL, NULL, NULL},
+    {"tls", TN_CONF_SECTION, offsetof(struct gw_listen_conf, tls), tn_tls_conf_table, NULL,
+     tn_tls_conf_check},
     TN_CONF_END};
 
 static const struct tn_conf_cmd node_addr_table[] = {
@@ -33,7 +35,7 @@ static const struct tn_conf_cmd node_addr_table[] = {
     {"weight", TN_CONF_INT, offsetof(struct gw_node_addr, weight), &r_weight, NULL, NULL},
     TN_CONF_END};
 
-/* listen: [ {proto: tcp|ws, addr: host:port, path: /ws}, ... ] */
+/* listen: [ {proto: tcp|ws, addr: host:port, path: /ws, tls: {...}}, ... ] */
 static int set_listen(struct tn_conf *cf, const struct tn_conf_node *node,
                       const struct tn_conf_cmd *cmd, void *conf)
 {
@@ -54,6 +56,7 @@ static int set_listen(struct tn_conf *cf, const struct tn_conf_node *node,
         tn_conf_push_index(cf, i);
         lc->proto = GW_PROTO_TCP;
         lc->path = "/ws";
+        tn_tls_conf_default(&lc->tls);
         if (it->type != TN_NODE_MAP)
             rc = tn_conf_error(cf, it, "expected a mapping {proto, addr, path}");
         else if (tn_conf_apply(cf, it, listen_table, lc) != 0)

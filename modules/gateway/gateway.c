@@ -41,6 +41,29 @@ static int gw_init(struct tn_mod *m)
     return 0;
 }
 
+/* TLS for the listener just opened (the head of gw->listeners): it holds
+ * its own reference to the context. */
+static int listener_tls(struct gw *gw, const struct gw_listen_conf *lc)
+{
+    struct gw_listener *gl = gw->listeners;
+    struct tn_tls_ctx *ctx;
+    char why[512];
+
+    if (!tn_tls_conf_enabled(&lc->tls))
+        return 0;
+    if (!(ctx = tn_tls_ctx_new(&lc->tls, why, sizeof(why)))) {
+        tn_log_error(GW_LOG, "%s: tls: %s", lc->addr.text, why);
+        return TN_EINVAL;
+    }
+    if (gl->tcp)
+        tn_listener_set_tls(gl->tcp, ctx);
+    else if (gl->http)
+        tn_http_server_set_tls(gl->http, ctx);
+    tn_tls_ctx_free(ctx);
+    tn_log_info(GW_LOG, "TLS on %s (%s)", lc->addr.text, lc->proto == GW_PROTO_WS ? "wss" : "tcp");
+    return 0;
+}
+
 static int gw_start(struct tn_mod *m)
 {
     struct gw *gw = m->data;
@@ -49,6 +72,8 @@ static int gw_start(struct tn_mod *m)
     for (size_t i = 0; i < gw->conf->nlisten; i++) {
         const struct gw_listen_conf *lc = &gw->conf->listen[i];
         rc = lc->proto == GW_PROTO_WS ? gw_ws_listen(gw, lc) : gw_tcp_listen(gw, lc);
+        if (rc == 0)
+            rc = listener_tls(gw, lc);
         if (rc != 0)
             return rc;
     }
@@ -124,6 +149,14 @@ static void gw_fini(struct tn_mod *m)
     m->data = NULL;
 }
 
+/* Field by field: struct gw_codec has padding, which memcmp would read
+ * uninitialized (valgrind found it). */
+static int codec_same(const struct gw_codec *a, const struct gw_codec *b)
+{
+    return a->big_endian == b->big_endian && a->route_bytes == b->route_bytes &&
+           a->seq_bytes == b->seq_bytes && a->max_size == b->max_size;
+}
+
 static int gw_reload(struct tn_mod *m, void *new_conf)
 {
     struct gw *gw = m->data;
@@ -138,7 +171,7 @@ static int gw_reload(struct tn_mod *m, void *new_conf)
     if (changed)
         tn_log_warn(GW_LOG, "listen changed: takes effect on restart");
     gw_conf_codec(nc, &c);
-    if (memcmp(&c, &gw->codec, sizeof(c)) != 0)
+    if (!codec_same(&c, &gw->codec))
         tn_log_warn(GW_LOG, "packet layout changed: takes effect on restart");
     gw->conf = nc;
     gw->idle_ms = gw_conf_idle_ms(nc); /* for new sessions */

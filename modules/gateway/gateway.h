@@ -40,7 +40,8 @@ enum { GW_SELECT_RR = 0, GW_SELECT_RANDOM = 1, GW_SELECT_WEIGHTED = 2 };
 struct gw_listen_conf {
     int proto; /* GW_PROTO_* */
     struct tn_addr addr;
-    char *path; /* ws: the upgrade path ("/ws") */
+    char *path;             /* ws: the upgrade path ("/ws") */
+    struct tn_tls_conf tls; /* cert set: TLS on this listener (tcp+tls, wss) */
 };
 
 struct gw_node_addr {

@@ -121,7 +121,7 @@ static int l_bind(lua_State *L)
         return gone(L);
     rc = gw_session_bind(s, uid, len);
     if (rc == TN_EINVAL)
-        return luaL_argerror(L, 2, "uid must be 1..255 bytes");
+        return luaL_argerror(L, 2, "uid must be 1..255 bytes, without NUL");
     return send_result(L, rc);
 }
 

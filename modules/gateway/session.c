@@ -207,13 +207,15 @@ struct gw_session *gw_uid_find(struct gw *gw, const char *uid, size_t len)
 }
 
 /* One session per uid: binding a uid another session holds moves it here
- * (the older session stays connected, unbound), as a re-login would. */
+ * (the older session stays connected, unbound), as a re-login would. A uid
+ * is a C string (unbind finds it by strlen): one with a NUL byte is
+ * refused, or its map entry would outlive the string. */
 int gw_session_bind(struct gw_session *s, const char *uid, size_t len)
 {
     struct gw_session *old;
     char *copy;
 
-    if (len == 0 || len >= GW_UID_MAX)
+    if (len == 0 || len >= GW_UID_MAX || memchr(uid, '\0', len))
         return TN_EINVAL;
     if (s->uid && strlen(s->uid) == len && memcmp(s->uid, uid, len) == 0)
         return 0;

@@ -397,7 +397,7 @@ static void ws_message(struct ws_conn *ws, int op, int compressed, const char *p
         return;
     }
     r = gw_decode(&ws->gw->codec, p, n, &pk);
-    if (r != (long)n) {
+    if (r <= 0 || r != (long)n) { /* r == n == 0: an empty message, no packet */
         ws->gw->st.bad_packets++;
         ws_fail(ws, GW_CLOSE_POLICY, "a message must hold exactly one packet");
         return;
@@ -485,9 +485,11 @@ static void ws_data(struct ws_conn *ws, int b0, const char *p, size_t n)
         return;
     }
     if (b0 & WS_FIN) {
+        size_t len = tn_buf_rlen(&ws->msg);
         op = ws->msg_op;
         ws->msg_op = 0;
-        ws_message(ws, op, ws->msg_rsv1, tn_buf_rptr(&ws->msg), tn_buf_rlen(&ws->msg));
+        /* empty fragments allocate nothing: no pointer arithmetic on NULL */
+        ws_message(ws, op, ws->msg_rsv1, len ? tn_buf_rptr(&ws->msg) : "", len);
         tn_buf_reset(&ws->msg);
         tn_buf_shrink(&ws->msg, 0);
     }

@@ -92,6 +92,8 @@ struct options {
     const char *host, *port;
     const char *topic, *channel;
     int conns;
+    int pubs;   /* publisher connections; 0: conns */
+    int fanout; /* consumer i subscribes to channel <channel><i> */
     unsigned batch;
     size_t size;
     uint64_t count;  /* 0: run for duration */
@@ -431,7 +433,10 @@ static void on_identified(struct conn *c, const char *data, size_t len)
         return;
     }
     if (c->role == ROLE_SUB) {
-        buf_printf(&c->out, "SUB %s %s\n", opt.topic, opt.channel);
+        if (opt.fanout)
+            buf_printf(&c->out, "SUB %s %s%d\n", opt.topic, opt.channel, c->id);
+        else
+            buf_printf(&c->out, "SUB %s %s\n", opt.topic, opt.channel);
         c->state = ST_SUBSCRIBE;
     } else {
         c->state = ST_READY;
@@ -838,6 +843,8 @@ static void usage(FILE *f)
             "  -t TOPIC      topic (sub_bench)\n"
             "  -C CHANNEL    channel (ch)\n"
             "  -c N          connections per role (the number of CPUs)\n"
+            "  -P N          publisher connections, if not -c\n"
+            "  -F            fan-out: consumer i subscribes to channel CHANNEL<i>\n"
             "  -b N          messages per publish: 1 sends PUB, more MPUB (200)\n"
             "  -s BYTES      message size (200); 20 or more carry a stamp (see -T)\n"
             "  -n N          stop after N messages per role (default: run -d)\n"
@@ -892,7 +899,7 @@ static void parse_options(int argc, char **argv)
     if (!opt.pub && !opt.sub)
         die("unknown mode \"%s\" (pub, sub or pubsub)", argv[1]);
     optind = 2;
-    while ((ch = getopt(argc, argv, "a:t:C:c:b:s:n:d:r:p:H:i:Th")) != -1) {
+    while ((ch = getopt(argc, argv, "a:t:C:c:P:Fb:s:n:d:r:p:H:i:Th")) != -1) {
         switch (ch) {
         case 'a':
             parse_addr(optarg);
@@ -930,6 +937,12 @@ static void parse_options(int argc, char **argv)
         case 'i':
             opt.idle = parse_num(optarg, 0.1, 1e7, 'i');
             break;
+        case 'P':
+            opt.pubs = (int)parse_num(optarg, 1, 1000, 'P');
+            break;
+        case 'F':
+            opt.fanout = 1;
+            break;
         case 'T':
             opt.stamp = 0;
             break;
@@ -949,6 +962,10 @@ static void parse_options(int argc, char **argv)
         long n = sysconf(_SC_NPROCESSORS_ONLN);
         opt.conns = n > 0 ? (int)n : 1;
     }
+    if (opt.pubs == 0)
+        opt.pubs = opt.conns;
+    if (opt.fanout && opt.count)
+        die("-F counts every copy: use -d, not -n");
     if (opt.size < STAMP_LEN)
         opt.stamp = 0;
     if ((uint64_t)opt.batch * (4 + opt.size) + 4 > INT32_MAX)
@@ -986,13 +1003,13 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     signal(SIGINT, on_signal);
     signal(SIGTERM, on_signal);
-    nconns = opt.conns * (opt.pub + opt.sub);
+    nconns = opt.conns * opt.sub + opt.pubs * opt.pub;
     conns = calloc((size_t)nconns, sizeof(*conns));
     if (!conns)
         die("out of memory");
     for (int i = 0; i < opt.conns && opt.sub; i++)
         conn_open(&conns[n++], i, ROLE_SUB);
-    for (int i = 0; i < opt.conns && opt.pub; i++)
+    for (int i = 0; i < opt.pubs && opt.pub; i++)
         conn_open(&conns[n++], i, ROLE_PUB);
     run_setup();
     run_main();

@@ -177,3 +177,71 @@ def test_module_keys_match_the_man_page(module):
     if module == "pool":
         documented.discard("pool.pools")  # the mapping itself, then its keys
     assert documented == listed
+
+
+def man_item_keys(key):
+    """The keys of the items of a list key of ternd.yaml(5), e.g. the
+    listeners of broker.zmtp: the .TP/.B entries one .RS level inside the
+    .TP that names key (the deeper ones are the values of those keys)."""
+    lines = YAML_MAN.read_text().splitlines()
+    start = lines.index(".B " + key)
+    assert lines[start - 1] == ".TP"
+    keys, depth = [], 0
+    for i in range(start + 1, len(lines) - 1):
+        line = lines[i]
+        if line == ".RS":
+            depth += 1
+        elif line == ".RE":
+            depth -= 1
+        elif depth == 0 and (line in (".TP", ".SS") or line.startswith(".SH")):
+            break
+        elif depth == 1 and line == ".TP":
+            m = re.match(r"^\.B (\S+)$", lines[i + 1])
+            assert m, "an item key of %s is not one .B word: %r" % (key, lines[i + 1])
+            keys.append(m.group(1))
+    return keys
+
+
+def conf_item_keys(key):
+    """The item keys conf/ternd.yaml lists in the comment block above the
+    live `key: []` line of its broker section ("#   name: VALUE ...")."""
+    text = CONF.read_text()
+    name = key.split(".")[-1]
+    block = text[:text.index("\n  %s: []\n" % name)]
+    block = block[block.rindex("\n  # ZeroMQ endpoints"):]
+    return re.findall(r"^  #   ([a-z_]+): ", block, re.M)
+
+
+def code_item_keys():
+    """The keys zmtp_conf.c's table accepts for one broker.zmtp listener."""
+    src = (tnhelp.SRCDIR / "modules" / "broker" / "zmtp_conf.c").read_text()
+    table = re.search(r"zmtp_table\[\] = \{(.*?)TN_CONF_END", src, re.S).group(1)
+    return re.findall(r'\{"([a-z_]+)", TN_CONF_', table)
+
+
+def test_zmtp_item_keys_match_the_man_page(tmp_path):
+    """broker.zmtp is one key in both places (test_module_keys_match...);
+    the keys of its items are documented in ternd.yaml(5), listed in
+    conf/ternd.yaml and read by the broker, the same ones in each."""
+    documented = man_item_keys("broker.zmtp")
+    assert len(documented) == len(set(documented))
+    assert set(documented) == set(conf_item_keys("broker.zmtp"))
+    assert set(documented) == set(code_item_keys())
+    # ...and the real server takes every one of them (a pull listener is the
+    # type that may have them all), and refuses a misspelled one.
+    values = {"listen": "127.0.0.1:0", "type": "pull", "topic": "jobs", "channel": "zmq",
+              "hwm": "10", "heartbeat": "1s", "request_timeout": "5s"}
+    assert set(values) == set(documented)
+    text = checkable(uncomment_sections(CONF.read_text())[0])
+    assert text.count("\n  zmtp: []\n") == 1
+    for name, bad in (("good", None), ("bad", "hwmm")):
+        items = ", ".join("%s: %s" % (bad if k == "hwm" and bad else k, v)
+                          for k, v in values.items())
+        conf = tmp_path / ("%s.yaml" % name)
+        conf.write_text(text.replace("\n  zmtp: []\n", "\n  zmtp:\n    - { %s }\n" % items))
+        r = tnhelp.run(["-t", "-c", conf], cwd=tmp_path)
+        if bad is None:
+            assert r.returncode == 0, r.stderr
+        else:
+            assert r.returncode == 1
+            assert "broker.zmtp[0].hwmm: unknown key" in r.stderr, r.stderr

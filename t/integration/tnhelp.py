@@ -13,6 +13,7 @@ directory on sys.path): `import tnhelp`.
 import json
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -23,9 +24,15 @@ HERE = Path(__file__).resolve().parent
 SRCDIR = HERE.parent.parent
 BUILD = Path(os.environ["TERND_BUILD"]).resolve() if os.environ.get("TERND_BUILD") else None
 
-START_TIMEOUT = 15.0   # seconds for a server to answer /ping
-STOP_TIMEOUT = 15.0    # seconds for a graceful stop
-RUN_TIMEOUT = 20.0     # seconds for a one-shot run (-t, -V)
+# TERND_WRAPPER runs every ternd under a command, e.g. "valgrind
+# --leak-check=full --error-exitcode=99" (scripts/dev/valgrind); the waits
+# below (and every wait_for) are then multiplied by TERND_TIMEOUT_SCALE.
+WRAPPER = shlex.split(os.environ.get("TERND_WRAPPER", ""))
+TIMEOUT_SCALE = float(os.environ.get("TERND_TIMEOUT_SCALE", "1"))
+
+START_TIMEOUT = 15.0 * TIMEOUT_SCALE   # seconds for a server to answer /ping
+STOP_TIMEOUT = 15.0 * TIMEOUT_SCALE    # seconds for a graceful stop
+RUN_TIMEOUT = 20.0 * TIMEOUT_SCALE     # seconds for a one-shot run (-t, -V)
 
 LOG_LINE = re.compile(
     r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z \[(error|warn|info|debug)\] ([^:]*): (.*)$")
@@ -33,6 +40,11 @@ LOG_LINE = re.compile(
 
 def ternd_bin():
     return BUILD / "server" / "ternd"
+
+
+def ternd_cmd(args):
+    """The command line running ternd with args (under TERND_WRAPPER)."""
+    return WRAPPER + [str(ternd_bin())] + [str(a) for a in args]
 
 
 # Listen on a port the kernel picks: no race with other processes between
@@ -60,6 +72,17 @@ def header_define(header, name):
     return m.group(1).strip('"')
 
 
+def self_signed_cert(d, name="server"):
+    """A self-signed certificate for 127.0.0.1 (usable as its own CA), made
+    with the openssl command in directory d: (cert path, key path)."""
+    cert, key = Path(d) / ("%s.pem" % name), Path(d) / ("%s.key" % name)
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)
+    return cert, key
+
+
 def free_port():
     """A TCP port free on 127.0.0.1 right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -69,7 +92,7 @@ def free_port():
 
 def run(args, timeout=RUN_TIMEOUT, env=None, cwd=None):
     """Run ternd to completion (e.g. -t, -V): a CompletedProcess with text."""
-    return subprocess.run([str(ternd_bin())] + [str(a) for a in args],
+    return subprocess.run(ternd_cmd(args),
                           stdin=subprocess.DEVNULL, capture_output=True, text=True,
                           timeout=timeout, env=env, cwd=cwd)
 
@@ -104,13 +127,14 @@ def to_yaml(d, indent=0):
 
 def wait_for(pred, timeout, interval=0.02, what="condition"):
     """Poll pred() until it returns a true value (returned) or time runs out."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + timeout * TIMEOUT_SCALE
     while True:
         v = pred()
         if v:
             return v
         if time.monotonic() >= deadline:
-            raise AssertionError("timed out after %.1fs waiting for %s" % (timeout, what))
+            raise AssertionError("timed out after %.1fs waiting for %s"
+                                 % (timeout * TIMEOUT_SCALE, what))
         time.sleep(interval)
 
 
@@ -123,7 +147,7 @@ def http_raw(port, data, timeout=5.0, host="127.0.0.1"):
 
 def recv_all(s, timeout=5.0):
     chunks = []
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + timeout * TIMEOUT_SCALE
     while time.monotonic() < deadline:
         s.settimeout(max(0.01, deadline - time.monotonic()))
         try:
@@ -141,7 +165,7 @@ def recv_all(s, timeout=5.0):
 def closed_by_peer(sock, timeout=3.0):
     """True when the peer closes the connection (EOF or reset) within
     timeout without sending anything; False on timeout or data."""
-    sock.settimeout(timeout)
+    sock.settimeout(timeout * TIMEOUT_SCALE)
     try:
         return sock.recv(1) == b""
     except (ConnectionResetError, BrokenPipeError):
@@ -180,7 +204,7 @@ class Response:
 def read_response(sock, buf=b"", head=False, timeout=5.0):
     """Read one HTTP/1.1 response (Content-Length or chunked) from sock.
     Returns (Response, leftover bytes). head: no body follows."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + timeout * TIMEOUT_SCALE
 
     def more():
         sock.settimeout(max(0.01, deadline - time.monotonic()))
@@ -240,7 +264,7 @@ def request(port, method, path, body=None, headers=None, timeout=5.0):
         hdrs["Content-Length"] = str(len(data))
     req = "%s %s HTTP/1.1\r\n" % (method, path)
     req += "".join("%s: %s\r\n" % kv for kv in hdrs.items()) + "\r\n"
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout * TIMEOUT_SCALE) as s:
         s.sendall(req.encode() + (data or b""))
         resp, _ = read_response(s, head=(method == "HEAD"), timeout=timeout)
         return resp
@@ -388,7 +412,7 @@ class Ternd:
         if self.daemon.get("admin_listen") == ANY_PORT:
             self.admin_port = None
         self.stderr_file = open(self.stderr_path, "ab")
-        self.proc = subprocess.Popen([str(ternd_bin()), "-c", str(self.conf_path)] + self.args,
+        self.proc = subprocess.Popen(ternd_cmd(["-c", self.conf_path] + self.args),
                                      stdin=subprocess.DEVNULL, stdout=self.stderr_file,
                                      stderr=self.stderr_file, env=self.env, cwd=str(self.tmp))
         if wait:

@@ -170,6 +170,20 @@ static void test_ids(void **state)
     assert_int_equal(broker_id_parse("0123456789ABCDEF", 16, &back), 0);
     assert_int_equal(broker_id_parse("0123456789abcdeg", 16, &back), -1);
     assert_int_equal(broker_id_parse("0123", 4, &back), -1);
+    /* every digit position rejects what is not hex, bytes over 0x7f too */
+    for (int pos = 0; pos < 16; pos++) {
+        const char bad[] = {'/', ':', '@', 'G', '`', 'g', ' ', '\0', (char)0xb0, (char)0xff};
+
+        for (size_t k = 0; k < sizeof(bad); k++) {
+            memcpy(hex, "fedcba9876543210", 16);
+            hex[pos] = bad[k];
+            assert_int_equal(broker_id_parse(hex, 16, &back), -1);
+        }
+    }
+    assert_int_equal(broker_id_parse("fFfFfFfFfFfFfFfF", 16, &back), 0);
+    assert_true(back == UINT64_MAX);
+    assert_int_equal(broker_id_parse("0000000000000000", 16, &back), 0);
+    assert_true(back == 0);
 }
 
 static void test_records(void **state)

@@ -570,13 +570,17 @@ static int was_aborted(void *ud)
     return aborted > 0;
 }
 
+static int async_pending(void *ud)
+{
+    return async_req != NULL;
+}
+
 static void test_async_abort(void **state)
 {
     int fd = client();
 
     assert_int_equal(nu_send_str(fd, "GET /async HTTP/1.1\r\n\r\n"), 0);
-    nu_spin(10);
-    assert_non_null(async_req);
+    assert_true(nu_until(async_pending, NULL, 2000));
     close(fd);
     assert_true(nu_until(was_aborted, NULL, 1000));
     assert_null(async_req);
@@ -741,6 +745,37 @@ static void test_expect_continue(void **state)
     close(fd);
 }
 
+/* Trailers after a chunked body are read and dropped: the request's path
+ * and headers, which point into the same text, stay valid however long
+ * the trailers are (the fuzzer found them growing the buffer under the
+ * handler's feet); trailers still count against max_header_size. */
+static void test_chunked_trailers(void **state)
+{
+    struct resp rs;
+    char trailer[600], req[1536];
+    int fd = client();
+
+    memset(trailer, 't', sizeof(trailer) - 1);
+    trailer[sizeof(trailer) - 1] = '\0';
+    snprintf(req, sizeof(req),
+             "POST /items/with-trailers HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+             "3\r\nabc\r\n0\r\nX-Trailer: %s\r\nX-More: %s\r\n\r\n",
+             trailer + 300, trailer + 300);
+    assert_int_equal(nu_send_str(fd, req), 0);
+    assert_int_equal(read_resp(fd, &rs, 0), 0);
+    assert_int_equal(rs.status, 200);
+    assert_string_equal(rs.body, "prefix /items/with-trailers");
+    snprintf(req, sizeof(req),
+             "POST /items/x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+             "3\r\nabc\r\n0\r\nX-Trailer: %s\r\nX-More: %s\r\n\r\n",
+             trailer, trailer);
+    nu_send(fd, req, strlen(req), 1000);
+    assert_int_equal(read_resp(fd, &rs, 0), 0);
+    assert_int_equal(rs.status, 431);
+    assert_true(closed_by_server(fd, 1000));
+    close(fd);
+}
+
 /* Mangled requests never crash the server; every connection ends. */
 static void test_garbage(void **state)
 {
@@ -775,6 +810,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_404_405, setup, teardown),
         cmocka_unit_test_setup_teardown(test_413_content_length, setup, teardown),
         cmocka_unit_test_setup_teardown(test_chunked_body, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_chunked_trailers, setup, teardown),
         cmocka_unit_test_setup_teardown(test_431, setup, teardown),
         cmocka_unit_test_setup_teardown(test_408, setup, teardown),
         cmocka_unit_test_setup_teardown(test_http10, setup, teardown),

@@ -83,6 +83,10 @@ TN_API struct tn_http_server *tn_http_server_create(const char *name,
                                                     const struct tn_addr *addr,
                                                     const struct tn_http_limits *lim,
                                                     int *err);
+/* Serve HTTPS: every connection accepted from now on handshakes first (the
+ * server's listener takes its own reference to ctx; see ternd/tls.h). */
+struct tn_tls_ctx;
+TN_API void tn_http_server_set_tls(struct tn_http_server *s, struct tn_tls_ctx *ctx);
 /* Stop listening and close idle connections; requests in progress finish. */
 TN_API void tn_http_server_close(struct tn_http_server *s);
 TN_API void tn_http_server_free(struct tn_http_server *s);

@@ -21,5 +21,6 @@
 #include <ternd/stats.h>
 #include <ternd/service.h>
 #include <ternd/pool.h>
+#include <ternd/tls.h>
 
 #endif

@@ -1,7 +1,8 @@
 """Interop with a real NSQ client: nsqjs 0.13.0 (t/interop/nsqjs, pinned by
 its lock file) publishes 10000 messages through the broker (half PUB, half
-MPUB) and consumes them, requeueing every 100th once; plain and with
-deflate. node and npm are required: without them the test fails."""
+MPUB) and consumes them, requeueing every 100th once; plain, with
+deflate, over TLS (tls: true, tlsVerification: false) and both. node and npm
+are required: without them the test fails."""
 
 import hashlib
 import json
@@ -59,11 +60,18 @@ def run_interop(d, port, topic, *extra):
     return json.loads(lines[-1]), p
 
 
-@pytest.mark.parametrize("mode", ["plain", "deflate"])
-def test_nsqjs_publish_consume_requeue(nsqjs_dir, broker, mode):
-    t = broker()
-    extra = ["deflate"] if mode == "deflate" else []
-    res, p = run_interop(nsqjs_dir, t.tcp_port, "interop_" + mode, *extra)
+@pytest.mark.parametrize("mode", ["plain", "deflate", "tls", "tls+deflate"])
+def test_nsqjs_publish_consume_requeue(nsqjs_dir, broker, mode, tmp_path):
+    tls = "tls" in mode
+    if tls and shutil.which("openssl") is None:
+        pytest.skip("the openssl command is missing")
+    if tls:
+        cert, key = tnhelp.self_signed_cert(tmp_path)
+        t = broker(tls={"cert": str(cert), "key": str(key)})
+    else:
+        t = broker()
+    extra = [mode] if mode != "plain" else []
+    res, p = run_interop(nsqjs_dir, t.tcp_port, "interop_" + mode.replace("+", "_"), *extra)
     detail = "%s\nstderr:\n%s\nternd:\n%s" % (res, p.stderr, t.stderr()[-3000:])
     assert res["error"] is None, detail
     assert p.returncode == 0, detail
@@ -75,6 +83,8 @@ def test_nsqjs_publish_consume_requeue(nsqjs_dir, broker, mode):
     assert res["badAttempts"] == 0, detail
     assert res["requeued"] == COUNT // 100, detail
     # the writer's and the reader's connections both switched to deflate
-    assert res["compressed"] == (2 if mode == "deflate" else 0), detail
+    assert res["compressed"] == (2 if "deflate" in mode else 0), detail
+    # ... and to TLS (nsqjs wraps the socket after the IDENTIFY reply)
+    assert res["tls"] == (2 if tls else 0), detail
     assert t.alive(), detail
     assert "[error]" not in t.stderr(), detail

@@ -181,6 +181,19 @@ def test_message_must_hold_one_packet(gateway):
     ws = RawWS(t.ws_port)
     ws.frame(2, C.packet(1, 1, b"a") + C.packet(1, 2, b"b"))
     assert ws.expect_close() == 1008
+    # none at all: an empty message was taken for a whole packet and its
+    # uninitialized fields handed to Lua (found by fuzz_ws)
+    ws = RawWS(t.ws_port)
+    ws.frame(2, b"")
+    assert ws.expect_close() == 1008
+    ws = RawWS(t.ws_port)
+    ws.frame(2, C.packet(1, 1, b"a")[:3])
+    assert ws.expect_close() == 1008
+    ws = RawWS(t.ws_port)  # empty fragments
+    ws.frame(2, b"", fin=False)
+    ws.frame(0, b"")
+    assert ws.expect_close() == 1008
+    assert t.alive()
 
 
 def test_handshake_refusals(gateway):

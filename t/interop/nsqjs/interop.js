@@ -1,12 +1,14 @@
 // interop.js -- publish and consume N messages through a ternd broker with
 // the real nsqjs client; prints one JSON line with what happened.
 //
-// usage: node interop.js HOST:PORT TOPIC COUNT [deflate]
+// usage: node interop.js HOST:PORT TOPIC COUNT [deflate|tls|tls+deflate]
 //
 // Every 100th message is requeued once by the consumer, so a second
 // delivery of exactly those (with attempts == 2) is expected; any other
 // repeat is a duplicate and any missing body is a loss. `compressed` counts
-// the connections that started deflate (2 with `deflate`, else 0).
+// the connections that started deflate (2 with `deflate`, else 0), `tls`
+// those that upgraded to TLS after IDENTIFY (tlsVerification off: the test
+// certificate is self-signed).
 'use strict';
 const nsq = require('nsqjs');
 const {NSQDConnection} = require('nsqjs/lib/nsqdconnection');
@@ -21,11 +23,20 @@ NSQDConnection.prototype.startCompression = function (...args) {
   return startCompression.apply(this, args);
 };
 
-const [addr, topic, countArg, mode] = process.argv.slice(2);
+let tlsStarted = 0;
+const startTLS = NSQDConnection.prototype.startTLS;
+NSQDConnection.prototype.startTLS = function (...args) {
+  tlsStarted++;
+  return startTLS.apply(this, args);
+};
+
+const [addr, topic, countArg, mode = ''] = process.argv.slice(2);
 const [host, portText] = addr.split(':');
 const port = Number(portText);
 const count = Number(countArg);
-const deflate = mode === 'deflate';
+const deflate = mode.includes('deflate');
+const tls = mode.includes('tls');
+const tlsVerification = false;
 const channel = 'interop';
 
 const seen = new Map();       // body -> deliveries
@@ -42,7 +53,7 @@ function done(error) {
   console.log(JSON.stringify({
     error: error || null, published, finished, distinct: seen.size, requeued,
     duplicates, badAttempts, missing: missing.length, firstMissing: missing.slice(0, 5),
-    compressed,
+    compressed, tls: tlsStarted,
   }));
   process.exit(error ? 1 : 0);
 }
@@ -50,7 +61,7 @@ function done(error) {
 const timer = setTimeout(() => done('timeout'), 90000);
 
 const reader = new nsq.Reader(topic, channel, {
-  nsqdTCPAddresses: [addr], maxInFlight: 200, deflate, requeueDelay: 0,
+  nsqdTCPAddresses: [addr], maxInFlight: 200, deflate, tls, tlsVerification, requeueDelay: 0,
   maxAttempts: 0,
 });
 reader.on('message', (msg) => {
@@ -76,7 +87,7 @@ reader.on('message', (msg) => {
 });
 reader.on('error', (err) => done('reader: ' + err));
 
-const writer = new nsq.Writer(host, port, { deflate });
+const writer = new nsq.Writer(host, port, { deflate, tls, tlsVerification });
 writer.on('error', (err) => done('writer: ' + err));
 writer.on('ready', () => {
   // half single PUBs, half MPUB batches of 100
