@@ -191,6 +191,7 @@ const struct tn_conf_cmd gw_conf_table[] = {
     {"node_retry", TN_CONF_DURATION, OFF(node_retry), NULL, NULL, NULL},
     {"node_connect_timeout", TN_CONF_DURATION, OFF(node_connect_timeout), NULL, NULL, NULL},
     {"lua", TN_CONF_SECTION, OFF(lua), tn_lua_conf_table, NULL, NULL},
+    {"auth", TN_CONF_SECTION, OFF(auth), gw_auth_conf_table, NULL, NULL},
     TN_CONF_END};
 
 void gw_conf_default(struct gw_conf *gc)
@@ -209,6 +210,7 @@ void gw_conf_default(struct gw_conf *gc)
     gc->node_retry = 1000;
     gc->node_connect_timeout = 3000;
     tn_lua_conf_default(&gc->lua);
+    gw_auth_conf_default(&gc->auth);
 }
 
 void gw_conf_codec(const struct gw_conf *gc, struct gw_codec *c)
@@ -258,5 +260,6 @@ int gw_conf_check(struct tn_conf *cf, struct gw_conf *gc)
             }
     if (gc->lua.script && tn_lua_check_file(gc->lua.script, err, sizeof(err)) != 0)
         tn_conf_error_key(cf, "lua.script", "%s", err);
+    gw_auth_conf_check(cf, gc);
     return tn_conf_errors(cf) ? TN_ECONF : 0;
 }

@@ -216,6 +216,7 @@ static void gw_stats(struct tn_mod *m, struct tn_stats_out *out)
     emit(out, "ternd_gateway_uids", TN_STAT_GAUGE, "Bound uids", gw->uids.n);
     emit(out, "ternd_gateway_groups", TN_STAT_GAUGE, "Groups with members", gw->groups.n);
     gw_kcp_stats(gw, out);
+    gw_auth_stats(gw, out);
     if (gw->lua)
         tn_stats_emit(out, "ternd_lua_errors_total", TN_STAT_COUNTER, "Lua errors",
                       (const char *[]){"module", "gateway", NULL}, (double)tn_lua_errors(gw->lua));

@@ -67,6 +67,14 @@ struct gw_packet_conf {
     uint64_t max_size;   /* whole packet, size field included */
 };
 
+/* auth: client logins (auth.c) */
+struct gw_auth_conf {
+    int enabled;       /* new sessions must log in first */
+    int64_t route;     /* the route of the login packet */
+    int64_t timeout;   /* ms to log in; 0: no deadline */
+    int close_on_deny; /* a packet refused by auth.authorize also closes */
+};
+
 struct gw_conf {
     size_t nlisten;
     struct gw_listen_conf *listen;
@@ -85,6 +93,7 @@ struct gw_conf {
     int64_t node_retry;           /* ms a failed node instance is skipped */
     int64_t node_connect_timeout; /* ms */
     struct tn_lua_conf lua;
+    struct gw_auth_conf auth;
 };
 
 extern const struct tn_conf_cmd gw_conf_table[];
@@ -151,6 +160,7 @@ struct gw_session {
     uint64_t lgen;                  /* ... valid for this Lua state generation */
     uint64_t link;                  /* id of the node link last forwarded to, 0: none */
     struct gw_session *prev, *next; /* every session (broadcast) */
+    struct gw_auth *auth;           /* login state (auth.c); NULL: auth was off at open */
 };
 
 /* A new session on transport tp; runs on_connect. NULL when refused (by the
@@ -198,6 +208,25 @@ const struct gw_attr *gw_attr_get(const struct gw_session *s, const char *key);
 /* type 0 removes the key. 0 or TN_ENOMEM / TN_ELIMIT (too many attributes). */
 int gw_attr_set(struct gw_session *s, const char *key, int type, int64_t i, double d,
                 const char *str, size_t len);
+
+/* ---- client logins (auth.c) ------------------------------------------------------- */
+
+struct gw_auth;
+extern const struct tn_conf_cmd gw_auth_conf_table[];
+void gw_auth_conf_default(struct gw_auth_conf *ac);
+void gw_auth_conf_check(struct tn_conf *cf, const struct gw_conf *gc);
+/* With auth.enabled, give s its login state and start the login deadline
+ * (before on_connect). 0 or TN_ENOMEM. */
+int gw_auth_open(struct gw_session *s);
+void gw_auth_closed(struct gw_session *s);
+/* Handles the login packet and judges the others (replying to and perhaps
+ * closing a refused one): 1 when pk goes on to on_packet. */
+int gw_auth_packet(struct gw_session *s, const struct gw_packet *pk);
+/* May s join group (auth.authorize, subscribe)? 0 or -EACCES. */
+int gw_auth_join(struct gw_session *s, const char *group, size_t len);
+/* The identity a logged-in session got, else NULL. */
+const char *gw_auth_identity(const struct gw_session *s);
+void gw_auth_stats(const struct gw *gw, struct tn_stats_out *out);
 
 /* ---- transports ---------------------------------------------------------------- */
 
@@ -280,6 +309,10 @@ struct gw {
     struct gw_map rr;    /* service -> round-robin counter */
     uint64_t next_link_id;
     struct gw_stats st;
+    struct {
+        uint64_t accepted, refused, timeouts, denied;
+        int warned; /* logged that no plugin answers auth.check */
+    } auth_st;
 };
 
 #endif

@@ -6,13 +6,13 @@ modules_gateway_gateway_la_SOURCES = \
 	modules/gateway/gateway.c modules/gateway/config.c modules/gateway/codec.c \
 	modules/gateway/session.c modules/gateway/ws.c modules/gateway/luaapi.c \
 	modules/gateway/node.c modules/gateway/map.c modules/gateway/registry.c \
-	modules/gateway/kcp.c modules/gateway/kcp_transport.c \
+	modules/gateway/kcp.c modules/gateway/kcp_transport.c modules/gateway/auth.c \
 	modules/gateway/gateway.h modules/gateway/codec.h modules/gateway/kcp.h
 # tn_discovery.h (the discovery module's service) when that module is in the tree
 modules_gateway_gateway_la_CFLAGS = $(AM_CFLAGS) -I$(top_srcdir)/modules/discovery \
 	$(WSLAY_CFLAGS) $(CRYPTO_CFLAGS)
 modules_gateway_gateway_la_LDFLAGS = $(MODULE_LDFLAGS)
-modules_gateway_gateway_la_LIBADD = $(LUA_LIBS) $(ZLIB_LIBS) $(WSLAY_LIBS) $(CRYPTO_LIBS)
+modules_gateway_gateway_la_LIBADD = $(LUA_LIBS) $(ZLIB_LIBS) $(JANSSON_LIBS) $(WSLAY_LIBS) $(CRYPTO_LIBS)
 
 if HAVE_CMOCKA
 UNIT_TESTS += t/unit/test_gateway_codec

@@ -2,7 +2,7 @@
  * luaapi.c -- the gateway's Lua side: the hooks on_connect(session),
  * on_packet(session, route, seq, data) and on_disconnect(session), the
  * session object (reply, push, bind, unbind, close, get, set; id, uid,
- * addr) and ternd.gateway (push, join, leave, multicast, broadcast, count,
+ * addr, identity) and ternd.gateway (push, join, leave, multicast, broadcast, count,
  * session). A session object holds only the session id, so one kept by a
  * script after the client left is harmless: its methods fail softly.
  */
@@ -211,6 +211,8 @@ static int l_index(lua_State *L)
         s && s->uid ? (void)lua_pushstring(L, s->uid) : lua_pushnil(L);
     else if (strcmp(key, "addr") == 0)
         s ? (void)lua_pushstring(L, gw_session_addr(s)) : lua_pushnil(L);
+    else if (strcmp(key, "identity") == 0)
+        lua_pushstring(L, s ? gw_auth_identity(s) : NULL); /* NULL pushes nil */
     else if (strcmp(key, "closed") == 0)
         lua_pushboolean(L, !s || s->tpclosed);
     else

@@ -41,7 +41,8 @@ struct gw_session *gw_session_open(struct gw *gw, const struct gw_transport *tp,
     s->tpdata = tpdata;
     s->id = ++gw->next_id;
     s->lref = -1;
-    if (gw_map_put(&gw->sessions, &s->id, sizeof(s->id), s) != 0) {
+    if (gw_auth_open(s) != 0 || gw_map_put(&gw->sessions, &s->id, sizeof(s->id), s) != 0) {
+        gw_auth_closed(s);
         free(s);
         return NULL;
     }
@@ -71,6 +72,7 @@ void gw_session_closed(struct gw_session *s)
 
     s->closing = s->tpclosed = 1;
     gw_lua_on_disconnect(s);
+    gw_auth_closed(s);
     gw_node_session_closed(gw, s);
     gw_session_unbind(s);
     groups_leave_all(s);
@@ -156,6 +158,8 @@ void gw_session_packet(struct gw_session *s, const struct gw_packet *pk)
         return;
     }
     s->gw->st.packets_in++;
+    if (!gw_auth_packet(s, pk))
+        return; /* the login, or refused */
     s->route = pk->route;
     s->seq = pk->seq;
     if (gw_lua_on_packet(s, pk, node, sizeof(node)))
@@ -273,8 +277,12 @@ int gw_group_join(struct gw *gw, const char *name, size_t len, struct gw_session
     struct gw_group *g;
     struct gw_member *m;
 
+    int rc;
+
     if (len == 0 || len >= GW_NAME_MAX)
         return TN_EINVAL;
+    if ((rc = gw_auth_join(s, name, len)) != 0)
+        return rc;
     if (!(g = group_get(gw, name, len, 1)))
         return TN_ENOMEM;
     if (*member_slot(s, g))

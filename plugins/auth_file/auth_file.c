@@ -3,7 +3,9 @@
  * auth.check and auth.authorize) from a JSON secrets file, so that NSQ AUTH
  * on the broker (and a gateway login) needs no auth server: each secret
  * maps to an identity and nsqauthd-style rules (topic regex, channel
- * regexes, publish/subscribe). The file is read at start and on SIGHUP.
+ * regexes, publish/subscribe). For the gateway (service "gateway") a topic
+ * is a route number in decimal and a channel a group name: the rules need
+ * no other reading. The file is read at start and on SIGHUP.
  * With no `auth_file.file` configured the plugin subscribes to nothing.
  */
 #include <errno.h>
