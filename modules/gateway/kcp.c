@@ -31,8 +31,10 @@ struct seg {
     uint32_t conv, ts, sn, una, len, resendts, rto, fastack, xmit;
     uint8_t cmd, frg;
     uint16_t wnd;
-    uint8_t data[];
+    /* the payload follows the struct (SEG_DATA): no flexible array member,
+     * so a struct seg can also be a list's sentinel */
 };
+#define SEG_DATA(s) ((uint8_t *)((s) + 1))
 
 /* A circular doubly linked list with a sentinel. */
 struct seglist {
@@ -238,7 +240,7 @@ int gw_kcp_send(struct gw_kcp *k, const void *p, size_t n)
             return TN_ENOMEM; /* the fragments queued so far still go: the
                                * reader treats messages as a stream */
         if (len)
-            memcpy(s->data, d, len);
+            memcpy(SEG_DATA(s), d, len);
         s->frg = (uint8_t)(count - i - 1);
         list_insert_after(&k->snd_queue, k->snd_queue.head.prev, s);
         k->snd_bytes += len;
@@ -404,7 +406,7 @@ static int rcv_insert(struct gw_kcp *k, const uint8_t *h, const uint8_t *data, u
     s->frg = h[5];
     s->sn = sn;
     s->ts = get32(h + 8);
-    memcpy(s->data, data, len);
+    memcpy(SEG_DATA(s), data, len);
     list_insert_after(&k->rcv_buf, at, s);
     rcv_advance(k);
     return 0;
@@ -525,7 +527,7 @@ long gw_kcp_recv(struct gw_kcp *k, void *buf, size_t cap)
     if ((size_t)size > cap)
         return TN_ETOOBIG;
     while (!last && (s = FIRST(&k->rcv_queue)) != END(&k->rcv_queue)) {
-        memcpy(out, s->data, s->len);
+        memcpy(out, SEG_DATA(s), s->len);
         out += s->len;
         last = s->frg == 0;
         list_remove(&k->rcv_queue, s);
@@ -665,7 +667,7 @@ static int flush_data(struct gw_kcp *k, uint16_t wnd)
         s->ts = k->current;
         s->wnd = wnd;
         s->una = k->rcv_nxt;
-        out_seg(k, s, s->data);
+        out_seg(k, s, SEG_DATA(s));
         if (s->xmit >= k->o.dead_link)
             k->dead = 1;
     }
