@@ -136,6 +136,8 @@ int tn_stats_format(struct tn_buf *b, int format, struct tn_modset *ms);
 
 int tn_admin_start(const struct tn_daemon_conf *dc);
 void tn_admin_stop(void);
+/* Reload: daemon.admin_tls's certificate read again (kept when it fails). */
+void tn_admin_reload_tls(const struct tn_daemon_conf *old, const struct tn_daemon_conf *nu);
 void tn_admin_set_modset(struct tn_modset *ms);
 /* What POST /reload runs (main's SIGHUP reload): 0, or an error when the new
  * configuration was rejected. NULL: POST /reload answers 501. */
