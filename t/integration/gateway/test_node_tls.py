@@ -114,3 +114,22 @@ def test_bad_node_tls_is_a_config_error(gateway, certs, tmp_path):
     t = gateway(FORWARD, extra=node_tls_yaml(1, cert=certs["gw"]), start=False)
     r = t.check()
     assert r.returncode != 0 and "both cert and key" in r.stderr
+
+
+def test_node_tls_reload_applies_to_new_links(gateway, nodes, certs):
+    """The gateway does not trust the node at first; SIGHUP with the right
+    CA: the next link (after node_retry) handshakes with the new settings."""
+    n = tls_node(nodes, "n1", certs)
+    t = gateway(FORWARD, extra=node_tls_yaml(n.port, ca=certs["other"]))
+    no_answer(t, t.tcp_port, b"x")
+    t.wait_log(r"certificate verify failed")
+    t.text = t.text.replace(str(certs["other"]), str(certs["node"]))
+    assert "reload done" in t.reload()
+
+    def answered():
+        with Client(t.tcp_port, timeout=1.0) as c:
+            try:
+                return c.ask(1, 1, b"now")["data"] == b"n1:now"
+            except OSError:
+                return False
+    tnhelp.wait_for(answered, 10, interval=0.3, what="an answer over the new TLS settings")
