@@ -118,11 +118,6 @@ static int gw_stop(struct tn_mod *m)
     return 0;
 }
 
-static void group_free(void *val, void *arg)
-{
-    free(val);
-}
-
 static void gw_fini(struct tn_mod *m)
 {
     struct gw *gw = m->data;
@@ -147,10 +142,9 @@ static void gw_fini(struct tn_mod *m)
         free(gl->path);
         free(gl);
     }
-    gw_map_each(&gw->groups, group_free, NULL);
-    gw_map_free(&gw->groups);
-    gw_map_free(&gw->uids);
-    gw_map_free(&gw->sessions);
+    gw_groups_free(gw);
+    tn_map_free(&gw->uids);
+    tn_map_free(&gw->sessions);
     gw_ws_fini();
     free(gw);
     m->data = NULL;

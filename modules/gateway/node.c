@@ -32,6 +32,7 @@ enum {
 };
 
 struct gw_link {
+    struct tn_map_node node; /* in gw->links, key: key */
     uint64_t id;
     struct gw *gw;
     struct tn_conn *conn; /* NULL when not connected */
@@ -204,7 +205,8 @@ static const struct tn_conn_handler link_handler = {link_on_read, link_on_connec
 
 static struct gw_link *link_get(struct gw *gw, const char *addr)
 {
-    struct gw_link *l = gw_map_get(&gw->links, addr, strlen(addr));
+    struct gw_link *l =
+        TN_MAP_ENTRY_OR_NULL(tn_map_find_str(&gw->links, addr), struct gw_link, node);
     char err[128];
 
     if (l)
@@ -219,7 +221,7 @@ static struct gw_link *link_get(struct gw *gw, const char *addr)
     snprintf(l->key, sizeof(l->key), "%s", addr);
     l->gw = gw;
     l->id = ++gw->next_link_id;
-    if (gw_map_put(&gw->links, l->key, strlen(l->key), l) != 0) {
+    if (tn_map_insert(&gw->links, &l->node, l->key, strlen(l->key)) != 0) {
         free(l);
         return NULL;
     }
@@ -282,6 +284,7 @@ static void pick_add(const char *addr, int64_t weight, void *arg)
 }
 
 struct rr_counter {
+    struct tn_map_node node; /* in gw->rr, key: name */
     uint64_t next;
     size_t len;
     char name[];
@@ -290,14 +293,15 @@ struct rr_counter {
 static size_t rr_next(struct gw *gw, const char *service, size_t n)
 {
     size_t len = strlen(service);
-    struct rr_counter *rc = gw_map_get(&gw->rr, service, len);
+    struct rr_counter *rc =
+        TN_MAP_ENTRY_OR_NULL(tn_map_find(&gw->rr, service, len), struct rr_counter, node);
 
     if (!rc) {
         if (!(rc = calloc(1, sizeof(*rc) + len + 1)))
             return 0;
         memcpy(rc->name, service, len);
         rc->len = len;
-        if (gw_map_put(&gw->rr, rc->name, len, rc) != 0) {
+        if (tn_map_insert(&gw->rr, &rc->node, rc->name, len) != 0) {
             free(rc);
             return 0;
         }
@@ -376,20 +380,12 @@ struct closed_note {
     uint8_t frame[LINK_FRAME_HEAD + 8];
 };
 
-static void note_closed(void *val, void *arg)
-{
-    struct gw_link *l = val;
-    struct closed_note *cn = arg;
-
-    if (l->id == cn->link && l->conn)
-        tn_conn_write(l->conn, cn->frame, sizeof(cn->frame));
-}
-
 /* Tell the node the session last went to that it is gone (stateful nodes
  * drop what they keep for it). */
 void gw_node_session_closed(struct gw *gw, struct gw_session *s)
 {
     struct closed_note cn;
+    struct tn_map_iter it;
 
     if (!s->link)
         return;
@@ -397,7 +393,11 @@ void gw_node_session_closed(struct gw *gw, struct gw_session *s)
     put32(cn.frame, 9);
     cn.frame[4] = NODE_CLOSED;
     put64(cn.frame + 5, s->id);
-    gw_map_each(&gw->links, note_closed, &cn);
+    for (struct tn_map_node *n = tn_map_first(&gw->links, &it); n; n = tn_map_next(&it)) {
+        struct gw_link *l = TN_MAP_ENTRY(n, struct gw_link, node);
+        if (l->id == cn.link && l->conn)
+            tn_conn_write(l->conn, cn.frame, sizeof(cn.frame));
+    }
 }
 
 int gw_node_tls_load(struct gw *gw, const struct gw_conf *gc)
@@ -415,10 +415,8 @@ int gw_node_tls_load(struct gw *gw, const struct gw_conf *gc)
     return 0;
 }
 
-static void link_free(void *val, void *arg)
+static void link_free(struct gw_link *l)
 {
-    struct gw_link *l = val;
-
     if (l->conn) {
         l->conn->data = NULL;
         tn_conn_close(l->conn, 0);
@@ -426,18 +424,18 @@ static void link_free(void *val, void *arg)
     free(l);
 }
 
-static void rr_free(void *val, void *arg)
-{
-    free(val);
-}
-
 /* Close every link (stop) and forget them. */
 void gw_node_close_all(struct gw *gw)
 {
-    gw_map_each(&gw->links, link_free, NULL);
-    gw_map_free(&gw->links);
-    gw_map_each(&gw->rr, rr_free, NULL);
-    gw_map_free(&gw->rr);
+    struct tn_map_iter it;
+    struct tn_map_node *n;
+
+    for (n = tn_map_first(&gw->links, &it); n; n = tn_map_next(&it))
+        link_free(TN_MAP_ENTRY(n, struct gw_link, node));
+    tn_map_free(&gw->links);
+    for (n = tn_map_first(&gw->rr, &it); n; n = tn_map_next(&it))
+        free(TN_MAP_ENTRY(n, struct rr_counter, node));
+    tn_map_free(&gw->rr);
     tn_tls_ctx_free(gw->node_tls);
     gw->node_tls = NULL;
 }

@@ -24,7 +24,7 @@ struct obj {
 
 static struct obj *obj_of(struct tn_map_node *n)
 {
-    return n ? TN_MAP_ENTRY(n, struct obj, node) : NULL;
+    return TN_MAP_ENTRY_OR_NULL(n, struct obj, node);
 }
 
 static void obj_set(struct obj *o, const void *key, size_t klen)

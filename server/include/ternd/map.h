@@ -53,6 +53,15 @@ struct tn_map {
 /* The object holding node ptr (ptr may not be NULL). */
 #define TN_MAP_ENTRY(ptr, type, member) ((type *)(void *)((char *)(ptr)-offsetof(type, member)))
 
+static inline void *tn_map_entry_or_null(const struct tn_map_node *n, size_t off)
+{
+    return n ? (void *)((char *)(uintptr_t)n - off) : NULL;
+}
+
+/* The same for what a lookup returned: NULL stays NULL. */
+#define TN_MAP_ENTRY_OR_NULL(ptr, type, member)                                                    \
+    ((type *)tn_map_entry_or_null((ptr), offsetof(type, member)))
+
 /* One piece of a key given in parts (tn_map_findv). */
 struct tn_map_part {
     const void *p;
