@@ -150,22 +150,30 @@ struct tn_map_node *tn_map_find_next(const struct tn_map_node *n)
     return chain_find(n->next, n->hash, n->key, n->klen);
 }
 
-/* The node after cur (in bucket it->bucket) in walk order. */
-static struct tn_map_node *walk_after(struct tn_map_iter *it, struct tn_map_node *cur)
+/* The head of the first non-empty bucket from i on. */
+static struct tn_map_node *bucket_from(const struct tn_map *m, size_t i)
 {
-    if (cur && cur->next)
-        return cur->next;
-    for (it->bucket = cur ? it->bucket + 1 : 0; it->bucket < it->m->nb; it->bucket++)
-        if (it->m->b[it->bucket])
-            return it->m->b[it->bucket];
+    for (; i < m->nb; i++)
+        if (m->b[i])
+            return m->b[i];
     return NULL;
+}
+
+struct tn_map_node *tn_map_head(const struct tn_map *m)
+{
+    return bucket_from(m, 0);
+}
+
+struct tn_map_node *tn_map_after(const struct tn_map *m, const struct tn_map_node *n)
+{
+    /* the walk goes bucket by bucket: n's is found again from its hash */
+    return n->next ? n->next : bucket_from(m, (n->hash & (m->nb - 1)) + 1);
 }
 
 struct tn_map_node *tn_map_first(const struct tn_map *m, struct tn_map_iter *it)
 {
     it->m = m;
-    it->bucket = 0;
-    it->next = walk_after(it, NULL);
+    it->next = tn_map_head(m);
     return tn_map_next(it);
 }
 
@@ -175,7 +183,7 @@ struct tn_map_node *tn_map_next(struct tn_map_iter *it)
 
     /* look ahead now: the caller may remove cur before calling again */
     if (cur)
-        it->next = walk_after(it, cur);
+        it->next = tn_map_after(it->m, cur);
     return cur;
 }
 

@@ -189,7 +189,7 @@ struct broker_channel {
 
 struct broker_topic {
     struct broker *bk;
-    struct broker_topic *hnext; /* hash chain */
+    struct tn_map_node node; /* in bk->topics, key: name */
     char name[BROKER_NAME_MAX + 1];
     int ephemeral, paused;
     struct broker_fifo mem;
@@ -249,8 +249,7 @@ struct broker {
     struct tn_mod *mod;
     const struct broker_conf *conf; /* == mod->conf; refreshed on reload */
     char dir[4096];                 /* data directory of the disk queues */
-    struct broker_topic **tb;       /* topic hash */
-    size_t tmask, ntopics;
+    struct tn_map topics;           /* by name; .n: how many */
     struct broker_ent *ent_free;
     size_t nfree;
     struct tn_diskq_group dq_group; /* every disk queue: records buffered until a flush */

@@ -449,84 +449,40 @@ static struct broker_ent *dq_take(struct broker *bk, struct tn_diskq *dq, const 
 
 /* ---- topics --------------------------------------------------------------------- */
 
-static size_t name_hash(const char *s)
-{
-    size_t h = 5381;
-    while (*s)
-        h = h * 33 + (unsigned char)*s++;
-    return h;
-}
-
 void broker_store_init(struct broker *bk)
 {
-    bk->tb = NULL;
-    bk->tmask = 0;
-    bk->ntopics = 0;
+    memset(&bk->topics, 0, sizeof(bk->topics));
+}
+
+static struct broker_topic *topic_of(struct tn_map_node *n)
+{
+    return TN_MAP_ENTRY_OR_NULL(n, struct broker_topic, node);
 }
 
 struct broker_topic *broker_topic_find(struct broker *bk, const char *name)
 {
-    if (!bk->tb)
-        return NULL;
-    for (struct broker_topic *t = bk->tb[name_hash(name) & bk->tmask]; t; t = t->hnext)
-        if (strcmp(t->name, name) == 0)
-            return t;
-    return NULL;
-}
-
-static int topics_grow(struct broker *bk)
-{
-    size_t nsize = bk->tb ? (bk->tmask + 1) * 2 : 64;
-    struct broker_topic **nb = calloc(nsize, sizeof(*nb));
-
-    if (!nb)
-        return TN_ENOMEM;
-    for (size_t i = 0; bk->tb && i <= bk->tmask; i++) {
-        struct broker_topic *t = bk->tb[i], *nx;
-        for (; t; t = nx) {
-            size_t s = name_hash(t->name) & (nsize - 1);
-            nx = t->hnext;
-            t->hnext = nb[s];
-            nb[s] = t;
-        }
-    }
-    free(bk->tb);
-    bk->tb = nb;
-    bk->tmask = nsize - 1;
-    return 0;
+    return topic_of(tn_map_find_str(&bk->topics, name));
 }
 
 struct broker_topic *broker_topic_first(struct broker *bk)
 {
-    for (size_t i = 0; bk->tb && i <= bk->tmask; i++)
-        if (bk->tb[i])
-            return bk->tb[i];
-    return NULL;
+    return topic_of(tn_map_head(&bk->topics));
 }
 
 struct broker_topic *broker_topic_next(struct broker *bk, struct broker_topic *t)
 {
-    if (t->hnext)
-        return t->hnext;
-    for (size_t i = (name_hash(t->name) & bk->tmask) + 1; i <= bk->tmask; i++)
-        if (bk->tb[i])
-            return bk->tb[i];
-    return NULL;
+    return topic_of(tn_map_after(&bk->topics, &t->node));
 }
 
 struct broker_topic *broker_topic_get(struct broker *bk, const char *name, int *err)
 {
     struct broker_topic *t = broker_topic_find(bk, name);
-    size_t s, n = strlen(name);
+    size_t n = strlen(name);
 
     if (t)
         return t;
     if (!broker_name_valid(name, n)) {
         *err = TN_EINVAL;
-        return NULL;
-    }
-    if ((!bk->tb || bk->ntopics >= bk->tmask + 1) && topics_grow(bk) != 0 && !bk->tb) {
-        *err = TN_ENOMEM;
         return NULL;
     }
     if (!(t = calloc(1, sizeof(*t)))) {
@@ -542,10 +498,13 @@ struct broker_topic *broker_topic_get(struct broker *bk, const char *name, int *
         free(t);
         return NULL;
     }
-    s = name_hash(name) & bk->tmask;
-    t->hnext = bk->tb[s];
-    bk->tb[s] = t;
-    bk->ntopics++;
+    if (tn_map_insert(&bk->topics, &t->node, t->name, n) != 0) {
+        if (t->dq)
+            tn_diskq_close(t->dq);
+        free(t);
+        *err = TN_ENOMEM;
+        return NULL;
+    }
     bk->meta_dirty = 1;
     tn_log_info(BROKER_LOG, "topic %s created", name);
     if (bk->announce)
@@ -569,16 +528,7 @@ static void channel_free(struct broker_channel *ch, int remove_files);
 
 static void topic_unlink(struct broker_topic *t)
 {
-    struct broker *bk = t->bk;
-    struct broker_topic **pp = &bk->tb[name_hash(t->name) & bk->tmask];
-
-    for (; *pp; pp = &(*pp)->hnext) {
-        if (*pp == t) {
-            *pp = t->hnext;
-            bk->ntopics--;
-            return;
-        }
-    }
+    tn_map_remove(&t->bk->topics, &t->node);
 }
 
 void broker_topic_delete(struct broker_topic *t)
@@ -1307,8 +1257,7 @@ void broker_store_free(struct broker *bk)
         topic_unlink(t);
         free(t);
     }
-    free(bk->tb);
-    bk->tb = NULL;
+    tn_map_free(&bk->topics);
     while ((e = bk->ent_free)) {
         bk->ent_free = e->next;
         free(e);

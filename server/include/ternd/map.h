@@ -70,7 +70,6 @@ struct tn_map_part {
 
 struct tn_map_iter {
     const struct tn_map *m;
-    size_t bucket;            /* bucket of next */
     struct tn_map_node *next; /* what tn_map_next returns */
 };
 
@@ -105,6 +104,13 @@ static inline struct tn_map_node *tn_map_find_str(const struct tn_map *m, const 
 /* Walk: for (n = tn_map_first(m, &it); n; n = tn_map_next(&it)). */
 TN_API struct tn_map_node *tn_map_first(const struct tn_map *m, struct tn_map_iter *it);
 TN_API struct tn_map_node *tn_map_next(struct tn_map_iter *it);
+
+/* The same walk without an iterator: the first node, and the one after n
+ * (a node in m), or NULL at the end. The caller takes the next node before
+ * removing n. Nodes inserted meanwhile may or may not be visited, and an
+ * insert that grew the table may make the walk skip or repeat nodes. */
+TN_API struct tn_map_node *tn_map_head(const struct tn_map *m);
+TN_API struct tn_map_node *tn_map_after(const struct tn_map *m, const struct tn_map_node *n);
 
 /* Release the buckets; the nodes (the caller's) are not touched. The table
  * is empty and usable again afterwards. */
