@@ -127,7 +127,7 @@ struct broker_client;
 struct broker_ent {
     struct broker_msg *msg;
     struct broker_ent *next;          /* FIFO link (or free-list link) */
-    struct broker_ent *hnext;         /* in-flight ID map chain */
+    struct tn_map_node idnode;        /* in flight: in the channel's ids, key: msg->id */
     struct broker_ent *cprev, *cnext; /* the owner client's in-flight list */
     struct broker_client *client;     /* owner while in flight */
     int64_t when;                     /* ms: in-flight deadline / deferred due time */
@@ -154,12 +154,6 @@ struct broker_heap {
     size_t n, cap;
 };
 
-/* Message ID -> in-flight entry. */
-struct broker_idmap {
-    struct broker_ent **b;
-    size_t mask, n;
-};
-
 /* The on-disk record of a message (in a disk queue record):
  *   [1B version][16B id][8B ts ns][2B attempts][8B deferred-until ms][body]
  * all integers big-endian; the id as its 16 hex digits. */
@@ -179,7 +173,7 @@ struct broker_channel {
     struct broker_fifo mem;
     struct tn_diskq *dq; /* NULL for #ephemeral channels: overflow is dropped */
     struct broker_heap inflight, deferred;
-    struct broker_idmap ids;
+    struct tn_map ids; /* message ID -> in-flight entry (idnode) */
     struct broker_client **clients;
     size_t nclients, capclients, rr;
     int64_t max_attempts;

@@ -298,72 +298,21 @@ static void heap_fix(struct broker_heap *h, struct broker_ent *e)
     heap_down(h, e->hidx);
 }
 
-static size_t id_slot(const struct broker_idmap *m, uint64_t id)
+/* The in-flight ID map: the key is the message's id, which lives as long
+ * as the entry holds the message. */
+static int idmap_add(struct tn_map *m, struct broker_ent *e)
 {
-    id ^= id >> 33;
-    id *= 0xff51afd7ed558ccdULL;
-    id ^= id >> 33;
-    return (size_t)id & m->mask;
+    return tn_map_insert(m, &e->idnode, &e->msg->id, sizeof(e->msg->id));
 }
 
-static int idmap_grow(struct broker_idmap *m)
+static struct broker_ent *idmap_find(const struct tn_map *m, uint64_t id)
 {
-    size_t nsize = m->b ? (m->mask + 1) * 2 : 64;
-    struct broker_ent **nb = calloc(nsize, sizeof(*nb));
-    struct broker_idmap old = *m;
-
-    if (!nb)
-        return TN_ENOMEM;
-    m->b = nb;
-    m->mask = nsize - 1;
-    for (size_t i = 0; old.b && i <= old.mask; i++) {
-        struct broker_ent *e = old.b[i], *nx;
-        for (; e; e = nx) {
-            size_t s = id_slot(m, e->msg->id);
-            nx = e->hnext;
-            e->hnext = m->b[s];
-            m->b[s] = e;
-        }
-    }
-    free(old.b);
-    return 0;
+    return TN_MAP_ENTRY_OR_NULL(tn_map_find(m, &id, sizeof(id)), struct broker_ent, idnode);
 }
 
-static int idmap_add(struct broker_idmap *m, struct broker_ent *e)
+static void idmap_remove(struct tn_map *m, struct broker_ent *e)
 {
-    size_t s;
-
-    if ((!m->b || m->n >= m->mask + 1) && idmap_grow(m) != 0 && !m->b)
-        return TN_ENOMEM;
-    s = id_slot(m, e->msg->id);
-    e->hnext = m->b[s];
-    m->b[s] = e;
-    m->n++;
-    return 0;
-}
-
-static struct broker_ent *idmap_find(const struct broker_idmap *m, uint64_t id)
-{
-    if (!m->b)
-        return NULL;
-    for (struct broker_ent *e = m->b[id_slot(m, id)]; e; e = e->hnext)
-        if (e->msg->id == id)
-            return e;
-    return NULL;
-}
-
-static void idmap_remove(struct broker_idmap *m, struct broker_ent *e)
-{
-    struct broker_ent **pp = &m->b[id_slot(m, e->msg->id)];
-
-    for (; *pp; pp = &(*pp)->hnext) {
-        if (*pp == e) {
-            *pp = e->hnext;
-            e->hnext = NULL;
-            m->n--;
-            return;
-        }
-    }
+    tn_map_remove(m, &e->idnode);
 }
 
 /* ---- disk queues --------------------------------------------------------------- */
@@ -896,8 +845,7 @@ static void channel_clear(struct broker_channel *ch)
     fifo_clear(bk, &ch->mem);
     heap_clear(bk, &ch->inflight);
     heap_clear(bk, &ch->deferred);
-    free(ch->ids.b);
-    memset(&ch->ids, 0, sizeof(ch->ids));
+    tn_map_free(&ch->ids);
 }
 
 /* Unlink and free a channel; its consumers are told (kick) and detached. */
