@@ -14,10 +14,9 @@ from pathlib import Path
 import pytest
 
 import tnhelp
+from gwhelp import TURBO
 
 SCRIPT = (Path(__file__).resolve().parent / "route_test.lua").read_text()
-TURBO = {"nodelay": "true", "interval": "10ms", "resend": 2, "nc": "true",
-         "sndwnd": 128, "rcvwnd": 128, "mtu": 1400}
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,299 @@
+"""testvm -- the project's own test host for what the build machine's kernel
+cannot do: a qemu-system-x86_64 guest booting Debian's own kernel
+(linux-image-amd64's current linux-image-6.1.0-*-amd64, downloaded with
+`apt-get download` and unpacked with `dpkg-deb -x` into a cache under
+build/, never installed on the host) from an initramfs made here: busybox
+(busybox-static) as /init's shell, the kernel modules asked for (sch_netem),
+and host binaries with every shared library ldd names (tc, ternd, ...).
+No disk, no network card: the guest has its loopback only. Its console is
+the serial port, read back by the caller; the guest powers off at the end
+of /init, and a run that does not is killed after its timeout.
+
+KVM is used when the host offers it (/dev/kvm and a CPU with
+virtualisation), else qemu's TCG emulator: slower, same result.
+"""
+
+import os
+import re
+import shutil
+import stat
+import subprocess
+import time
+from pathlib import Path
+
+QEMU = "qemu-system-x86_64"
+BUSYBOX = Path("/bin/busybox")
+META_PACKAGE = "linux-image-amd64"
+
+
+class Unavailable(Exception):
+    """What is missing for the test host (the reason a test skips)."""
+
+
+# ---- the kernel -----------------------------------------------------------
+
+
+def kernel_package():
+    """The versioned kernel package linux-image-amd64 depends on."""
+    try:
+        out = subprocess.run(["apt-cache", "depends", META_PACKAGE], capture_output=True,
+                             text=True, timeout=60).stdout
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise Unavailable("apt-cache: %s" % e)
+    m = re.search(r"Depends: (linux-image-[0-9][^\s]*-amd64)\s", out)
+    if not m:
+        raise Unavailable("apt-cache depends %s names no kernel package" % META_PACKAGE)
+    return m.group(1)
+
+
+class Kernel:
+    """An unpacked kernel package: vmlinuz and its modules."""
+
+    def __init__(self, root):
+        self.root = Path(root)
+        boots = sorted((self.root / "boot").glob("vmlinuz-*"))
+        if not boots:
+            raise Unavailable("no vmlinuz in %s" % self.root)
+        self.vmlinuz = boots[0]
+        self.version = self.vmlinuz.name[len("vmlinuz-"):]
+        self.moddir = self.root / "lib" / "modules" / self.version
+
+    def module(self, name):
+        """Path of module NAME (e.g. sch_netem) and the names it depends on
+        (the package has no modules.dep: depmod runs at install time, so
+        the depends= field of the module's own .modinfo is read)."""
+        found = list(self.moddir.glob("kernel/**/%s.ko" % name))
+        if not found:
+            raise Unavailable("no %s.ko in %s" % (name, self.moddir))
+        m = re.search(rb"\0depends=([^\0]*)\0", found[0].read_bytes())
+        deps = [d for d in m.group(1).decode().split(",") if d] if m else []
+        return found[0], deps
+
+    def modules_in_order(self, names):
+        """The .ko files for NAMES and their dependencies, dependencies first."""
+        order, seen = [], set()
+
+        def visit(n):
+            if n in seen:
+                return
+            seen.add(n)
+            path, deps = self.module(n)
+            for d in deps:
+                visit(d.replace("-", "_"))
+            order.append(path)
+        for n in names:
+            visit(n)
+        return order
+
+
+def fetch_kernel(cache):
+    """Debian's current kernel, unpacked once into CACHE/<package>/."""
+    pkg = kernel_package()
+    cache = Path(cache)
+    root = cache / pkg
+    if (root / ".unpacked").exists():
+        return Kernel(root)
+    if not shutil.which("dpkg-deb") or not shutil.which("apt-get"):
+        raise Unavailable("apt-get and dpkg-deb are needed to fetch %s" % pkg)
+    dl = cache / "download"
+    shutil.rmtree(dl, ignore_errors=True)
+    dl.mkdir(parents=True)
+    r = subprocess.run(["apt-get", "download", pkg], cwd=dl, capture_output=True, text=True,
+                       timeout=600)
+    debs = list(dl.glob("*.deb"))
+    if r.returncode != 0 or not debs:
+        raise Unavailable("apt-get download %s failed: %s" % (pkg, r.stderr.strip()[-300:]))
+    shutil.rmtree(root, ignore_errors=True)
+    subprocess.run(["dpkg-deb", "-x", str(debs[0]), str(root)], check=True, timeout=600)
+    shutil.rmtree(dl, ignore_errors=True)
+    (root / ".unpacked").write_text(pkg + "\n")
+    return Kernel(root)
+
+
+# ---- the initramfs --------------------------------------------------------
+
+
+def shared_libs(binary):
+    """The absolute paths of the libraries ldd lists for BINARY (none for a
+    static one), the dynamic loader included."""
+    r = subprocess.run(["ldd", str(binary)], capture_output=True, text=True, timeout=60)
+    libs = []
+    for line in r.stdout.splitlines():
+        m = re.search(r"(?:=>\s*)?(/\S+)\s+\(0x", line)
+        if m:
+            libs.append(m.group(1))
+    return libs
+
+
+class Image:
+    """The files of an initramfs, written as an uncompressed newc cpio
+    archive (the kernel unpacks it without a decompressor: faster under
+    emulation than a gzip one)."""
+
+    def __init__(self):
+        self.entries = {}  # path in the image -> (mode, data or link target)
+
+    def dir(self, path):
+        parts = Path(path.lstrip("/")).parts
+        for i in range(1, len(parts) + 1):
+            self.entries.setdefault("/".join(parts[:i]), (stat.S_IFDIR | 0o755, b""))
+
+    def parent(self, path):
+        if "/" in path:
+            self.dir(str(Path(path).parent))
+
+    def data(self, path, data, mode=0o644):
+        path = path.lstrip("/")
+        self.parent(path)
+        self.entries[path] = (stat.S_IFREG | mode,
+                              data.encode() if isinstance(data, str) else data)
+
+    def file(self, path, src, mode=None):
+        src = Path(src)
+        st = src.stat()
+        self.data(path, src.read_bytes(), mode if mode is not None else st.st_mode & 0o777)
+
+    def symlink(self, path, target):
+        path = path.lstrip("/")
+        self.parent(path)
+        self.entries[path] = (stat.S_IFLNK | 0o777, target.encode())
+
+    def binary(self, path, src):
+        """A host executable or library at PATH, with its shared libraries
+        at their host paths (so the loader finds them as it would there)."""
+        self.file(path, src, 0o755)
+        for lib in shared_libs(src):
+            if lib.lstrip("/") not in self.entries:
+                real = os.path.realpath(lib)
+                self.file(lib, real, 0o755)
+
+    def write(self, out):
+        with open(out, "wb") as f:
+            for ino, (name, (mode, data)) in enumerate(sorted(self.entries.items()), 1):
+                _cpio_entry(f, ino, name, mode, data)
+            _cpio_entry(f, 0, "TRAILER!!!", 0, b"")
+
+
+def _cpio_entry(f, ino, name, mode, data):
+    nlink = 2 if stat.S_ISDIR(mode) else 1
+    fields = [ino, mode, 0, 0, nlink, 0, len(data), 0, 0, 0, 0, len(name) + 1, 0]
+    head = b"070701" + b"".join(b"%08X" % v for v in fields)
+    f.write(head + name.encode() + b"\0")
+    f.write(b"\0" * (-(len(head) + len(name) + 1) % 4))
+    f.write(data)
+    f.write(b"\0" * (-len(data) % 4))
+
+
+def base_image(kernel, modules=()):
+    """busybox as /bin/sh (and its applets, linked at boot by /init),
+    /lib/modules/NAME.ko for each module asked for and its dependencies,
+    listed in /lib/modules/order for insmod."""
+    if not BUSYBOX.exists() or shared_libs(BUSYBOX):
+        raise Unavailable("%s is missing or not static: install busybox-static" % BUSYBOX)
+    img = Image()
+    for d in ("bin", "sbin", "usr/bin", "usr/sbin", "proc", "sys", "dev", "tmp", "etc"):
+        img.dir(d)
+    img.file("bin/busybox", os.path.realpath(BUSYBOX), 0o755)
+    img.symlink("bin/sh", "busybox")
+    order = []
+    for ko in kernel.modules_in_order(modules):
+        img.file("lib/modules/" + ko.name, ko)
+        order.append(ko.name)
+    img.data("lib/modules/order", "".join(n + "\n" for n in order))
+    return img
+
+
+INIT_HEAD = """#!/bin/sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev 2>/dev/null
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+# busybox's shell runs its own applets before PATH (its tc is not
+# iproute2's): the host binaries are called by their full paths
+for m in $(cat /lib/modules/order); do insmod /lib/modules/$m || echo "@@ insmod $m failed"; done
+echo "@@ booted $(cut -d' ' -f1 /proc/uptime)"
+dmesg | grep -q "Hypervisor detected: KVM" && echo "@@ accel kvm" || echo "@@ accel tcg"
+ip link set lo up
+"""
+
+INIT_TAIL = """
+echo "@@ end $(cut -d' ' -f1 /proc/uptime)"
+poweroff -f
+"""
+
+
+def init_script(body):
+    """/init: mounts, modules, lo up, BODY (sh), then power off."""
+    return INIT_HEAD + body + INIT_TAIL
+
+
+# ---- booting ----------------------------------------------------------------
+
+
+def qemu_available():
+    """None, or why the guest cannot be started."""
+    if not shutil.which(QEMU):
+        return "%s is not installed (Debian package qemu-system-x86)" % QEMU
+    if not Path("/usr/share/seabios/bios-256k.bin").exists() and \
+            not Path("/usr/share/qemu/bios-256k.bin").exists():
+        return "qemu's BIOS (seabios) is missing"
+    return None
+
+
+def kvm_usable():
+    """/dev/kvm can be opened and the CPU has vmx or svm (else qemu's KVM
+    accelerator would refuse to start and TCG is used)."""
+    try:
+        fd = os.open("/dev/kvm", os.O_RDWR)
+        os.close(fd)
+    except OSError:
+        return False
+    flags = Path("/proc/cpuinfo").read_text()
+    return bool(re.search(r"^flags\s*:.*\b(vmx|svm)\b", flags, re.M))
+
+
+class Run:
+    def __init__(self, console, seconds, accel, returncode, timed_out):
+        self.console, self.seconds, self.accel = console, seconds, accel
+        self.returncode, self.timed_out = returncode, timed_out
+
+    def lines(self):
+        return self.console.replace("\r", "").splitlines()
+
+
+def boot(kernel, initrd, timeout, mem=512, cpus=2, log=None):
+    """Boot KERNEL with INITRD; the console until the guest powers off or
+    TIMEOUT seconds pass (then qemu is killed). Tries KVM first where it
+    looks usable, and TCG when KVM refuses to start."""
+    accels = (["kvm"] if kvm_usable() else []) + ["tcg"]
+    for accel in accels:
+        run = _boot(kernel, initrd, timeout, mem, cpus, accel, log)
+        if accel == "tcg" or "@@ booted" in run.console:
+            return run
+    return run
+
+
+def _boot(kernel, initrd, timeout, mem, cpus, accel, log):
+    cmd = [QEMU, "-accel", accel + (",thread=multi" if accel == "tcg" else ""),
+           "-m", str(mem), "-smp", str(cpus), "-nographic", "-no-reboot", "-nodefaults",
+           "-serial", "stdio", "-monitor", "none", "-display", "none",
+           "-kernel", str(kernel.vmlinuz), "-initrd", str(initrd),
+           "-append", "console=ttyS0 quiet panic=-1 rdinit=/init"]
+    if accel == "kvm":
+        cmd += ["-cpu", "host"]
+    start = time.monotonic()
+    p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT)
+    timed_out = False
+    try:
+        out, _ = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        p.kill()
+        out, _ = p.communicate()
+    seconds = time.monotonic() - start
+    text = out.decode("utf-8", "replace")
+    if log:
+        Path(log).write_text(text)
+    return Run(text, seconds, accel, p.returncode, timed_out)
