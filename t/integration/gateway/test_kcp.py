@@ -5,7 +5,8 @@ clients at once, the idle timeout, config checks; then loss, delay and
 reordering: ternd and the client in two network namespaces made for the
 test, joined by a bad link (netem where the kernel has it, else a TUN
 bridge: tunlink.py; skipped, saying why, where namespaces cannot be made),
-and through a lossy UDP relay on loopback (lossyudp.py, runs everywhere)."""
+and through a lossy UDP relay on loopback (lossyudp.py, runs everywhere).
+The same under real netem, on any host, in a VM: test_kcp_netem.py."""
 
 import re
 import subprocess

@@ -86,28 +86,70 @@ class Kernel:
         return order
 
 
+# what is kept of the package: the kernel and the queueing disciplines
+KEEP = ("kernel/net/sched",)
+
+
 def fetch_kernel(cache):
-    """Debian's current kernel, unpacked once into CACHE/<package>/."""
-    pkg = kernel_package()
+    """Debian's current kernel, unpacked once into CACHE/<package>/ (its
+    vmlinuz and the modules under KEEP: 11 MB of the 400 unpacked). Where
+    the package cannot be had (offline, stale apt lists), a kernel unpacked
+    before is used."""
     cache = Path(cache)
+    try:
+        pkg = kernel_package()
+    except Unavailable:
+        old = _cached(cache)
+        if old:
+            return old
+        raise
     root = cache / pkg
     if (root / ".unpacked").exists():
         return Kernel(root)
+    try:
+        _unpack(pkg, cache, root)
+    except Unavailable:
+        old = _cached(cache)
+        if old:
+            return old
+        raise
+    for other in cache.glob("linux-image-*"):
+        if other != root:
+            shutil.rmtree(other, ignore_errors=True)
+    return Kernel(root)
+
+
+def _cached(cache):
+    done = sorted(cache.glob("linux-image-*/.unpacked"))
+    return Kernel(done[-1].parent) if done else None
+
+
+def _unpack(pkg, cache, root):
     if not shutil.which("dpkg-deb") or not shutil.which("apt-get"):
         raise Unavailable("apt-get and dpkg-deb are needed to fetch %s" % pkg)
-    dl = cache / "download"
-    shutil.rmtree(dl, ignore_errors=True)
-    dl.mkdir(parents=True)
-    r = subprocess.run(["apt-get", "download", pkg], cwd=dl, capture_output=True, text=True,
-                       timeout=600)
-    debs = list(dl.glob("*.deb"))
-    if r.returncode != 0 or not debs:
-        raise Unavailable("apt-get download %s failed: %s" % (pkg, r.stderr.strip()[-300:]))
-    shutil.rmtree(root, ignore_errors=True)
-    subprocess.run(["dpkg-deb", "-x", str(debs[0]), str(root)], check=True, timeout=600)
-    shutil.rmtree(dl, ignore_errors=True)
-    (root / ".unpacked").write_text(pkg + "\n")
-    return Kernel(root)
+    work = cache / "download"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    try:
+        r = subprocess.run(["apt-get", "download", pkg], cwd=work, capture_output=True,
+                           text=True, timeout=600)
+        debs = list(work.glob("*.deb"))
+        if r.returncode != 0 or not debs:
+            raise Unavailable("apt-get download %s failed: %s" % (pkg, r.stderr.strip()[-300:]))
+        full = work / "root"
+        subprocess.run(["dpkg-deb", "-x", str(debs[0]), str(full)], check=True, timeout=600)
+        shutil.rmtree(root, ignore_errors=True)
+        (root / "lib" / "modules").mkdir(parents=True)
+        shutil.move(str(full / "boot"), str(root / "boot"))
+        for mods in (full / "lib" / "modules").iterdir():
+            for sub in KEEP:
+                if (mods / sub).is_dir():
+                    (root / "lib" / "modules" / mods.name / sub).parent.mkdir(parents=True,
+                                                                             exist_ok=True)
+                    shutil.move(str(mods / sub), str(root / "lib" / "modules" / mods.name / sub))
+        (root / ".unpacked").write_text(pkg + "\n")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 # ---- the initramfs --------------------------------------------------------
@@ -297,3 +339,15 @@ def _boot(kernel, initrd, timeout, mem, cpus, accel, log):
     if log:
         Path(log).write_text(text)
     return Run(text, seconds, accel, p.returncode, timed_out)
+
+
+if __name__ == "__main__":
+    # testvm.py fetch DIR: fetch and unpack the kernel into DIR ahead of the
+    # tests (scripts/dev/bootstrap does, so that they run offline later)
+    import sys
+    if len(sys.argv) != 3 or sys.argv[1] != "fetch":
+        sys.exit("usage: testvm.py fetch DIR")
+    try:
+        print(fetch_kernel(sys.argv[2]).vmlinuz)
+    except Unavailable as e:
+        sys.exit("testvm: %s" % e)
