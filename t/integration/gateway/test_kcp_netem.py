@@ -123,17 +123,9 @@ def guest_body():
 
 def build_image(kernel, client, out):
     import testvm
-    from gwhelp import modules_dir
-    img = testvm.base_image(kernel, ["sch_netem"])
-    img.binary("usr/sbin/tc", "/usr/sbin/tc")
-    img.binary("usr/bin/ternd", tnhelp.BUILD / "server" / "ternd")
-    img.binary("usr/lib/ternd/modules/gateway.so", (modules_dir() / "gateway.so").resolve())
-    img.dir("usr/lib/ternd/plugins")
-    img.binary("usr/bin/kcp_client", client)
-    img.data("etc/ternd/ternd.yaml", guest_config())
-    img.file("etc/ternd/route_test.lua", HERE / "route_test.lua")
-    img.data("init", testvm.init_script(guest_body()), 0o755)
-    img.write(out)
+    files = {"etc/ternd/ternd.yaml": guest_config(),
+             "etc/ternd/route_test.lua": HERE / "route_test.lua"}
+    testvm.ternd_image(kernel, tnhelp.BUILD, guest_body(), files, client).write(out)
 
 
 class Scenario:

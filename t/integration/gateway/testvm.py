@@ -270,6 +270,32 @@ def init_script(body):
     return INIT_HEAD + body + INIT_TAIL
 
 
+def ternd_image(kernel, build, body, files=None, client=None, ternd_modules=("gateway",)):
+    """An image for running ternd under netem: base_image with sch_netem,
+    iproute2's tc and ip (/usr/sbin), BUILD's server/ternd (/usr/bin/ternd)
+    and the modules named (/usr/lib/ternd/modules), CLIENT (a static
+    binary) as /usr/bin/kcp_client, FILES ({path in the image: text or
+    host Path}) and an /init running BODY (sh)."""
+    build = Path(build)
+    img = base_image(kernel, ["sch_netem"])
+    for tool in ("tc", "ip"):
+        img.binary("usr/sbin/" + tool, shutil.which(tool) or "/usr/sbin/" + tool)
+    img.binary("usr/bin/ternd", build / "server" / "ternd")
+    for m in ternd_modules:
+        img.binary("usr/lib/ternd/modules/%s.so" % m,
+                   (build / "lib" / "ternd" / "modules" / ("%s.so" % m)).resolve())
+    img.dir("usr/lib/ternd/plugins")
+    if client:
+        img.binary("usr/bin/kcp_client", client)
+    for path, content in (files or {}).items():
+        if isinstance(content, Path):
+            img.file(path, content)
+        else:
+            img.data(path, content)
+    img.data("init", init_script(body), 0o755)
+    return img
+
+
 # ---- booting ----------------------------------------------------------------
 
 
