@@ -108,8 +108,13 @@ echo "@@ scenario-end %(name)s $(cut -d' ' -f1 /proc/uptime)"
 GUEST_TAIL = """
 kill -TERM $tpid
 wait $tpid
-echo "@@ ternd exit=$?"
-grep -E 'error|warn' /tmp/ternd.log | head -20 | sed 's/^/@@ log /'
+rc=$?
+echo "@@ ternd exit=$rc"
+if [ $rc != 0 ]; then
+    tail -60 /tmp/ternd.log | sed 's/^/@@ log /'
+else
+    grep -iE 'error|warn' /tmp/ternd.log | head -20 | sed 's/^/@@ log /'
+fi
 """
 
 

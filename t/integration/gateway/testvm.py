@@ -265,9 +265,16 @@ poweroff -f
 """
 
 
+# the sanitizers' settings of an ASan build's test run (scripts/dev/test)
+PASSED_ENV = ("ASAN_OPTIONS", "UBSAN_OPTIONS", "LSAN_OPTIONS")
+
+
 def init_script(body):
-    """/init: mounts, modules, lo up, BODY (sh), then power off."""
-    return INIT_HEAD + body + INIT_TAIL
+    """/init: mounts, modules, lo up, the host's PASSED_ENV, BODY (sh),
+    then power off."""
+    env = "".join("export %s='%s'\n" % (k, os.environ[k]) for k in PASSED_ENV
+                  if k in os.environ and "'" not in os.environ[k])
+    return INIT_HEAD + env + body + INIT_TAIL
 
 
 def ternd_image(kernel, build, body, files=None, client=None, ternd_modules=("gateway",)):
