@@ -205,6 +205,8 @@ def guest(tmp_path_factory):
     # how long it took, on which accelerator: shown with -s or -rP
     print("test host VM: %s, kernel %s, %.1fs from start to power off, console in %s"
           % (run.accel, kernel.version, run.seconds, tmp / "console.log"))
+    if run.kvm_failure:
+        print("KVM was tried first and given up:\n%s" % run.kvm_failure)
     return run
 
 
