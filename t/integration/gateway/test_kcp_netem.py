@@ -3,8 +3,9 @@ host: the build and CI machines' kernel has no sch_netem and cannot load
 modules, so the test boots a qemu-system-x86_64 guest with Debian's own
 kernel (testvm.py: linux-image-amd64's package, fetched with apt-get download
 into build/testvm/, never installed) and an initramfs holding busybox, the
-sch_netem module, iproute2's tc, build/server/ternd with gateway.so and every
-library they need, and the kcp-go client (goclient.py, static).
+sch_netem and tun modules, iproute2's tc and ip, build/server/ternd with
+gateway.so and every library they need, the kcp-go client (goclient.py,
+static), and python3 with pytest and this tree's integration helpers.
 
 In the guest, on its loopback: ternd with a KCP listener in turbo mode (the
 options of test_kcp.py) and route_test.lua; then for each scenario a netem
@@ -19,12 +20,15 @@ reordered some (its "requeues" counter: netem's enqueue counts there each
 packet it puts at the head of its queue, i.e. ahead of the delayed ones) in
 the reorder scenario; and segments were sent again where packets were lost
 (kcp-go's counters and ternd's ternd_gateway_kcp_retransmits_total).
+Then pytest, in the guest, runs test_kcp.py's namespace test, whose link
+takes tunlink.py's netem path there (never on the build machines).
 
 KVM where the host has it, else qemu's TCG emulator (slow: a few hundred
-packets per scenario keep the whole run around a minute; nothing here
-measures time). Skipped, saying why, where qemu, busybox-static or the
-kernel package cannot be had; scripts/dev/bootstrap installs
-qemu-system-x86 and busybox-static, so it runs on CI.
+packets per scenario keep the guest's run around 30 s, 70 s with the
+machine's cores busy; nothing here measures time). Skipped, saying why,
+where qemu, busybox-static or the kernel package cannot be had;
+scripts/dev/bootstrap installs qemu-system-x86 and busybox-static, so it
+runs on CI.
 """
 
 import hashlib
@@ -105,6 +109,20 @@ metrics
 echo "@@ scenario-end %(name)s $(cut -d' ' -f1 /proc/uptime)"
 """
 
+# test_kcp.py's namespace test, run by pytest in the guest: there its link
+# is tunlink.py's netem path (tc netem on each TUN device), which the build
+# machines cannot take. The tree and the build are at their host paths.
+GUEST_PYTEST = """
+echo "@@ pytest-begin $(cut -d' ' -f1 /proc/uptime)"
+cd %(src)s
+/usr/bin/python3 -c "import sys; sys.path.insert(0, 't/integration/gateway'); import tunlink; \
+print('@@ tunlink netem=%%s' %% tunlink.netem_available())"
+TERND_BUILD=%(build)s TERND_KCP_CLIENT=/usr/bin/kcp_client /usr/bin/python3 -m pytest -q \
+    -p no:cacheprovider -rA t/integration/gateway/test_kcp.py -k between_namespaces 2>&1 |
+    sed 's/^/@@ pytest /'
+echo "@@ pytest-end $(cut -d' ' -f1 /proc/uptime)"
+"""
+
 GUEST_TAIL = """
 kill -TERM $tpid
 wait $tpid
@@ -123,14 +141,26 @@ def guest_body():
     for name, netem, n, pad in SCENARIOS:
         body += GUEST_SCENARIO % {"name": name, "netem": netem, "port": PORT, "n": n,
                                   "pad": pad}
-    return body + GUEST_TAIL
+    return body + GUEST_TAIL + GUEST_PYTEST % {"src": tnhelp.SRCDIR, "build": tnhelp.BUILD}
 
 
 def build_image(kernel, client, out):
     import testvm
     files = {"etc/ternd/ternd.yaml": guest_config(),
              "etc/ternd/route_test.lua": HERE / "route_test.lua"}
-    testvm.ternd_image(kernel, tnhelp.BUILD, guest_body(), files, client).write(out)
+    # for the guest's pytest: the integration tests' helpers and the
+    # gateway's tests, ternd and gateway.so at their host paths
+    top = tnhelp.SRCDIR / "t" / "integration"
+    for f in [top / "pytest.ini"] + sorted(top.glob("*.py")) + sorted(HERE.glob("*.py")) + \
+            sorted(HERE.glob("*.lua")):
+        files[str(f)] = f
+    img = testvm.ternd_image(kernel, tnhelp.BUILD, guest_body(), files, client,
+                             kernel_modules=("sch_netem", "tun"))
+    img.binary(str(tnhelp.ternd_bin()), tnhelp.ternd_bin())
+    from gwhelp import modules_dir
+    img.binary(str(modules_dir() / "gateway.so"), (modules_dir() / "gateway.so").resolve())
+    testvm.add_python(img)
+    img.write(out)
 
 
 class Scenario:
@@ -223,6 +253,17 @@ def test_guest_boots_with_netem_and_ternd(guest):
     assert set(guest.scenarios) == {s[0] for s in SCENARIOS}, text[-4000:]
     # over all the scenarios, ternd resent what netem dropped on its way
     assert sum(s.retransmits for s in guest.scenarios.values()) > 0, text[-4000:]
+
+
+def test_namespace_test_on_netem_in_the_guest(guest):
+    """test_kcp.py's loss test between two namespaces, run by pytest in the
+    guest, where tunlink takes its netem path (and asserts netem dropped)."""
+    out = "\n".join(ln[len("@@ pytest "):] for ln in guest.lines()
+                    if ln.startswith("@@ pytest "))
+    assert "@@ pytest-end" in guest.console, guest.console[-4000:]
+    assert "@@ tunlink netem=True" in guest.console, guest.console[-4000:]
+    assert re.search(r"^PASSED .*test_loss_and_reorder_between_namespaces", out, re.M), out
+    assert re.search(r"^1 passed, \d+ deselected", out, re.M), out
 
 
 @pytest.mark.parametrize("name,netem,n,pad", SCENARIOS, ids=[s[0] for s in SCENARIOS])

@@ -87,8 +87,8 @@ class Kernel:
         return order
 
 
-# what is kept of the package: the kernel and the queueing disciplines
-KEEP = ("kernel/net/sched",)
+# what is kept of the package: the kernel, the queueing disciplines, tun
+KEEP = ("kernel/net/sched", "kernel/drivers/net/tun.ko")
 
 
 def fetch_kernel(cache):
@@ -105,7 +105,7 @@ def fetch_kernel(cache):
             return old
         raise
     root = cache / pkg
-    if (root / ".unpacked").exists():
+    if _unpacked(root) == _stamp(pkg):
         return Kernel(root)
     try:
         _unpack(pkg, cache, root)
@@ -120,9 +120,21 @@ def fetch_kernel(cache):
     return Kernel(root)
 
 
+def _stamp(pkg):
+    return "%s %s\n" % (pkg, " ".join(KEEP))
+
+
+def _unpacked(root):
+    try:
+        return (root / ".unpacked").read_text()
+    except OSError:
+        return None
+
+
 def _cached(cache):
-    done = sorted(cache.glob("linux-image-*/.unpacked"))
-    return Kernel(done[-1].parent) if done else None
+    done = sorted(p.parent for p in cache.glob("linux-image-*/.unpacked")
+                  if _unpacked(p.parent) == _stamp(p.parent.name))
+    return Kernel(done[-1]) if done else None
 
 
 def _unpack(pkg, cache, root):
@@ -144,11 +156,11 @@ def _unpack(pkg, cache, root):
         shutil.move(str(full / "boot"), str(root / "boot"))
         for mods in (full / "lib" / "modules").iterdir():
             for sub in KEEP:
-                if (mods / sub).is_dir():
+                if (mods / sub).exists():
                     (root / "lib" / "modules" / mods.name / sub).parent.mkdir(parents=True,
                                                                              exist_ok=True)
                     shutil.move(str(mods / sub), str(root / "lib" / "modules" / mods.name / sub))
-        (root / ".unpacked").write_text(pkg + "\n")
+        (root / ".unpacked").write_text(_stamp(pkg))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -210,6 +222,20 @@ class Image:
                 real = os.path.realpath(lib)
                 self.file(lib, real, 0o755)
 
+    def tree(self, src, skip=()):
+        """The files under host directory SRC at the same paths, but for the
+        names in SKIP; shared objects with their libraries."""
+        for root, dirs, files in os.walk(src):
+            dirs[:] = [d for d in dirs if d not in skip]
+            for f in files:
+                if f in skip:
+                    continue
+                path = os.path.join(root, f)
+                if ".so" in f and f.endswith((".so",) + tuple(".so.%d" % i for i in range(10))):
+                    self.binary(path, os.path.realpath(path))
+                else:
+                    self.file(path, os.path.realpath(path))
+
     def write(self, out):
         with open(out, "wb") as f:
             for ino, (name, (mode, data)) in enumerate(sorted(self.entries.items()), 1):
@@ -251,6 +277,8 @@ INIT_HEAD = """#!/bin/sh
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev 2>/dev/null
+mkdir -p /run
+mount -t tmpfs run /run
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 # busybox's shell runs its own applets before PATH (its tc is not
 # iproute2's): the host binaries are called by their full paths
@@ -278,14 +306,39 @@ def init_script(body):
     return INIT_HEAD + env + body + INIT_TAIL
 
 
-def ternd_image(kernel, build, body, files=None, client=None, ternd_modules=("gateway",)):
-    """An image for running ternd under netem: base_image with sch_netem,
+PYTHON_SKIP = ("config-3.11-x86_64-linux-gnu", "lib2to3", "idlelib", "tkinter", "ensurepip",
+               "pydoc_data", "turtledemo", "test", "site-packages", "dist-packages")
+PYTHON_PACKAGES = ("_pytest", "pytest", "py", "py.py", "pluggy", "iniconfig", "packaging",
+                   "attr", "attrs", "yaml", "_yaml")
+
+
+def add_python(img, packages=PYTHON_PACKAGES):
+    """The host's /usr/bin/python3 with its standard library (less what no
+    test imports) and PACKAGES of /usr/lib/python3/dist-packages (pytest's
+    by default) with their metadata."""
+    exe = Path(os.path.realpath("/usr/bin/python3"))
+    img.binary("usr/bin/" + exe.name, exe)
+    img.symlink("usr/bin/python3", exe.name)
+    img.tree("/usr/lib/" + exe.name, PYTHON_SKIP)
+    dist = Path("/usr/lib/python3/dist-packages")
+    for entry in dist.iterdir():
+        base = re.split(r"[-.]", entry.name, maxsplit=1)[0]
+        if entry.name in packages or (base in packages and entry.name.endswith(("-info",))):
+            if entry.is_dir():
+                img.tree(str(entry))
+            else:
+                img.file(str(entry), entry)
+
+
+def ternd_image(kernel, build, body, files=None, client=None, ternd_modules=("gateway",),
+                kernel_modules=("sch_netem",)):
+    """An image for running ternd under netem: base_image with KERNEL_MODULES,
     iproute2's tc and ip (/usr/sbin), BUILD's server/ternd (/usr/bin/ternd)
     and the modules named (/usr/lib/ternd/modules), CLIENT (a static
     binary) as /usr/bin/kcp_client, FILES ({path in the image: text or
     host Path}) and an /init running BODY (sh)."""
     build = Path(build)
-    img = base_image(kernel, ["sch_netem"])
+    img = base_image(kernel, kernel_modules)
     for tool in ("tc", "ip"):
         img.binary("usr/sbin/" + tool, shutil.which(tool) or "/usr/sbin/" + tool)
     img.binary("usr/bin/ternd", build / "server" / "ternd")
