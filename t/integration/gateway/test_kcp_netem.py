@@ -34,6 +34,7 @@ runs on CI.
 import hashlib
 import json
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -227,14 +228,16 @@ def guest(tmp_path_factory):
         tmp = tmp_path_factory.mktemp("netemvm")
         client = goclient.build(tmp / "go", tnhelp.BUILD / "go-cache")
         assert not testvm.shared_libs(client), "the Go client must be static (CGO_ENABLED=0)"
+        made = time.monotonic()
         build_image(kernel, client, tmp / "initrd.cpio")
+        made = time.monotonic() - made
     except testvm.Unavailable as e:
         pytest.skip("test host VM unavailable: %s" % e)
     run = testvm.boot(kernel, tmp / "initrd.cpio", BOOT_TIMEOUT, log=tmp / "console.log")
     run.scenarios = parse(run.lines())
     # how long it took, on which accelerator: shown with -s or -rP
-    print("test host VM: %s, kernel %s, %.1fs from start to power off, console in %s"
-          % (run.accel, kernel.version, run.seconds, tmp / "console.log"))
+    print("test host VM: %s, kernel %s, image made in %.1fs, %.1fs from start to power off, "
+          "console in %s" % (run.accel, kernel.version, made, run.seconds, tmp / "console.log"))
     if run.kvm_failure:
         print("KVM was tried first and given up:\n%s" % run.kvm_failure)
     return run

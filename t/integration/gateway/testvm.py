@@ -231,7 +231,7 @@ class Image:
                 if f in skip:
                     continue
                 path = os.path.join(root, f)
-                if ".so" in f and f.endswith((".so",) + tuple(".so.%d" % i for i in range(10))):
+                if re.search(r"\.so(\.\d+)*$", f):
                     self.binary(path, os.path.realpath(path))
                 else:
                     self.file(path, os.path.realpath(path))
@@ -306,8 +306,8 @@ def init_script(body):
     return INIT_HEAD + env + body + INIT_TAIL
 
 
-PYTHON_SKIP = ("config-3.11-x86_64-linux-gnu", "lib2to3", "idlelib", "tkinter", "ensurepip",
-               "pydoc_data", "turtledemo", "test", "site-packages", "dist-packages")
+PYTHON_SKIP = ("lib2to3", "idlelib", "tkinter", "ensurepip", "pydoc_data", "turtledemo", "test",
+               "site-packages", "dist-packages")
 PYTHON_PACKAGES = ("_pytest", "pytest", "py", "py.py", "pluggy", "iniconfig", "packaging",
                    "attr", "attrs", "yaml", "_yaml")
 
@@ -319,7 +319,9 @@ def add_python(img, packages=PYTHON_PACKAGES):
     exe = Path(os.path.realpath("/usr/bin/python3"))
     img.binary("usr/bin/" + exe.name, exe)
     img.symlink("usr/bin/python3", exe.name)
-    img.tree("/usr/lib/" + exe.name, PYTHON_SKIP)
+    stdlib = Path("/usr/lib") / exe.name
+    # config-*: the static library and Makefile for embedding, 25 MB
+    img.tree(str(stdlib), PYTHON_SKIP + tuple(p.name for p in stdlib.glob("config-*")))
     dist = Path("/usr/lib/python3/dist-packages")
     for entry in dist.iterdir():
         base = re.split(r"[-.]", entry.name, maxsplit=1)[0]
