@@ -316,13 +316,16 @@ def add_python(img, packages=PYTHON_PACKAGES):
     """The host's /usr/bin/python3 with its standard library (less what no
     test imports) and PACKAGES of /usr/lib/python3/dist-packages (pytest's
     by default) with their metadata."""
+    dist = Path("/usr/lib/python3/dist-packages")
+    missing = [p for p in packages if not (dist / p).exists()]
+    if missing:
+        raise Unavailable("%s missing in %s (python3-pytest, python3-yaml)" % (missing, dist))
     exe = Path(os.path.realpath("/usr/bin/python3"))
     img.binary("usr/bin/" + exe.name, exe)
     img.symlink("usr/bin/python3", exe.name)
     stdlib = Path("/usr/lib") / exe.name
     # config-*: the static library and Makefile for embedding, 25 MB
     img.tree(str(stdlib), PYTHON_SKIP + tuple(p.name for p in stdlib.glob("config-*")))
-    dist = Path("/usr/lib/python3/dist-packages")
     for entry in dist.iterdir():
         base = re.split(r"[-.]", entry.name, maxsplit=1)[0]
         if entry.name in packages or (base in packages and entry.name.endswith(("-info",))):
