@@ -36,6 +36,8 @@ enum { DISCOVERY_BACKEND_EMBEDDED = 0, DISCOVERY_BACKEND_ETCD = 1 };
 /* discovery.etcd: the shared registry (etcd.c). */
 struct discovery_etcd_conf {
     struct tn_addr_list endpoints; /* etcd client addresses, tried in turn */
+    unsigned char *https;          /* per endpoint: 1 when given as https:// (TLS) */
+    struct tn_tls_client_conf tls; /* the client TLS settings for https endpoints */
     char *prefix;                  /* key prefix, ends in '/' (/ternd/) */
     int64_t lease_ttl;             /* ms; the lease is kept alive every third of it (10s) */
     int64_t dial_timeout;          /* ms for a connect or a request (2s) */
@@ -381,6 +383,8 @@ void discovery_lua_on_change(struct discovery *d, const char *name, uint64_t ind
  * other hosts' entries into the local tables (marked remote). */
 int discovery_etcd_start(struct discovery *d);
 void discovery_etcd_stop(struct discovery *d);
+/* Reload: connections opened from now on use the new tls settings. */
+void discovery_etcd_reload(struct discovery *d);
 /* The registry changed: publish soon. */
 void discovery_etcd_changed(struct discovery *d);
 /* Is the peer another host's (from etcd)? */

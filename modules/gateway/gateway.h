@@ -91,7 +91,8 @@ struct gw_conf {
     struct gw_node_conf *nodes;
     int node_select;              /* GW_SELECT_* */
     int64_t node_retry;           /* ms a failed node instance is skipped */
-    int64_t node_connect_timeout; /* ms */
+    int64_t node_connect_timeout; /* ms (covers the TLS handshake too) */
+    struct tn_tls_client_conf node_tls; /* enabled: node links run TLS */
     struct tn_lua_conf lua;
     struct gw_auth_conf auth;
 };
@@ -270,6 +271,10 @@ int gw_node_forward(struct gw *gw, const char *service, struct gw_session *s,
                     const struct gw_packet *pk);
 void gw_node_session_closed(struct gw *gw, struct gw_session *s);
 void gw_node_close_all(struct gw *gw);
+/* (Re)build the node links' client TLS context from gc (start and reload:
+ * links opened from now on use it, open ones keep theirs). On a bad file
+ * the previous context stays; TN_EINVAL. */
+int gw_node_tls_load(struct gw *gw, const struct gw_conf *gc);
 
 /* ---- the module ------------------------------------------------------------------------ */
 
@@ -280,6 +285,7 @@ struct gw_listener {
     struct tn_http_server *http;
     char *path;
     struct gw_kcp_listener *kcp;
+    size_t conf_index; /* its entry in gw_conf.listen */
 };
 
 struct gw_stats {
@@ -307,6 +313,7 @@ struct gw {
     const struct gw_registry *registry;
     struct gw_map links; /* "addr" -> struct gw_link */
     struct gw_map rr;    /* service -> round-robin counter */
+    struct tn_tls_ctx *node_tls; /* new links handshake with it; NULL: plaintext */
     uint64_t next_link_id;
     struct gw_stats st;
     struct {

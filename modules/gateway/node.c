@@ -182,7 +182,7 @@ static void link_on_connect(struct tn_conn *c, int status)
     }
     l->up = 1;
     tn_conn_set_idle_timeout(c, 0);
-    tn_log_info(GW_LOG, "node %s: connected", l->key);
+    tn_log_info(GW_LOG, "node %s: connected%s", l->key, tn_conn_tls(c, NULL, NULL) ? " (TLS)" : "");
 }
 
 static void link_on_close(struct tn_conn *c, int reason)
@@ -243,7 +243,16 @@ static struct tn_conn *link_conn(struct gw_link *l)
         l->down_until = tn_now_ms() + l->gw->conf->node_retry;
         return NULL;
     }
+    /* node_connect_timeout also bounds the handshake */
     tn_conn_set_idle_timeout(l->conn, l->gw->conf->node_connect_timeout);
+    if (l->gw->node_tls && (err = tn_conn_connect_tls(l->conn, l->gw->node_tls, NULL)) != 0) {
+        tn_log_warn(GW_LOG, "node %s: cannot start TLS: %s", l->key, tn_strerror(err));
+        l->conn->data = NULL;
+        tn_conn_close(l->conn, err);
+        l->conn = NULL;
+        l->down_until = tn_now_ms() + l->gw->conf->node_retry;
+        return NULL;
+    }
     return l->conn;
 }
 
@@ -391,6 +400,21 @@ void gw_node_session_closed(struct gw *gw, struct gw_session *s)
     gw_map_each(&gw->links, note_closed, &cn);
 }
 
+int gw_node_tls_load(struct gw *gw, const struct gw_conf *gc)
+{
+    struct tn_tls_ctx *ctx = NULL;
+    char why[512];
+
+    if (gc->node_tls.enabled && !(ctx = tn_tls_client_ctx_new(&gc->node_tls, why, sizeof(why)))) {
+        tn_log_error(GW_LOG, "node_tls: %s%s", why,
+                     gw->node_tls ? " (keeping the previous settings)" : "");
+        return TN_EINVAL;
+    }
+    tn_tls_ctx_free(gw->node_tls);
+    gw->node_tls = ctx;
+    return 0;
+}
+
 static void link_free(void *val, void *arg)
 {
     struct gw_link *l = val;
@@ -414,4 +438,6 @@ void gw_node_close_all(struct gw *gw)
     gw_map_free(&gw->links);
     gw_map_each(&gw->rr, rr_free, NULL);
     gw_map_free(&gw->rr);
+    tn_tls_ctx_free(gw->node_tls);
+    gw->node_tls = NULL;
 }

@@ -84,14 +84,16 @@ def gateway(ternd):
 
 @pytest.fixture
 def nodes():
-    """nodes(name) starts scripts/gateway/example_node.py on a free port
-    (p.port); every node is killed at the end of the test."""
+    """nodes(name, *args) starts scripts/gateway/example_node.py on a free
+    port (p.port) with more options in args (e.g. --tls-cert); every node
+    is killed at the end of the test."""
     procs = []
 
-    def start(name):
+    def start(name, *args):
         port = tnhelp.free_port()
         p = subprocess.Popen([sys.executable, str(NODE), "--listen", "127.0.0.1:%d" % port,
-                              "--name", name], stdout=subprocess.PIPE, text=True)
+                              "--name", name] + [str(a) for a in args],
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         assert p.stdout.readline().startswith("listening")
         procs.append(p)
         p.port = port
