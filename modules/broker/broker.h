@@ -132,6 +132,10 @@ struct broker_ent {
     struct broker_client *client;     /* owner while in flight */
     int64_t when;                     /* ms: in-flight deadline / deferred due time */
     int64_t delivered;                /* ms: last delivery (TOUCH's cap) */
+    /* the channel's (or, briefly, the topic's) disk record of this
+     * message while the entry is its only other copy: released once the
+     * message is finished or stored again (store.c, ent_done) */
+    struct tn_diskq_hold hold;
     uint32_t hidx;                    /* position in the heap it is in */
     uint16_t attempts;
     uint8_t state; /* BROKER_ENT_* */

@@ -102,6 +102,19 @@ struct tn_diskq_opts {
                                      thread of their own; see above */
 };
 
+/* A record taken off the queue but not yet released (tn_diskq_take). The
+ * caller provides the storage (the broker embeds one in each message
+ * entry) and keeps it valid until tn_diskq_release, or until the queue is
+ * emptied, closed or deleted, which forget every hold without touching
+ * it. Zero-initialized means not held. Fields are the queue's. */
+struct tn_diskq_hold {
+    struct tn_diskq_hold *prev, *next; /* the queue's held records, oldest first */
+    uint64_t seq;                      /* records read before this one */
+    uint64_t pos;                      /* where the record starts in `file` */
+    uint32_t file;
+    uint32_t gen; /* the queue's generation when taken; 0: not held */
+};
+
 /* Counters since open (depth and positions are current values). */
 struct tn_diskq_stats {
     uint64_t depth;         /* records queued (put, not yet advanced past) */
@@ -120,7 +133,10 @@ struct tn_diskq_stats {
     uint32_t write_file;    /* current write segment number */
     uint64_t read_pos;      /* byte offset in read_file */
     uint64_t write_pos;     /* byte offset in write_file */
-    uint32_t files;         /* segment files the queue spans (write - read + 1) */
+    uint32_t files;         /* segment files the queue spans (write - commit + 1) */
+    uint64_t held;          /* records taken and not yet released */
+    uint32_t commit_file;   /* the committed position (see tn_diskq_take): */
+    uint64_t commit_pos;    /* where reading restarts after a crash */
 };
 
 /* Open (or create) the queue `name` in the existing directory `dir` and
@@ -148,11 +164,29 @@ int tn_diskq_putv(struct tn_diskq *q, const struct iovec *iov, int iovcnt);
 int tn_diskq_peek(struct tn_diskq *q, const void **data, size_t *len);
 
 /* Remove the record the last successful peek returned (the caller has
- * taken it). A segment file fully read is deleted at the next sync, after
- * the metadata no longer points into it. 0, or TN_EINVAL when no record is
- * peeked. */
+ * taken it, and it is done with as far as the queue is concerned: a take
+ * and a release in one). A segment file below the committed position is
+ * deleted at the next sync, after the metadata no longer points into it.
+ * 0, or TN_EINVAL when no record is peeked. */
 int tn_diskq_advance(struct tn_diskq *q);
 
+/* Take the record the last successful peek returned like
+ * tn_diskq_advance, but keep it on disk until tn_diskq_release(q, h): the
+ * committed position (the one the metadata records, where reading
+ * restarts after a crash or a close) never passes a held record. Taking
+ * changes nothing durable, so it never syncs. 0, or TN_EINVAL when no
+ * record is peeked (h is left alone). */
+int tn_diskq_take(struct tn_diskq *q, struct tn_diskq_hold *h);
+
+/* The held record h is dealt with (finished, or stored again elsewhere
+ * durably): it may go. When it was the oldest held, the committed
+ * position moves on to the next held record (or the read position) and
+ * that counts as an operation toward sync_every. 0, or TN_ENOTFOUND when
+ * h is not held by q (never taken, released already, or taken before an
+ * empty): nothing is touched then. */
+int tn_diskq_release(struct tn_diskq *q, struct tn_diskq_hold *h);
+
+/* Records not read yet (held ones are not counted). */
 uint64_t tn_diskq_depth(const struct tn_diskq *q);
 
 /* Write the buffered records (one write). 0 or -errno (they stay buffered). */
