@@ -29,7 +29,7 @@ import time
 from collections import Counter
 
 import nsqwire as nw
-from brokerhelp import restart
+from brokerhelp import http, restart
 
 from test_persist import drain, segment_files
 
@@ -306,6 +306,87 @@ def test_sigkill_after_some_fin_and_req(broker):
     missing = unfinished - set(got)
     assert not missing, "%d unfinished messages lost (%d REQ 0, %d REQ later), e.g. %r" % (
         len(missing), len(missing & req_now), len(missing & req_later), sorted(missing)[:5])
+
+
+def hold_with_fin_and_req(b, topic, n):
+    """Publish n (acknowledged), have one consumer receive all of them from
+    the channel's disk queue, FIN a third, REQ a sixth with a long delay
+    and a sixth at once (they come straight back), and wait until the
+    broker handled all that. Returns (connection, acked, fin, req_later,
+    untouched: messages still in flight from the first delivery)."""
+    c = nw.consumer(b.tcp_port, topic, "ch")
+    acked = publish_acked(b, topic, [b"%s-%04d" % (topic.encode(), i) for i in range(n)])
+    c.rdy(n)
+    held = [c.read_message(timeout=10.0) for _ in range(n)]
+    assert {m.body for m in held} == acked
+    fin, later, untouched = set(), set(), []
+    for i, m in enumerate(held):
+        if i % 3 == 1:
+            c.fin(m.id)
+            fin.add(m.body)
+        elif i % 6 == 2:
+            c.req(m.id, 0)
+        elif i % 6 == 5:
+            c.req(m.id, 600000)
+            later.add(m.body)
+        else:
+            untouched.append(m)
+    c.pub(topic + "-sync", b"x")
+    read_until_ok(c, "FIN/REQ")
+    return c, acked, fin, later, untouched
+
+
+def test_sigterm_with_disk_messages_in_flight_exactly_once(broker):
+    """The clean stop with the same state: what was in flight or deferred
+    is written back and its old record released, so after the restart each
+    unfinished message comes exactly once and no FINed one comes back."""
+    b = broker(mem_queue_size=0, sync_every=1)
+    c, acked, fin, later, _ = hold_with_fin_and_req(b, "term0", 60)
+    b.stop()  # SIGTERM, exit 0
+    c.close()
+
+    restart(b)
+    got = consume_all(b, "term0", "ch")
+    report("FIN/REQ/in flight, SIGTERM", acked, acked, got, acked - fin - later - set(got),
+           len(got) - len(set(got)))
+    assert sorted(got) == sorted(acked - fin - later)
+    # the REQs with a delay were written back deferred: they wait their turn
+    st = http(b, "GET", "/stats?format=json&topic=term0&channel=ch").json()
+    ch = [x for t in st["topics"] for x in t["channels"] if x["channel_name"] == "ch"]
+    assert ch and ch[0]["deferred_count"] == len(later), st
+
+
+def test_empty_and_delete_with_disk_messages_in_flight(broker):
+    """Emptying a channel drops what it holds in flight (a later FIN of one
+    is refused) and nothing of it comes back after a SIGKILL; deleting a
+    channel with messages in flight closes its consumer and removes its
+    files. ternd keeps running through both (and ASan sees no misuse of
+    the records the entries held)."""
+    b = broker(mem_queue_size=0, sync_every=1)
+    c, _, _, _, untouched = hold_with_fin_and_req(b, "emp", 30)
+    assert http(b, "POST", "/channel/empty?topic=emp&channel=ch").status == 200
+    c.fin(untouched[0].id)
+    assert c.expect_error(b"E_FIN_FAILED").endswith(b"ID not in flight")
+    c.pub("emp-sync", b"x")
+    read_until_ok(c, "after empty")
+    c.close()
+    after = publish_acked(b, "emp", [b"emp-after-%d" % i for i in range(5)])
+    sigkill(b)
+    restart(b)
+    assert sorted(consume_all(b, "emp", "ch")) == sorted(after)
+
+    d, _, _, _, _ = hold_with_fin_and_req(b, "del", 30)
+    assert http(b, "POST", "/channel/delete?topic=del&channel=ch").status == 200
+    d.expect_closed(timeout=5.0)
+    assert not [n for n in segment_files(b) if n.startswith("del:ch.")]
+    # a channel of that name again: only what the channel-less topic kept
+    publish_acked(b, "del", [b"del-after"])
+    assert consume_all(b, "del", "ch") == [b"del-after"]
+    publish_acked(b, "del", [b"del-new"])
+    assert b.alive()
+    sigkill(b)
+    restart(b)
+    assert consume_all(b, "del", "ch") == [b"del-new"]
 
 
 # ---- SIGTERM -------------------------------------------------------------------------
