@@ -30,6 +30,7 @@ from collections import Counter
 
 import nsqwire as nw
 from brokerhelp import http, restart
+from tnhelp import wait_for
 
 from test_persist import drain, segment_files
 
@@ -387,6 +388,31 @@ def test_empty_and_delete_with_disk_messages_in_flight(broker):
     sigkill(b)
     restart(b)
     assert consume_all(b, "del", "ch") == [b"del-new"]
+
+
+def test_sigkill_while_a_new_channel_takes_the_topic_backlog(broker):
+    """A topic nobody subscribed to holds a backlog on disk; the first SUB
+    creates the channel, which takes the backlog over record by record
+    (each channel copy is synced before the topic's record is released).
+    ternd is killed as soon as the channel's disk queue appears, during or
+    after that; after the restart (the channel's queue is reopened by the
+    next SUB of that name if meta.json did not list it yet) nothing
+    acknowledged is missing."""
+    n = 1000
+    b = broker(http=False, mem_queue_size=0, sync_every=1)
+    acked = publish_acked(b, "backlog", [b"bl-%05d" % i for i in range(n)])
+    c = nw.Conn(b.tcp_port)
+    c.sub("backlog", "ch")
+    wait_for(lambda: any(f.startswith("backlog:ch.") for f in segment_files(b)), 10,
+             what="the channel's disk queue")
+    sigkill(b)
+    c.close()
+
+    restart(b)
+    got = consume_all(b, "backlog", "ch")
+    lost, dups = audit(got, acked, acked)
+    report("new channel taking a backlog, SIGKILL", acked, acked, got, lost, dups)
+    assert not lost, "%d acknowledged messages lost" % len(lost)
 
 
 # ---- SIGTERM -------------------------------------------------------------------------
