@@ -69,7 +69,7 @@ struct tn_diskq {
      * touches a hold; with none held it is the read position. */
     struct tn_diskq_hold *hhead, *htail;
     uint64_t nheld;
-    uint64_t rseq;  /* records taken or advanced past since open */
+    uint64_t rseq;  /* records taken, advanced or skipped past since open */
     uint32_t cfile; /* the oldest held record: segment, */
     uint64_t cpos;  /* offset */
     uint64_t cseq;  /* and rseq when it was taken */
@@ -78,7 +78,7 @@ struct tn_diskq {
     uint32_t del_from; /* segments below the committed one from here on are deleted at sync */
     int data_dirty;    /* written since the last fsync of wfd */
     int meta_dirty;    /* positions changed since the metadata was written */
-    uint32_t ops;      /* puts + advances since the last sync */
+    uint32_t ops;      /* puts and commit moves since the last sync */
     struct sync_job *job; /* the automatic sync running, or NULL */
     int64_t dirty_since;
     struct tn_diskq_stats st;
@@ -1143,7 +1143,7 @@ static int sync_start(struct tn_diskq *q)
     return 0;
 }
 
-/* Count one put or advance toward the next automatic sync. */
+/* Count one put or move of the committed position toward the next automatic sync. */
 static void note_op(struct tn_diskq *q)
 {
     int rc;
@@ -1350,6 +1350,7 @@ static void skip_bad_crc(struct tn_diskq *q, uint32_t len)
     q->rpos += HDR_SIZE + (uint64_t)len;
     if (q->depth > 0)
         q->depth--;
+    q->rseq++; /* passed like a read: it stays counted from a held record before it */
     q->meta_dirty = 1;
 }
 

@@ -5,7 +5,7 @@
  * A queue is a FIFO of opaque records stored in DIR as segment files
  *   <name>.diskqueue.NNNNNN.dat   records: [4B BE length][4B BE crc][payload]
  * plus one metadata file
- *   <name>.diskqueue.meta.dat     depth, read file/pos, write file/pos
+ *   <name>.diskqueue.meta.dat     depth, committed file/pos, write file/pos
  * which is replaced atomically (tmp file, fsync, rename, fsync dir). The crc
  * is zlib's crc32 over the 4 length bytes followed by the payload: covering
  * the length means a zero-filled region (a common crash leftover) never
@@ -18,8 +18,27 @@
  * is cut off; corrupt records met while reading are skipped and counted; a
  * missing segment is skipped. All of this is logged (tn_log_warn, naming
  * the file and offset) and never returns garbage: every record handed out
- * passed its length and crc checks. Delivery is at least once: records read
- * after the last sync come back after a crash.
+ * passed its length and crc checks.
+ *
+ * Delivery is at least once. The queue reads ahead with an in-memory read
+ * position, but the metadata records the committed position: the oldest
+ * record taken with tn_diskq_take and not yet released (the read position
+ * when none is held), with the depth counted from there. A record's
+ * message handed to a consumer is therefore never lost to a crash before
+ * the owner is done with it: after a crash (or a close with records still
+ * held) reading restarts at the committed position, so the held records
+ * come back together with everything read after the oldest of them,
+ * released or not, and with records released after the last sync. Nothing
+ * before the committed position ever comes back, and segment files are
+ * deleted only below the committed one. Taking changes nothing durable;
+ * releasing the oldest held record moves the committed position (an
+ * operation toward sync_every). The holds are the caller's memory (one per
+ * record held, no allocation here): their number is bounded by what the
+ * caller keeps in memory -- the broker holds a record per message in
+ * flight (at most max_rdy_count per consumer), deferred or requeued to
+ * memory after being read from a channel's queue, and one at a time while
+ * a topic's record is copied to its channels. A record held for long (a
+ * long REQ delay) keeps its segment and the later ones on disk.
  *
  * Write buffering (opts.write_buffer > 0; the broker uses it): a put
  * frames the record into a user-space buffer instead of writing it at once,
@@ -49,13 +68,14 @@
  * fsync; the queue's thread reaps it on a later operation and deletes the
  * segments that metadata no longer needs. The guarantee is that of a late
  * sync: what the metadata does not count yet is recovered (puts) or
- * redelivered (reads) after a crash. tn_diskq_sync, close, empty and
+ * redelivered (reads, releases) after a crash. tn_diskq_sync, close, empty and
  * delete wait for a running one. A queue may be open only once at a time
  * (no lock file).
  * Resources: three fds (directory, write and read segment); once read
  * from, a read-ahead buffer of 64 KiB (or the largest record); once put to
  * with a write buffer, that buffer. The caller drives periodic syncs:
- * tn_diskq_sync_due() on a timer, tn_diskq_sync() when it says so. Puts and advances sync on their
+ * tn_diskq_sync_due() on a timer, tn_diskq_sync() when it says so. Puts,
+ * advances and releases that move the committed position sync on their
  * own every `sync_every` operations.
  */
 #ifndef TERND_BROKER_DISKQ_H
@@ -93,7 +113,7 @@ struct tn_diskq_opts {
     uint64_t max_bytes_per_file; /* roll to a new segment past this (100 MiB) */
     uint32_t min_msg_size;       /* smallest payload accepted (0: empty allowed) */
     uint32_t max_msg_size;       /* largest payload accepted (1 MiB, <= MSG_LIMIT) */
-    uint32_t sync_every;         /* sync after this many puts+advances (0, 1: each) */
+    uint32_t sync_every;         /* sync after this many puts + commits (0, 1: each) */
     uint32_t sync_timeout_ms;    /* tn_diskq_sync_due() once dirty this long (2000) */
     uint32_t write_buffer;       /* bytes of records buffered before a write (0: none,
                                     each put writes; <= WRITE_BUFFER_MAX) */
@@ -117,7 +137,7 @@ struct tn_diskq_hold {
 
 /* Counters since open (depth and positions are current values). */
 struct tn_diskq_stats {
-    uint64_t depth;         /* records queued (put, not yet advanced past) */
+    uint64_t depth;         /* records queued (put, not yet read) */
     uint64_t puts;          /* records written */
     uint64_t bytes_written; /* bytes appended to segments, framing included */
     uint64_t writes;        /* write calls made for them (the buffer saves most) */

@@ -687,10 +687,19 @@ static void channel_put(struct broker_channel *ch, struct broker_msg *m, uint16_
         return;
     }
     ch->message_count++;
-    if (defer_until > now)
-        channel_defer(ch, e, defer_until);
-    else
+    if (defer_until <= now) {
         channel_queue(ch, e);
+        return;
+    }
+    /* a deferred message follows the memory limit too: past it (always,
+     * with mem_queue_size 0) its record goes to disk with the due time,
+     * and comes back to the deferred heap, held, when the reader meets it */
+    if (ch->dq && (int64_t)ch->mem.n >= bk->conf->mem_queue_size &&
+        dq_put(ch->dq, m, attempts, defer_until) == 0) {
+        ent_free(bk, e);
+        return;
+    }
+    channel_defer(ch, e, defer_until);
 }
 
 /* The next message ready for delivery: memory first, then disk. A record

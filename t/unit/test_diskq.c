@@ -1468,6 +1468,38 @@ static void test_hold_empty_forgets(void **state)
     tn_diskq_close(q);
 }
 
+/* A corrupt record skipped while an earlier one is held stays counted
+ * from the committed position: a reopen finds the depth it will meet. */
+static void test_hold_skipped_corrupt_record_counted(void **state)
+{
+    const char *dir = *state;
+    struct tn_diskq_hold h = {0};
+    struct tn_diskq_stats st;
+    struct tn_diskq *q = qopen(dir, 0, 1);
+    char path[512];
+
+    put_range(q, 0, 10);
+    tn_diskq_close(q);
+    seg_path(path, sizeof(path), dir, QNAME, 0);
+    flip_byte(path, recs_size(0, 5) + 8 + 2); /* inside record 5's payload */
+
+    q = qopen(dir, 0, 1);
+    take_rec(q, 0, &h);
+    expect_range(q, 1, 5);
+    expect_range(q, 6, 10); /* 5 skipped */
+    expect_empty(q);
+    assert_int_equal(tn_diskq_close(q), 0); /* record 0 still held */
+
+    q = qopen(dir, 0, 1);
+    assert_int_equal(tn_diskq_depth(q), 10);
+    expect_range(q, 0, 5);
+    expect_range(q, 6, 10);
+    expect_empty(q);
+    tn_diskq_get_stats(q, &st);
+    assert_int_equal(st.corrupt, 1);
+    tn_diskq_close(q);
+}
+
 /* Child: async syncs every 10 operations; 1000 records all taken, all
  * released but record 500, a sync, death. */
 static void crash_async_with_hold(const char *dir)
@@ -1632,6 +1664,7 @@ int main(void)
         T(test_hold_segments_kept_from_committed),
         T(test_hold_empty_forgets),
         T(test_hold_async_sync_crash),
+        T(test_hold_skipped_corrupt_record_counted),
     };
 #undef T
     return cmocka_run_group_tests(tests, NULL, NULL);

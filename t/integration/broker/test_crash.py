@@ -5,13 +5,21 @@ restart everything is consumed and compared with what was acknowledged.
 
 The guarantees checked (and documented in conf/ternd.yaml, broker section):
 - mem_queue_size 0 and sync_every 1: every acknowledged message survives a
-  SIGKILL (at least once; duplicates are counted, not forbidden).
+  SIGKILL (at least once; duplicates are counted, not forbidden), also
+  when a consumer had received it and not FINed it, or had REQueued it
+  (at once or with a delay): a record read from a channel's disk queue
+  stays there until its message is finished or stored again, and after a
+  restart reading resumes at the oldest such record.
 - the default sync (sync_every 2500 / sync_timeout 2s): a SIGKILL loses no
   acknowledged message that went to a disk queue (the records were written
   before the OK; only a machine crash can lose the last sync_every records
   or sync_timeout of them); what sat in memory (up to mem_queue_size per
   topic and channel) is lost, as with nsqd.
-- SIGTERM under load: nothing acknowledged is lost, nothing is invented.
+- SIGTERM under load: nothing acknowledged is lost, nothing is invented;
+  with messages from disk in flight or deferred, each unfinished one comes
+  exactly once after the restart and no finished one comes back.
+- emptying or deleting a channel with messages in flight: they are gone
+  (also after a SIGKILL), and ternd goes on.
 - a segment corrupted while ternd was down: the bad record (or the rest of
   that segment, when its length field is broken) is skipped with a log line
   naming the file and the offset; everything else is delivered.
@@ -307,6 +315,24 @@ def test_sigkill_after_some_fin_and_req(broker):
     missing = unfinished - set(got)
     assert not missing, "%d unfinished messages lost (%d REQ 0, %d REQ later), e.g. %r" % (
         len(missing), len(missing & req_now), len(missing & req_later), sorted(missing)[:5])
+
+
+def test_sigkill_deferred_publish_kept(broker):
+    """DPUB with mem_queue_size 0: the deferred message is stored on disk
+    with its due time before the OK (not only in memory), so a SIGKILL
+    before it is due loses nothing; it arrives after the restart."""
+    b = broker(http=False, mem_queue_size=0, sync_every=1)
+    c = nw.consumer(b.tcp_port, "later", "ch", rdy=10)
+    with nw.Conn(b.tcp_port) as p:
+        for i in range(5):
+            p.dpub("later", 300, b"dpub-%d" % i)
+            p.expect_ok()
+    sigkill(b)
+    c.close()
+
+    restart(b)
+    got = consume_all(b, "later", "ch")
+    assert sorted(set(got)) == [b"dpub-%d" % i for i in range(5)]
 
 
 def hold_with_fin_and_req(b, topic, n):
