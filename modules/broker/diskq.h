@@ -123,10 +123,11 @@ struct tn_diskq_opts {
 };
 
 /* A record taken off the queue but not yet released (tn_diskq_take). The
- * caller provides the storage (the broker embeds one in each message
- * entry) and keeps it valid until tn_diskq_release, or until the queue is
- * emptied, closed or deleted, which forget every hold without touching
- * it. Zero-initialized means not held. Fields are the queue's. */
+ * caller provides the storage (the broker gives one, from a free list, to
+ * each message entry read from disk) and keeps it valid until
+ * tn_diskq_release, or until the queue is emptied, closed or deleted,
+ * which forget every hold without touching it. Zero-initialized means not
+ * held. Fields are the queue's. */
 struct tn_diskq_hold {
     struct tn_diskq_hold *prev, *next; /* the queue's held records, oldest first */
     uint64_t seq;                      /* records read before this one */

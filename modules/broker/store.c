@@ -181,10 +181,37 @@ static struct broker_ent *ent_new(struct broker *bk, struct broker_msg *m, uint1
     return e;
 }
 
-/* Drop the entry and its message reference. */
+/* A hold for a record read from disk: recycled, so the disk path's
+ * steady state allocates only the messages. NULL when out of memory. */
+static struct tn_diskq_hold *hold_new(struct broker *bk)
+{
+    struct tn_diskq_hold *h = bk->hold_free;
+
+    if (h) {
+        bk->hold_free = h->next;
+        bk->nhold_free--;
+    } else if (!(h = malloc(sizeof(*h)))) {
+        return NULL;
+    }
+    memset(h, 0, sizeof(*h));
+    return h;
+}
+
+/* Drop the entry, its message reference and its hold (released already,
+ * or its queue closed, emptied or deleted). */
 static void ent_free(struct broker *bk, struct broker_ent *e)
 {
     broker_msg_unref(e->msg);
+    if (e->hold) {
+        if (bk->nhold_free < ENT_FREE_MAX) {
+            e->hold->next = bk->hold_free;
+            bk->hold_free = e->hold;
+            bk->nhold_free++;
+        } else {
+            free(e->hold);
+        }
+        e->hold = NULL;
+    }
     if (bk->nfree >= ENT_FREE_MAX) {
         free(e);
         return;
@@ -200,8 +227,8 @@ static void ent_free(struct broker *bk, struct broker_ent *e)
  * from, if any, may go. Then the entry is freed. */
 static void ent_done(struct broker_channel *ch, struct broker_ent *e)
 {
-    if (ch->dq)
-        tn_diskq_release(ch->dq, &e->hold);
+    if (ch->dq && e->hold)
+        tn_diskq_release(ch->dq, e->hold);
     ent_free(ch->topic->bk, e);
 }
 
@@ -453,7 +480,11 @@ static struct broker_ent *dq_take(struct broker *bk, struct tn_diskq *dq, const 
             broker_msg_unref(m);
             return NULL;
         }
-        tn_diskq_take(dq, &e->hold);
+        if (!(e->hold = hold_new(bk))) {
+            ent_free(bk, e); /* the record stays peeked: taken next time */
+            return NULL;
+        }
+        tn_diskq_take(dq, e->hold);
         e->when = defer_until;
         return e;
     }
@@ -648,7 +679,7 @@ static void channel_queue(struct broker_channel *ch, struct broker_ent *e)
             ent_done(ch, e); /* the new record replaces the one it held */
             return;
         }
-        if (e->hold.gen != 0) {
+        if (e->hold) {
             /* its record is still on disk: keep it deliverable (in memory,
              * over the limit) rather than drop it until a restart */
             tn_log_error(BROKER_LOG, "channel %s/%s: disk queue write failed, kept in memory: %s",
@@ -868,8 +899,8 @@ void broker_topic_pump(struct broker_topic *t, int64_t now)
         topic_fanout(t, e->msg, e->attempts, e->when, now);
         /* only now, with every channel's copy stored, may the topic's
          * record go (a crash in between delivers it twice, never not) */
-        if (t->dq)
-            tn_diskq_release(t->dq, &e->hold);
+        if (e->hold)
+            tn_diskq_release(t->dq, e->hold);
         ent_free(t->bk, e);
     }
 }
@@ -1272,12 +1303,12 @@ static uint64_t persist_ent(struct broker *bk, struct tn_diskq *dq, struct broke
 {
     int rc = dq_put(dq, e->msg, e->attempts, defer_until);
 
-    if (rc == 0) {
-        tn_diskq_release(dq, &e->hold);
-    } else {
+    if (rc == 0 && e->hold) {
+        tn_diskq_release(dq, e->hold);
+    } else if (rc != 0) {
         tn_log_error(BROKER_LOG, "%s: cannot write a message to disk%s: %s", what,
-                     e->hold.gen ? " (its earlier record is kept)" : "", tn_strerror(rc));
-        if (e->hold.gen) {
+                     e->hold ? " (its earlier record is kept)" : "", tn_strerror(rc));
+        if (e->hold) {
             fifo_push(kept, e);
             return 0;
         }
@@ -1344,6 +1375,7 @@ void broker_store_free(struct broker *bk)
 {
     struct broker_topic *t;
     struct broker_ent *e;
+    struct tn_diskq_hold *h;
 
     while ((t = broker_topic_first(bk))) {
         while (t->channels)
@@ -1361,4 +1393,9 @@ void broker_store_free(struct broker *bk)
         free(e);
     }
     bk->nfree = 0;
+    while ((h = bk->hold_free)) {
+        bk->hold_free = h->next;
+        free(h);
+    }
+    bk->nhold_free = 0;
 }
