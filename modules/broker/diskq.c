@@ -758,13 +758,15 @@ static int open_read(struct tn_diskq *q)
 }
 
 /* The read position moves to the start of the next segment; the finished
- * one is deleted by the next sync, once the metadata no longer needs it. */
+ * one is deleted by the next sync once the metadata no longer needs it
+ * (once the committed position has left it too). */
 static void next_read_file(struct tn_diskq *q)
 {
     close_read(q);
     q->rfile++;
     q->rpos = 0;
-    q->meta_dirty = 1;
+    if (q->hhead == NULL) /* else the committed position stays where it is */
+        q->meta_dirty = 1;
 }
 
 /* ---- recovery -------------------------------------------------------------- */
