@@ -139,7 +139,7 @@ struct broker_ent {
      * (store.c, ent_done); NULL for a message that never left memory, so
      * memory entries stay at their size */
     struct tn_diskq_hold *hold;
-    uint32_t hidx;                    /* position in the heap it is in */
+    uint32_t hidx; /* position in the heap it is in */
     uint16_t attempts;
     uint8_t state; /* BROKER_ENT_* */
 };
