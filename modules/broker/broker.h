@@ -126,13 +126,20 @@ struct broker_client;
  * through a free list, so the steady state allocates only the messages. */
 struct broker_ent {
     struct broker_msg *msg;
-    struct broker_ent *next;          /* FIFO link (or free-list link) */
-    struct tn_map_node idnode;        /* in flight: in the channel's ids, key: msg->id */
+    union {                       /* an entry is in one of them at a time: */
+        struct broker_ent *next;  /* FIFO link (or free-list link) */
+        struct broker_ent *hnext; /* in-flight ID map chain */
+    };
     struct broker_ent *cprev, *cnext; /* the owner client's in-flight list */
     struct broker_client *client;     /* owner while in flight */
     int64_t when;                     /* ms: in-flight deadline / deferred due time */
     int64_t delivered;                /* ms: last delivery (TOUCH's cap) */
-    uint32_t hidx;                    /* position in the heap it is in */
+    /* the disk record the entry was read from (the channel's, or briefly
+     * the topic's), kept until the message is finished or stored again
+     * (store.c, ent_done); NULL for a message that never left memory, so
+     * memory entries stay at their size */
+    struct tn_diskq_hold *hold;
+    uint32_t hidx; /* position in the heap it is in */
     uint16_t attempts;
     uint8_t state; /* BROKER_ENT_* */
 };
@@ -154,6 +161,12 @@ struct broker_heap {
     size_t n, cap;
 };
 
+/* Message ID -> in-flight entry. */
+struct broker_idmap {
+    struct broker_ent **b;
+    size_t mask, n;
+};
+
 /* The on-disk record of a message (in a disk queue record):
  *   [1B version][16B id][8B ts ns][2B attempts][8B deferred-until ms][body]
  * all integers big-endian; the id as its 16 hex digits. */
@@ -173,7 +186,7 @@ struct broker_channel {
     struct broker_fifo mem;
     struct tn_diskq *dq; /* NULL for #ephemeral channels: overflow is dropped */
     struct broker_heap inflight, deferred;
-    struct tn_map ids; /* message ID -> in-flight entry (idnode) */
+    struct broker_idmap ids;
     struct broker_client **clients;
     size_t nclients, capclients, rr;
     int64_t max_attempts;
@@ -246,6 +259,8 @@ struct broker {
     struct tn_map topics;           /* by name; .n: how many */
     struct broker_ent *ent_free;
     size_t nfree;
+    struct tn_diskq_hold *hold_free; /* recycled holds (linked by their next) */
+    size_t nhold_free;
     struct tn_diskq_group dq_group; /* every disk queue: records buffered until a flush */
     uint64_t id_ms, id_seq;
     struct tn_listener *listener;
