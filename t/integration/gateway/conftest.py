@@ -26,10 +26,7 @@ def tcp_open(port):
 
 
 def udp_free_port():
-    import socket
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return tnhelp.free_port()  # free for UDP too
 
 
 def gateway_yaml(tcp, ws, script, extra, kcp=None):
