@@ -125,6 +125,22 @@ def to_yaml(d, indent=0):
     return "\n".join(out)
 
 
+def scaled(seconds):
+    """A bound on how long the server may take for something: seconds
+    stretched by TERND_TIMEOUT_SCALE (valgrind runs it many times slower).
+    Only upper bounds are scaled; a lower bound ("not before the TTL")
+    holds at any speed."""
+    return seconds * TIMEOUT_SCALE
+
+
+def duration(seconds):
+    """A server-side period (TTL, inactivity timeout, heartbeat) for the
+    YAML or an API argument, as "<n>ms": seconds stretched by
+    TERND_TIMEOUT_SCALE, so that the steps a test takes inside the period
+    still fit in it when the server runs under valgrind."""
+    return "%dms" % round(seconds * 1000 * TIMEOUT_SCALE)
+
+
 def wait_for(pred, timeout, interval=0.02, what="condition"):
     """Poll pred() until it returns a true value (returned) or time runs out."""
     deadline = time.monotonic() + timeout * TIMEOUT_SCALE
