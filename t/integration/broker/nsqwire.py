@@ -10,6 +10,8 @@ import struct
 import time
 import zlib
 
+import tnhelp
+
 FRAME_RESPONSE = 0
 FRAME_ERROR = 1
 FRAME_MESSAGE = 2
@@ -43,6 +45,7 @@ class Conn:
     """One connection. magic=False leaves the magic to the test."""
 
     def __init__(self, port, magic=True, timeout=5.0, host="127.0.0.1"):
+        timeout = tnhelp.scaled(timeout)  # a broker under valgrind answers slowly
         self.sock = socket.create_connection((host, port), timeout=timeout)
         self.timeout = timeout
         self.buf = b""
@@ -93,7 +96,7 @@ class Conn:
             return ftype, data
 
     def expect(self, ftype, data=None, timeout=None):
-        got = self.read_frame_skip_hb(timeout)
+        got = self.read_frame_skip_hb(tnhelp.scaled(timeout) if timeout else None)
         assert got[0] == ftype, "expected frame type %d, got %r" % (ftype, got)
         if data is not None:
             assert got[1] == data, "expected %r, got %r" % (data, got[1])
