@@ -130,7 +130,7 @@ def drain_channel(port, topic, channel, n):
     """Consume and FIN n messages (frees what a cut-off consumer held)."""
     c = nw.consumer(port, topic, channel, rdy=50, heartbeat_interval=60000)
     for _ in range(n):
-        c.fin(c.read_message(timeout=10).id)  # scaled by nsqwire
+        c.fin(c.read_message(timeout=10 * tnhelp.TIMEOUT_SCALE).id)
     c.nop()
     c.close()
 

@@ -309,7 +309,7 @@ def test_timeout_requeue_and_touch(broker):
         c.touch(m.id)
     c.expect_silence(tnhelp.scaled(0.3))
     # then let it time out: it comes back with the next attempt
-    m2 = c.read_message(timeout=3)
+    m2 = c.read_message(timeout=tnhelp.scaled(3))
     assert (m2.id, m2.attempts) == (m.id, 2)
     c.fin(m2.id)
 
