@@ -27,6 +27,10 @@ BUILD = Path(os.environ["TERND_BUILD"]).resolve() if os.environ.get("TERND_BUILD
 # TERND_WRAPPER runs every ternd under a command, e.g. "valgrind
 # --leak-check=full --error-exitcode=99" (scripts/dev/valgrind); the waits
 # below (and every wait_for) are then multiplied by TERND_TIMEOUT_SCALE.
+# So must be the upper bounds a test puts on elapsed time (scaled()) and
+# the server-side periods a test must act within -- a TTL, an inactivity
+# or heartbeat timeout (duration()); lower bounds stay as they are, timed
+# from before the request that starts the period.
 WRAPPER = shlex.split(os.environ.get("TERND_WRAPPER", ""))
 TIMEOUT_SCALE = float(os.environ.get("TERND_TIMEOUT_SCALE", "1"))
 
