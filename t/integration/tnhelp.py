@@ -12,6 +12,7 @@ directory on sys.path): `import tnhelp`.
 
 import json
 import os
+import random
 import re
 import shlex
 import signal
@@ -87,8 +88,30 @@ def self_signed_cert(d, name="server"):
     return cert, key
 
 
+def _ephemeral_low():
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port():
-    """A TCP port free on 127.0.0.1 right now."""
+    """A TCP port free on 127.0.0.1 right now, chosen below the kernel's
+    ephemeral range: between this choice and the server's bind, a listener
+    on port 0 (ANY_PORT, in the same ternd or a parallel test) or a client
+    socket cannot be given the same port, as it could with a port the
+    kernel itself picked and then released."""
+    low = _ephemeral_low()
+    if low > 20000:
+        for _ in range(200):
+            port = random.randrange(20000, low)
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
