@@ -43,7 +43,10 @@ SCRIPT = tnhelp.SRCDIR / "t" / "interop" / "nsqjs" / "cluster.js"
 NODE = tnhelp.SRCDIR / "scripts" / "gateway" / "example_node.py"
 TOPIC = "cluster"
 BATCH = 100
-LEASE = "2s"
+# the etcd lease of each discovery, stretched under valgrind: the keepalives
+# of a slow but live server must not let it run out
+LEASE = tnhelp.duration(2)
+CONSUMER_MS = round(60000 * tnhelp.TIMEOUT_SCALE)  # the nsqjs consumer's time limit
 
 
 def run(*args):
@@ -156,7 +159,7 @@ def lookup(g_ip):
 def discovery_sec(etcd_ip, ip):
     return {"tcp_listen": ip + ":4160", "http_listen": ip + ":4161", "backend": "etcd",
             "etcd": {"endpoints": [etcd_ip + ":2379"], "lease_ttl": LEASE,
-                     "dial_timeout": "1s", "sync_interval": "200ms"}}
+                     "dial_timeout": tnhelp.duration(1), "sync_interval": "200ms"}}
 
 
 def gw_ask(ip, port, seq, data, timeout=2.0):
@@ -296,7 +299,7 @@ def _run_cluster(net, tmp_path, nsqjs_dir, hosts, nodes, b1_ip, b2_ip, g_ip):
 
     total = 4 * BATCH + BATCH  # batch 1 (A+B), batch 2 (2 * BATCH), batch 3 on b1
     consumer = subprocess.Popen(["node", SCRIPT.name, g_ip + ":4161", TOPIC, str(total),
-                                 "60000"], cwd=str(nsqjs_dir), stdin=subprocess.DEVNULL,
+                                 str(CONSUMER_MS)], cwd=str(nsqjs_dir), stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines = []
     reader = threading.Thread(target=lambda: lines.extend(consumer.stdout), daemon=True)
@@ -329,7 +332,7 @@ def _run_cluster(net, tmp_path, nsqjs_dir, hosts, nodes, b1_ip, b2_ip, g_ip):
             assert publish(b1_ip, body, 3), (body, publish.why)
             acked.add(body)
         assert len(acked) == total
-        consumer.wait(70)
+        consumer.wait(CONSUMER_MS / 1000 + 10)
         reader.join(5)
     finally:
         if consumer.poll() is None:
@@ -350,4 +353,4 @@ def _run_cluster(net, tmp_path, nsqjs_dir, hosts, nodes, b1_ip, b2_ip, g_ip):
     # had delivered before it died); losses are not
     for t in hosts.values():
         t.send_signal(signal.SIGTERM)
-        assert t.wait_exit(15) == 0, t.stderr()
+        assert t.wait_exit(tnhelp.scaled(15)) == 0, t.stderr()

@@ -19,7 +19,9 @@ import pytest
 
 import tnhelp
 
-CHROMIUM_TIMEOUT = 90  # seconds for one headless run (slow under ASan + load)
+# seconds for one headless run (slow under ASan + load; the page's requests
+# to a ternd under valgrind are slower still)
+CHROMIUM_TIMEOUT = tnhelp.scaled(90)
 WIDTH, HEIGHT = 1280, 900
 
 

@@ -271,15 +271,17 @@ def test_sample_http_route_and_stats(ternd):
 
 def test_sample_idle_timeout_closes_quiet_connections(ternd):
     # the sample's idle_timeout goes to tn_conn_set_idle_timeout
-    t, port = tnhelp.start_sample(ternd, idle_timeout="300ms")
+    # 300 ms, stretched under valgrind so that a slow answer does not use
+    # up the busy client's margin
+    t, port = tnhelp.start_sample(ternd, idle_timeout=tnhelp.duration(0.3))
     with tnhelp.LineClient(port) as c:
+        t0 = time.monotonic()  # before the last activity: it cannot close sooner
         assert c.ask("x") == "hello x"
-        t0 = time.monotonic()
         assert tnhelp.closed_by_peer(c.sock, 5)
-        assert 0.2 <= time.monotonic() - t0 < 3
+        assert tnhelp.scaled(0.2) <= time.monotonic() - t0 < tnhelp.scaled(3)
     with tnhelp.LineClient(port) as busy:
         for i in range(6):  # activity keeps it open past the timeout
-            time.sleep(0.1)
+            time.sleep(tnhelp.scaled(0.1))
             assert busy.ask("n%d" % i) == "hello n%d" % i
     t.stop()
 

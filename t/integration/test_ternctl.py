@@ -13,7 +13,7 @@ import pytest
 
 import tnhelp
 
-RUN_TIMEOUT = 20.0
+RUN_TIMEOUT = tnhelp.scaled(20.0)  # ternctl waits for a ternd that may run under valgrind
 
 
 def ternctl_bin():

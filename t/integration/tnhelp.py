@@ -28,6 +28,10 @@ BUILD = Path(os.environ["TERND_BUILD"]).resolve() if os.environ.get("TERND_BUILD
 # TERND_WRAPPER runs every ternd under a command, e.g. "valgrind
 # --leak-check=full --error-exitcode=99" (scripts/dev/valgrind); the waits
 # below (and every wait_for) are then multiplied by TERND_TIMEOUT_SCALE.
+# So must be the upper bounds a test puts on elapsed time (scaled()) and
+# the server-side periods a test must act within -- a TTL, an inactivity
+# or heartbeat timeout (duration()); lower bounds stay as they are, timed
+# from before the request that starts the period.
 WRAPPER = shlex.split(os.environ.get("TERND_WRAPPER", ""))
 TIMEOUT_SCALE = float(os.environ.get("TERND_TIMEOUT_SCALE", "1"))
 
@@ -155,6 +159,22 @@ def to_yaml(d, indent=0):
         else:
             out.append("%s%s: %s" % (pad, k, yaml_scalar(v)))
     return "\n".join(out)
+
+
+def scaled(seconds):
+    """A bound on how long the server may take for something: seconds
+    stretched by TERND_TIMEOUT_SCALE (valgrind runs it many times slower).
+    Only upper bounds are scaled; a lower bound ("not before the TTL")
+    holds at any speed."""
+    return seconds * TIMEOUT_SCALE
+
+
+def duration(seconds):
+    """A server-side period (TTL, inactivity timeout, heartbeat) for the
+    YAML or an API argument, as "<n>ms": seconds stretched by
+    TERND_TIMEOUT_SCALE, so that the steps a test takes inside the period
+    still fit in it when the server runs under valgrind."""
+    return "%dms" % round(seconds * 1000 * TIMEOUT_SCALE)
 
 
 def wait_for(pred, timeout, interval=0.02, what="condition"):

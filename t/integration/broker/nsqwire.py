@@ -10,6 +10,8 @@ import struct
 import time
 import zlib
 
+import tnhelp
+
 FRAME_RESPONSE = 0
 FRAME_ERROR = 1
 FRAME_MESSAGE = 2
@@ -43,6 +45,10 @@ class Conn:
     """One connection. magic=False leaves the magic to the test."""
 
     def __init__(self, port, magic=True, timeout=5.0, host="127.0.0.1"):
+        # the default wait for an answer, stretched for a broker under
+        # valgrind; a timeout given to a read is the caller's to scale
+        # (a quiet window must stay shorter than the heartbeat interval)
+        timeout = tnhelp.scaled(timeout)
         self.sock = socket.create_connection((host, port), timeout=timeout)
         self.timeout = timeout
         self.buf = b""

@@ -26,8 +26,11 @@ class Directory:
         self.conn = None
         self.buf = b""
 
+    # every wait below is stretched by TERND_TIMEOUT_SCALE (a broker under
+    # valgrind), and so is lookupd_interval in the tests: the quiet window
+    # stays shorter than the interval between PINGs
     def accept(self, timeout=10):
-        self.srv.settimeout(timeout)
+        self.srv.settimeout(tnhelp.scaled(timeout))
         self.conn, _ = self.srv.accept()
         self.buf = b""
         return self
@@ -41,12 +44,12 @@ class Directory:
             self.buf += data
 
     def take(self, n, timeout=5):
-        self._need(n, time.monotonic() + timeout)
+        self._need(n, time.monotonic() + tnhelp.scaled(timeout))
         out, self.buf = self.buf[:n], self.buf[n:]
         return out
 
     def line(self, timeout=5):
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + tnhelp.scaled(timeout)
         while b"\n" not in self.buf:
             self._need(len(self.buf) + 1, deadline)
         out, _, self.buf = self.buf.partition(b"\n")
@@ -89,7 +92,7 @@ class Directory:
 def test_register_and_unregister(broker):
     d = Directory()
     b = broker(lookupd=["127.0.0.1:%d" % d.port], broadcast_address="broker.example",
-               lookupd_interval="1s")
+               lookupd_interval=tnhelp.duration(1))
     ident = d.accept().handshake()
     assert ident["tcp_port"] == b.tcp_port and ident["http_port"] == b.http_port
     assert ident["broadcast_address"] == "broker.example" and ident["version"]
@@ -110,7 +113,8 @@ def test_register_and_unregister(broker):
 
 def test_reconnect_registers_everything_again(broker):
     d = Directory()
-    b = broker(http=False, lookupd=["127.0.0.1:%d" % d.port], lookupd_interval="2s")
+    b = broker(http=False, lookupd=["127.0.0.1:%d" % d.port],
+               lookupd_interval=tnhelp.duration(2))
     d.accept().handshake()
     nw.consumer(b.tcp_port, "a", "c1").close()
     nw.consumer(b.tcp_port, "a", "c2").close()
@@ -127,7 +131,8 @@ def test_reconnect_registers_everything_again(broker):
 
 def test_directory_down_at_start_then_up(broker):
     port = tnhelp.free_port()
-    b = broker(http=False, lookupd=["127.0.0.1:%d" % port], lookupd_interval="1s")
+    b = broker(http=False, lookupd=["127.0.0.1:%d" % port],
+               lookupd_interval=tnhelp.duration(1))
     nw.publish(b.tcp_port, "early", [b"x"])
     b.wait_log(r"lookupd 127\.0\.0\.1:%d: cannot connect" % port)
     d = Directory.__new__(Directory)

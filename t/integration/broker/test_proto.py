@@ -11,6 +11,7 @@ import time
 import pytest
 
 import nsqwire as nw
+import tnhelp
 from nsqwire import FRAME_ERROR, FRAME_RESPONSE
 
 
@@ -296,16 +297,19 @@ def test_req_delay_clamped_to_max(broker):
 
 def test_timeout_requeue_and_touch(broker):
     b = broker(http=False, queue_scan_interval="20ms")
-    c = nw.consumer(b.tcp_port, "t", "c", rdy=1, msg_timeout=1000)
+    # 1 s, stretched under valgrind (as the pace of the TOUCHes) so that a
+    # slow answer does not use up the margin
+    msg_timeout = round(1000 * tnhelp.TIMEOUT_SCALE)
+    c = nw.consumer(b.tcp_port, "t", "c", rdy=1, msg_timeout=msg_timeout)
     nw.publish(b.tcp_port, "t", [b"slow"])
     m = c.read_message()
     # TOUCH twice keeps it ours well past the 1s timeout
     for _ in range(3):
-        time.sleep(0.6)
+        time.sleep(tnhelp.scaled(0.6))
         c.touch(m.id)
-    c.expect_silence(0.3)
+    c.expect_silence(tnhelp.scaled(0.3))
     # then let it time out: it comes back with the next attempt
-    m2 = c.read_message(timeout=3)
+    m2 = c.read_message(timeout=tnhelp.scaled(3))
     assert (m2.id, m2.attempts) == (m.id, 2)
     c.fin(m2.id)
 

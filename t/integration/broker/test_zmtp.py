@@ -390,8 +390,10 @@ def test_zmq_heartbeats_answered(broker, ctx):
     sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.LINGER, 0)
     sub.setsockopt(zmq.RCVTIMEO, int(WAIT * 1000))
+    # (ms, stretched under valgrind: the broker's PONG must come within the
+    # timeout however slowly it runs)
     for k, v in (("HEARTBEAT_IVL", 50), ("HEARTBEAT_TIMEOUT", 300), ("HEARTBEAT_TTL", 2000)):
-        sub.setsockopt(getattr(zmq, k), v)
+        sub.setsockopt(getattr(zmq, k), round(v * tnhelp.TIMEOUT_SCALE))
     # the monitor first, so it sees the connect
     mon = sub.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
     sub.connect("tcp://127.0.0.1:%d" % port)
@@ -399,7 +401,7 @@ def test_zmq_heartbeats_answered(broker, ctx):
     warm_sub(t, sub, "zhb")
     # many heartbeat timeouts long: PONGs keep the connection up (libzmq
     # would drop it after HEARTBEAT_TIMEOUT without them)
-    time.sleep(1.5)
+    time.sleep(tnhelp.scaled(1.5))
     events = []
     while mon.poll(0):
         events.append(zmq.utils.monitor.recv_monitor_message(mon)["event"])
@@ -472,7 +474,9 @@ def worker_recv(w):
 
 
 def test_mdp_worker_and_clients(broker, ctx):
-    t, (port,) = zbroker(broker, {"type": "router", "heartbeat": "200ms"})
+    # 200 ms, stretched under valgrind (as the worker's pace below): a worker
+    # silent for 3 intervals is dropped, however slowly the broker answers
+    t, (port,) = zbroker(broker, {"type": "router", "heartbeat": tnhelp.duration(0.2)})
     # a request before any worker: it waits for one
     req = sock(ctx, zmq.REQ, port)
     req.send_multipart([b"MDPC01", b"echo", b"early"])
@@ -493,7 +497,7 @@ def test_mdp_worker_and_clients(broker, ctx):
     # the worker stays alive across heartbeat intervals: it answers them
     for _ in range(3):
         w.send_multipart([b"", b"MDPW01", b"\x04"])
-        time.sleep(0.2)
+        time.sleep(tnhelp.scaled(0.2))
     w.send_multipart([b"", b"MDPW01", b"\x03", f[3], b"", b"A", b"B"])
     assert dealer.recv_multipart() == [b"", b"MDPC01", b"echo", b"A", b"B"]
 

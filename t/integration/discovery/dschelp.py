@@ -21,6 +21,7 @@ class V1Client:
     frame [4-byte big-endian size][data]."""
 
     def __init__(self, port, magic=b"  V1", timeout=5.0):
+        timeout = tnhelp.scaled(timeout)
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
         self.buf = b""
         self.timeout = timeout

@@ -137,24 +137,31 @@ def test_deregister(srv):
 
 
 def test_ttl_expiry(srv):
-    register(srv, id="short", ttl=300)
-    register(srv, id="long", ttl="5s")
+    # timed from before the registration: the TTL cannot run out sooner
+    # however slowly the server answers; the long one must outlast the
+    # wait even under valgrind (tnhelp.duration)
     start = time.monotonic()
+    register(srv, id="short", ttl=300)
+    register(srv, id="long", ttl=tnhelp.duration(5))
     tnhelp.wait_for(lambda: [i["id"] for i in instances(srv, "gw")] == ["long"], 5,
                     what="the short TTL to run out")
-    assert 0.25 <= time.monotonic() - start < 2
+    assert 0.25 <= time.monotonic() - start < tnhelp.scaled(2)
     m = srv.metrics()
     assert m["ternd_discovery_instances_expired_total"] == 1
     assert m["ternd_discovery_instances"] == 1
 
 
 def test_heartbeat_keeps_alive(srv):
-    register(srv, id="a", ttl="400ms")
-    for _ in range(8):  # 1.2 s, three times the TTL
-        time.sleep(0.15)
+    # a TTL of 400 ms, heartbeats every 150 ms (both stretched alike under
+    # valgrind so that a slow answer does not eat the margin)
+    ttl_ms = round(400 * tnhelp.TIMEOUT_SCALE)
+    register(srv, id="a", ttl="%dms" % ttl_ms)
+    for _ in range(8):  # three times the TTL
+        time.sleep(tnhelp.scaled(0.15))
         r = post(srv.http_port, "/services/heartbeat", name="gw", id="a")
         assert r.status == 200, r.body
-        assert r.json()["instance"]["expires_in"] > 300
+        # renewed: a full TTL ahead again, not what was left of the last one
+        assert r.json()["instance"]["expires_in"] > 0.75 * ttl_ms
     assert [i["id"] for i in instances(srv, "gw")] == ["a"]
     # a heartbeat does not change the set: the index stays
     assert r.json()["index"] == 1
@@ -183,14 +190,14 @@ class Watch(threading.Thread):
         self.elapsed = time.monotonic() - start
 
     def result(self, timeout=5):
-        self.join(timeout)
+        self.join(tnhelp.scaled(timeout))
         assert not self.is_alive(), "the watch did not answer"
         return self.resp
 
 
 def test_watch_wakes_on_change(srv):
     idx = register(srv, id="a").json()["index"]
-    w = Watch(srv.http_port, name="gw", index=idx, timeout="10s")
+    w = Watch(srv.http_port, name="gw", index=idx, timeout=tnhelp.duration(10))
     w.start()
     time.sleep(0.3)
     assert w.is_alive()
@@ -200,7 +207,7 @@ def test_watch_wakes_on_change(srv):
     assert w.is_alive()
     register(srv, id="b")
     r = w.result()
-    assert 0.45 <= w.elapsed < 5
+    assert 0.45 <= w.elapsed < tnhelp.scaled(5)
     doc = r.json()
     assert doc["index"] == 3 and r.header("x-discovery-index") == "3"
     assert [i["id"] for i in doc["instances"]] == ["a", "b"]
@@ -211,21 +218,22 @@ def test_watch_times_out(srv):
     w = Watch(srv.http_port, name="gw", index=idx, timeout="400ms")
     w.start()
     r = w.result()
-    assert 0.35 <= w.elapsed < 3
+    assert 0.35 <= w.elapsed < tnhelp.scaled(3)
     assert r.status == 200 and r.json()["index"] == idx  # unchanged: same index
     # bare numbers are milliseconds
     w = Watch(srv.http_port, name="gw", index=idx, timeout="300")
     w.start()
     w.result()
-    assert 0.25 <= w.elapsed < 3
+    assert 0.25 <= w.elapsed < tnhelp.scaled(3)
 
 
 def test_watch_answers_at_once_when_behind(srv):
     register(srv)
     register(srv, id="b")
     start = time.monotonic()
-    r = get(srv.http_port, "/services/watch", name="gw", index=1, timeout="10s")
-    assert time.monotonic() - start < 1
+    r = get(srv.http_port, "/services/watch", name="gw", index=1,
+            timeout=tnhelp.duration(10))
+    assert time.monotonic() - start < tnhelp.scaled(1)
     assert r.json()["index"] == 2
     # no index: the current state at once
     assert get(srv.http_port, "/services/watch", name="gw").json()["index"] == 2
@@ -238,18 +246,20 @@ def test_watch_answers_at_once_when_behind(srv):
 
 def test_watch_all_and_expiry(srv):
     idx = get(srv.http_port, "/services").json()["index"]
-    w = Watch(srv.http_port, index=idx, timeout="10s")
+    w = Watch(srv.http_port, index=idx, timeout=tnhelp.duration(10))
     w.start()
     time.sleep(0.2)
-    register(srv, name="any", id="x", ttl="300ms")
+    # the TTL must outlast the answer and the start of the next watch
+    register(srv, name="any", id="x", ttl=tnhelp.duration(0.3))
     r = w.result()
     assert list(r.json()["services"]) == ["any"]
     # the expiry of the instance wakes a watcher too
-    w = Watch(srv.http_port, name="any", index=r.json()["index"], timeout="10s")
+    w = Watch(srv.http_port, name="any", index=r.json()["index"],
+              timeout=tnhelp.duration(10))
     w.start()
     r = w.result()
     assert r.json()["instances"] == []
-    assert 0.1 <= w.elapsed < 3
+    assert 0.1 <= w.elapsed < tnhelp.scaled(3)
 
 
 def test_watch_args(srv):
@@ -263,10 +273,10 @@ def test_watch_wait_capped(dsc):
     t = dsc(services={"max_wait": "300ms", "default_wait": "200ms"})
     start = time.monotonic()
     get(t.http_port, "/services/watch", index=0, timeout="1h")
-    assert time.monotonic() - start < 2
+    assert time.monotonic() - start < tnhelp.scaled(2)
     start = time.monotonic()
     get(t.http_port, "/services/watch", index=0)  # the default wait
-    assert 0.15 <= time.monotonic() - start < 2
+    assert 0.15 <= time.monotonic() - start < tnhelp.scaled(2)
     t.stop()
 
 

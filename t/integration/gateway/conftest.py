@@ -72,6 +72,11 @@ def gateway(ternd):
         if start:
             t.start()
             tnhelp.wait_for(lambda: tcp_open(tcp), 10, what="gateway TCP port")
+            # the probe was a session too: the test starts once it is gone
+            # (a slow server -- valgrind -- would otherwise count it, or
+            # log its on_disconnect, in the middle of the test)
+            tnhelp.wait_for(lambda: t.metrics().get("ternd_gateway_sessions") == 0, 10,
+                            what="the port probe's session to close")
         return t
     yield make
     for t in made:

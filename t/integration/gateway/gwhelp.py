@@ -65,6 +65,7 @@ class Client:
     """One TCP client of the gateway."""
 
     def __init__(self, port, codec=None, timeout=5.0):
+        timeout = tnhelp.scaled(timeout)
         self.codec = codec or Codec()
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
         self.buf = b""

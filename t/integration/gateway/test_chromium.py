@@ -9,6 +9,7 @@ scripts/dev/bootstrap installs it."""
 
 import asyncio
 import html
+import itertools
 import json
 import re
 import shutil
@@ -17,6 +18,8 @@ import time
 import urllib.request
 
 import websockets
+
+import tnhelp
 
 PAGE = """<!doctype html><html><body><pre id="out">pending</pre><script>
 const out = document.getElementById("out");
@@ -43,7 +46,7 @@ ws.onerror = () => { out.textContent = "ERROR"; };
 
 def devtools_port(log, proc, timeout=60):
     """The port from Chromium's "DevTools listening on ws://..." line."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + tnhelp.scaled(timeout)
     while time.monotonic() < deadline and proc.poll() is None:
         m = re.search(r"DevTools listening on ws://127\.0\.0\.1:(\d+)/", log.read_text())
         if m:
@@ -52,15 +55,23 @@ def devtools_port(log, proc, timeout=60):
     raise AssertionError("no DevTools endpoint: " + log.read_text()[-2000:])
 
 
-def page_text(port, page_url, timeout=30):
-    """textContent of #out once the page has it and it is no longer "pending"."""
+def page_target(port, page_url):
+    """The DevTools target of the page, or None while Chromium has not
+    created it yet (its DevTools endpoint listens before that)."""
     with urllib.request.urlopen("http://127.0.0.1:%d/json/list" % port, timeout=10) as r:
         targets = json.load(r)
-    target = next(t for t in targets if t.get("type") == "page" and t["url"] == page_url)
+    return next((t for t in targets if t.get("type") == "page" and t["url"] == page_url), None)
+
+
+def page_text(port, page_url, timeout=30):
+    """textContent of #out once the page has it and it is no longer "pending"
+    (the gateway answers slowly under valgrind: the wait is scaled)."""
+    target = tnhelp.wait_for(lambda: page_target(port, page_url), 10, interval=0.1,
+                             what="chromium's page target")
 
     async def poll():
         async with websockets.connect(target["webSocketDebuggerUrl"], max_size=None) as cdp:
-            for i in range(1, 1000):
+            for i in itertools.count(1):
                 await cdp.send(json.dumps({"id": i, "method": "Runtime.evaluate", "params": {
                     "expression": "(document.getElementById('out') || {}).textContent",
                     "returnByValue": True}}))
@@ -72,7 +83,7 @@ def page_text(port, page_url, timeout=30):
                 if text not in (None, "pending"):
                     return text
                 await asyncio.sleep(0.1)
-    return asyncio.run(asyncio.wait_for(poll(), timeout))
+    return asyncio.run(asyncio.wait_for(poll(), tnhelp.scaled(timeout)))
 
 
 def test_chromium_websocket(gateway, tmp_path):

@@ -50,7 +50,7 @@ def run(gateway):
         sel.register(s, selectors.EVENT_READ, i)
         want[i] = b""
     done = 0
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + tnhelp.scaled(60)
     while done < N and time.monotonic() < deadline:
         for key, _ in sel.select(timeout=1.0):
             i = key.data
