@@ -97,20 +97,34 @@ static void clear_dir(void)
         closedir(d);
 }
 
-/* Read up to READS_MAX records; every one must fit the configured limits. */
+#define HOLDS 8
+
+/* Read up to READS_MAX records; every one must fit the configured limits.
+ * Records are taken into a ring of HOLDS holds (each released when its
+ * slot comes round again) and the last ones released newest first: the
+ * committed position moves over out-of-order releases, and every record
+ * ends up released. */
 static void drain(struct tn_diskq *q, const struct tn_diskq_opts *o)
 {
-    for (int i = 0; i < READS_MAX; i++) {
+    struct tn_diskq_hold h[HOLDS];
+    int i, k;
+
+    memset(h, 0, sizeof(h));
+    for (i = 0; i < READS_MAX; i++) {
         const void *p;
         size_t len;
         if (tn_diskq_peek(q, &p, &len) != 0)
-            return;
+            break;
         if (len < o->min_msg_size || len > o->max_msg_size)
             abort();
         if (len)
             (void)*(volatile const char *)((const char *)p + len - 1);
-        tn_diskq_advance(q);
+        tn_diskq_release(q, &h[i % HOLDS]);
+        if (tn_diskq_take(q, &h[i % HOLDS]) != 0)
+            abort();
     }
+    for (k = HOLDS - 1; k >= 0; k--)
+        tn_diskq_release(q, &h[k]);
 }
 
 /* The raw mode: the input's bytes are the files. */

@@ -104,6 +104,31 @@ int tn_admin_start(const struct tn_daemon_conf *dc)
     return 0;
 }
 
+/* SIGHUP: the certificate is read again (rotation without a restart); new
+ * connections get it, established ones keep theirs. A file that does not
+ * load leaves the previous certificate in place. */
+void tn_admin_reload_tls(const struct tn_daemon_conf *old, const struct tn_daemon_conf *nu)
+{
+    int was = tn_tls_conf_enabled(&old->admin_tls), is = tn_tls_conf_enabled(&nu->admin_tls);
+    struct tn_tls_ctx *ctx;
+    char why[512];
+
+    if (!admin || (!was && !is))
+        return;
+    if (was != is) {
+        tn_log_warn("core", "daemon.admin_tls turned %s: takes effect on restart",
+                    was ? "off" : "on");
+        return;
+    }
+    if (!(ctx = tn_tls_ctx_new(&nu->admin_tls, why, sizeof(why)))) {
+        tn_log_error("core", "daemon.admin_tls: %s (keeping the previous certificate)", why);
+        return;
+    }
+    tn_http_server_set_tls(admin, ctx);
+    tn_tls_ctx_free(ctx);
+    tn_log_info("core", "daemon.admin_tls: certificate reloaded");
+}
+
 void tn_admin_set_modset(struct tn_modset *ms) { admin_ms = ms; }
 
 void tn_admin_set_reload(int (*reload)(void)) { admin_reload = reload; }

@@ -68,7 +68,10 @@ struct conn_impl {
     unsigned bp_paused : 1;    /* out above out_high */
     unsigned connecting : 1;   /* outgoing, connect not finished */
     unsigned silent_close : 1; /* no on_close (failed connect) */
+    unsigned hs_wait : 1;      /* TLS client: on_connect waits for the handshake */
+    unsigned hs_timer : 1;     /* the idle timer runs the handshake deadline */
     int close_reason;
+    int64_t hs_deadline_ms;
     struct tn_tls_sess *tls; /* NULL: plaintext */
     struct tn_buf wire;      /* TLS: bytes for the socket, in order */
 };
@@ -229,6 +232,23 @@ static void deliver(struct conn_impl *ci)
         tn_buf_shrink(&c->in, c->lim.read_size);
 }
 
+/* A failure found by the connection itself. A TLS client still in its
+ * handshake reports it as a failed connect (on_connect, no on_close). */
+static void conn_fail(struct conn_impl *ci, int reason)
+{
+    struct tn_conn *c = &ci->c;
+
+    if (!ci->hs_wait || ci->closing) {
+        tn_conn_close(c, reason);
+        return;
+    }
+    ci->hs_wait = 0;
+    ci->silent_close = 1;
+    tn_conn_close(c, reason);
+    if (c->h && c->h->on_connect)
+        c->h->on_connect(c, reason);
+}
+
 static void eof(struct conn_impl *ci)
 {
     /* A peer that half-closes after its request still gets the answer
@@ -240,7 +260,7 @@ static void eof(struct conn_impl *ci)
         tn_conn_close_after_write(&ci->c);
         return;
     }
-    tn_conn_close(&ci->c, TN_EPEER);
+    conn_fail(ci, TN_EPEER);
 }
 
 /* ---- TLS ------------------------------------------------------------------ */
@@ -262,11 +282,33 @@ static void tls_fail(struct conn_impl *ci, int rc, const char *why)
         eof(ci);
         return;
     }
-    if (rc == TN_EPROTO)
+    /* a client that cannot reach its server securely is worth a warning;
+     * a stranger failing our handshake is routine */
+    if (rc == TN_EPROTO && ci->c.listener)
         tn_log_info(CONN_WHO, "%s: TLS %s failed: %s", ci->c.peer,
                     tn_tls_sess_done(ci->tls) ? "connection" : "handshake", why);
+    else if (rc == TN_EPROTO)
+        tn_log_warn(CONN_WHO, "%s: TLS %s failed: %s", ci->c.peer,
+                    tn_tls_sess_done(ci->tls) ? "connection" : "handshake", why);
     tls_output(ci); /* the alert, sent on the way out */
-    tn_conn_close(&ci->c, rc);
+    conn_fail(ci, rc);
+}
+
+/* The client's handshake is done: now the connect counts as finished. */
+static void hs_connected(struct conn_impl *ci)
+{
+    struct tn_conn *c = &ci->c;
+    const char *version = NULL;
+
+    ci->hs_wait = 0;
+    if (ci->hs_timer) {
+        ci->hs_timer = 0;
+        ev_timer_stop(tn_loop(), &ci->idle);
+    }
+    tn_tls_sess_info(ci->tls, &version, NULL);
+    tn_log_debug(CONN_WHO, "%s: TLS (%s) established", c->peer, version);
+    if (c->h->on_connect)
+        c->h->on_connect(c, 0);
 }
 
 /* Decrypt what the session holds into c->in and hand it to the handler,
@@ -289,6 +331,10 @@ static void tls_pump(struct conn_impl *ci, int redeliver)
             rc = TN_ENOMEM;
         if (!was_done && tn_tls_sess_done(ci->tls)) {
             was_done = 1; /* what the handler wrote meanwhile can go now */
+            if (ci->hs_wait)
+                hs_connected(ci);
+            if (ci->closing)
+                return;
             if (tn_buf_rlen(&c->out) > 0)
                 pend_add(ci, PEND_FLUSH);
         }
@@ -313,7 +359,7 @@ static void tls_read(struct conn_impl *ci)
 
     if (n < 0) {
         if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
-            tn_conn_close(c, -errno);
+            conn_fail(ci, -errno);
         return;
     }
     if (n == 0) {
@@ -324,7 +370,7 @@ static void tls_read(struct conn_impl *ci)
     tn_stat_add(&st_bytes_in, n);
     ci->last_read_ms = tn_now_ms();
     if (tn_tls_sess_feed(ci->tls, buf, (size_t)n) != 0) {
-        tn_conn_close(c, TN_ENOMEM);
+        conn_fail(ci, TN_ENOMEM);
         return;
     }
     tls_pump(ci, 0);
@@ -389,6 +435,29 @@ int tn_conn_start_tls(struct tn_conn *c, struct tn_tls_ctx *ctx)
     }
     if (tn_buf_rlen(&ci->wire) > 0 && !ev_is_active(&ci->wio))
         pend_add(ci, PEND_FLUSH);
+    return 0;
+}
+
+int tn_conn_connect_tls(struct tn_conn *c, struct tn_tls_ctx *ctx, const char *server_name)
+{
+    struct conn_impl *ci = impl_of(c);
+    int64_t ms;
+
+    if (!ctx || !tn_tls_ctx_is_client(ctx) || ci->tls || !ci->connecting || ci->closing ||
+        c->listener)
+        return TN_EINVAL;
+    if (!(ci->tls = tn_tls_sess_client(ctx, server_name, c->peer)))
+        return TN_ENOMEM;
+    ci->hs_wait = 1;
+    /* the deadline covers the TCP connect too; an idle timeout the caller
+     * set already does that job instead */
+    ms = tn_tls_ctx_handshake_ms(ctx);
+    if (ms > 0 && !ev_is_active(&ci->idle)) {
+        ci->hs_timer = 1;
+        ci->hs_deadline_ms = tn_now_ms() + ms;
+        ev_timer_set(&ci->idle, (double)ms / 1000.0, 0.);
+        ev_timer_start(tn_loop(), &ci->idle);
+    }
     return 0;
 }
 
@@ -496,7 +565,7 @@ static void flush(struct conn_impl *ci)
             ev_io_start(tn_loop(), &ci->wio);
             return;
         }
-        tn_conn_close(c, -errno);
+        conn_fail(ci, -errno);
         return;
     }
     tn_buf_consume(w, (size_t)n);
@@ -732,7 +801,7 @@ void tn_conn_resume_read(struct tn_conn *c)
 static void idle_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
     struct conn_impl *ci = w->data;
-    int64_t due = ci->last_read_ms + ci->idle_ms;
+    int64_t due = ci->hs_timer ? ci->hs_deadline_ms : ci->last_read_ms + ci->idle_ms;
     int64_t now = tn_now_ms();
 
     /* The timer is not re-armed on every read; check the real deadline. */
@@ -741,7 +810,9 @@ static void idle_cb(struct ev_loop *loop, ev_timer *w, int revents)
         ev_timer_start(loop, w);
         return;
     }
-    tn_conn_close(&ci->c, TN_ETIMEDOUT);
+    if (ci->hs_wait)
+        tn_log_warn(CONN_WHO, "%s: TLS handshake timed out", ci->c.peer);
+    conn_fail(ci, TN_ETIMEDOUT);
 }
 
 void tn_conn_set_idle_timeout(struct tn_conn *c, int64_t ms)
@@ -750,6 +821,7 @@ void tn_conn_set_idle_timeout(struct tn_conn *c, int64_t ms)
     struct ev_loop *loop = tn_loop();
 
     ev_timer_stop(loop, &ci->idle);
+    ci->hs_timer = 0; /* the caller's timeout replaces the handshake's */
     ci->idle_ms = ms;
     if (ms <= 0 || ci->closing)
         return;
@@ -1094,6 +1166,10 @@ static void connected(struct conn_impl *ci)
     c->connected_ms = tn_now_ms();
     ci->last_read_ms = c->connected_ms;
     update_reading(ci);
+    if (ci->hs_wait) {
+        tls_pump(ci, 0); /* the ClientHello; on_connect follows the handshake */
+        return;
+    }
     if (c->h->on_connect)
         c->h->on_connect(c, 0);
     if (!ci->closing && tn_buf_rlen(&c->out) > 0)

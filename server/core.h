@@ -68,13 +68,20 @@ void tn_conns_set_limit(size_t max_connections);
 
 /* ---- TLS sessions for conn.c (tls.c) ------------------------------------------ */
 
-/* One server-side TLS session over memory BIOs: the connection feeds it
+/* One TLS session over memory BIOs: the connection feeds it
  * the ciphertext it reads, takes plaintext out into c->in, puts c->out's
  * plaintext in and drains ciphertext to send. Errors are TN_EPROTO (with
  * OpenSSL's reason in why), TN_EPEER (close_notify) or TN_ENOMEM. */
 struct tn_tls_sess;
 struct tn_tls_ctx *tn_tls_ctx_ref(struct tn_tls_ctx *ctx);
 struct tn_tls_sess *tn_tls_sess_new(struct tn_tls_ctx *ctx);
+/* The client side: a session in connect state for a client context (NULL
+ * when ctx is not one, or out of memory), checking server_name, else the
+ * context's, else the host of addr. */
+struct tn_tls_sess *tn_tls_sess_client(struct tn_tls_ctx *ctx, const char *server_name,
+                                       const char *addr);
+int tn_tls_ctx_is_client(struct tn_tls_ctx *ctx);
+int64_t tn_tls_ctx_handshake_ms(struct tn_tls_ctx *ctx); /* 0: none */
 void tn_tls_sess_free(struct tn_tls_sess *s);
 int tn_tls_sess_feed(struct tn_tls_sess *s, const void *p, size_t n);
 /* Handshake as far as the input allows, then decrypt up to room bytes
@@ -129,6 +136,8 @@ int tn_stats_format(struct tn_buf *b, int format, struct tn_modset *ms);
 
 int tn_admin_start(const struct tn_daemon_conf *dc);
 void tn_admin_stop(void);
+/* Reload: daemon.admin_tls's certificate read again (kept when it fails). */
+void tn_admin_reload_tls(const struct tn_daemon_conf *old, const struct tn_daemon_conf *nu);
 void tn_admin_set_modset(struct tn_modset *ms);
 /* What POST /reload runs (main's SIGHUP reload): 0, or an error when the new
  * configuration was rejected. NULL: POST /reload answers 501. */

@@ -200,6 +200,7 @@ static void apply_daemon_changes(const struct tn_daemon_conf *old, const struct 
     if (strcmp(old->admin_listen.text, nu->admin_listen.text) != 0)
         tn_log_warn("core", "daemon.admin_listen changed (%s -> %s): takes effect on restart",
                     old->admin_listen.text, nu->admin_listen.text);
+    tn_admin_reload_tls(old, nu);
     if ((old->data_dir && nu->data_dir && strcmp(old->data_dir, nu->data_dir) != 0))
         tn_log_warn("core", "daemon.data_dir changed: takes effect on restart");
     if ((old->pid_file == NULL) != (nu->pid_file == NULL) ||

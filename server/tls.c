@@ -6,9 +6,11 @@
  * iteration flushing and back-pressure, and can start on a connection that
  * already carried plaintext (an upgrade).
  */
+#include <arpa/inet.h>
 #include <limits.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -108,6 +110,18 @@ static int ctx_verify(SSL_CTX *ctx, const char *ca, char *err, size_t errlen)
     return 0;
 }
 
+/* Our certificate (chain) and its key; frees ctx on failure. */
+static int ctx_identity(SSL_CTX *ctx, const char *cert, const char *key, char *err, size_t errlen)
+{
+    if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1)
+        return ctx_fail(ctx, err, errlen, "cannot load the certificate", cert);
+    if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1)
+        return ctx_fail(ctx, err, errlen, "cannot load the key", key);
+    if (SSL_CTX_check_private_key(ctx) != 1)
+        return ctx_fail(ctx, err, errlen, "the key does not match the certificate", key);
+    return 0;
+}
+
 struct tn_tls_ctx *tn_tls_ctx_new(const struct tn_tls_conf *tc, char *err, size_t errlen)
 {
     SSL_CTX *ctx;
@@ -132,18 +146,8 @@ struct tn_tls_ctx *tn_tls_ctx_new(const struct tn_tls_conf *tc, char *err, size_
         ctx_fail(ctx, err, errlen, "no usable cipher in", tc->ciphers);
         return NULL;
     }
-    if (SSL_CTX_use_certificate_chain_file(ctx, tc->cert) != 1) {
-        ctx_fail(ctx, err, errlen, "cannot load the certificate", tc->cert);
+    if (ctx_identity(ctx, tc->cert, tc->key, err, errlen) != 0)
         return NULL;
-    }
-    if (SSL_CTX_use_PrivateKey_file(ctx, tc->key, SSL_FILETYPE_PEM) != 1) {
-        ctx_fail(ctx, err, errlen, "cannot load the key", tc->key);
-        return NULL;
-    }
-    if (SSL_CTX_check_private_key(ctx) != 1) {
-        ctx_fail(ctx, err, errlen, "the key does not match the certificate", tc->key);
-        return NULL;
-    }
     if (tc->ca && ctx_verify(ctx, tc->ca, err, errlen) != 0)
         return NULL;
     return (struct tn_tls_ctx *)ctx;
@@ -159,6 +163,149 @@ struct tn_tls_ctx *tn_tls_ctx_ref(struct tn_tls_ctx *ctx)
 {
     SSL_CTX_up_ref(ssl_ctx(ctx));
     return ctx;
+}
+
+/* ---- client contexts ------------------------------------------------------------ */
+
+#define OFFC(f) offsetof(struct tn_tls_client_conf, f)
+const struct tn_conf_cmd tn_tls_client_conf_table[] = {
+    {"enabled", TN_CONF_BOOL, OFFC(enabled), NULL, NULL, NULL},
+    {"ca", TN_CONF_PATH, OFFC(ca), NULL, NULL, NULL},
+    {"cert", TN_CONF_PATH, OFFC(cert), NULL, NULL, NULL},
+    {"key", TN_CONF_PATH, OFFC(key), NULL, NULL, NULL},
+    {"server_name", TN_CONF_STRING, OFFC(server_name), NULL, NULL, NULL},
+    {"verify", TN_CONF_BOOL, OFFC(verify), NULL, NULL, NULL},
+    {"min_version", TN_CONF_ENUM, OFFC(min_version), e_version, NULL, NULL},
+    {"ciphers", TN_CONF_STRING, OFFC(ciphers), NULL, NULL, NULL},
+    {"handshake_timeout", TN_CONF_DURATION, OFFC(handshake_timeout), NULL, NULL, NULL},
+    TN_CONF_END};
+
+void tn_tls_client_conf_default(struct tn_tls_client_conf *tc)
+{
+    memset(tc, 0, sizeof(*tc));
+    tc->verify = 1;
+    tc->min_version = TN_TLS_V1_2;
+    tc->handshake_timeout = 10 * 1000;
+}
+
+int tn_tls_client_conf_check(struct tn_conf *cf, const struct tn_conf_node *node,
+                             const struct tn_conf_cmd *cmd, void *conf)
+{
+    const struct tn_tls_client_conf *tc =
+        (const struct tn_tls_client_conf *)((char *)conf + cmd->offset);
+    char err[512];
+    struct tn_tls_ctx *ctx;
+
+    if (tc->handshake_timeout < 0)
+        return tn_conf_error(cf, node, "handshake_timeout must not be negative");
+    ctx = tn_tls_client_ctx_new(tc, err, sizeof(err));
+    if (!ctx)
+        return tn_conf_error(cf, node, "%s", err);
+    tn_tls_ctx_free(ctx);
+    return 0;
+}
+
+/* What a client context carries beyond OpenSSL's own settings, kept in
+ * the SSL_CTX's ex_data (freed with it); its presence marks the context as
+ * a client one. */
+struct client_opts {
+    int64_t handshake_ms;
+    char server_name[256]; /* "" none */
+};
+
+static int client_idx = -1;
+
+static void client_opts_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl,
+                             void *argp)
+{
+    free(ptr);
+}
+
+static struct client_opts *client_opts(struct tn_tls_ctx *ctx)
+{
+    return client_idx < 0 ? NULL : SSL_CTX_get_ex_data(ssl_ctx(ctx), client_idx);
+}
+
+static int client_opts_attach(SSL_CTX *ctx, const struct tn_tls_client_conf *tc)
+{
+    struct client_opts *o;
+
+    if (client_idx < 0)
+        client_idx = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, client_opts_free);
+    if (client_idx < 0 || !(o = calloc(1, sizeof(*o))))
+        return -1;
+    o->handshake_ms = tc->handshake_timeout;
+    if (tc->server_name)
+        snprintf(o->server_name, sizeof(o->server_name), "%s", tc->server_name);
+    if (SSL_CTX_set_ex_data(ctx, client_idx, o) != 1) {
+        free(o);
+        return -1;
+    }
+    return 0;
+}
+
+static int client_identity(SSL_CTX *ctx, const struct tn_tls_client_conf *tc, char *err,
+                           size_t errlen)
+{
+    if (!tc->cert != !tc->key) {
+        snprintf(err, errlen, "a client certificate needs both cert and key");
+        SSL_CTX_free(ctx);
+        return -1;
+    }
+    return tc->cert ? ctx_identity(ctx, tc->cert, tc->key, err, errlen) : 0;
+}
+
+struct tn_tls_ctx *tn_tls_client_ctx_new(const struct tn_tls_client_conf *tc, char *err,
+                                         size_t errlen)
+{
+    SSL_CTX *ctx;
+    int minv = tc->min_version == TN_TLS_V1_3 ? TLS1_3_VERSION : TLS1_2_VERSION;
+
+    ERR_clear_error();
+    if (!(ctx = SSL_CTX_new(TLS_client_method()))) {
+        ctx_fail(NULL, err, errlen, "cannot create a TLS context", NULL);
+        return NULL;
+    }
+    SSL_CTX_set_min_proto_version(ctx, minv);
+    SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION);
+    SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
+                              SSL_MODE_RELEASE_BUFFERS);
+    if (tc->ciphers && SSL_CTX_set_cipher_list(ctx, tc->ciphers) != 1) {
+        ctx_fail(ctx, err, errlen, "no usable cipher in", tc->ciphers);
+        return NULL;
+    }
+    if (tc->verify) {
+        if (tc->ca && SSL_CTX_load_verify_locations(ctx, tc->ca, NULL) != 1) {
+            ctx_fail(ctx, err, errlen, "cannot load the CA file", tc->ca);
+            return NULL;
+        }
+        if (!tc->ca && SSL_CTX_set_default_verify_paths(ctx) != 1) {
+            ctx_fail(ctx, err, errlen, "cannot load the system's CA paths", NULL);
+            return NULL;
+        }
+        SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    } else {
+        SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
+    }
+    if (client_identity(ctx, tc, err, errlen) != 0)
+        return NULL;
+    if (client_opts_attach(ctx, tc) != 0) {
+        snprintf(err, errlen, "out of memory");
+        SSL_CTX_free(ctx);
+        return NULL;
+    }
+    return (struct tn_tls_ctx *)ctx;
+}
+
+int tn_tls_ctx_is_client(struct tn_tls_ctx *ctx)
+{
+    return ctx && client_opts(ctx) != NULL;
+}
+
+int64_t tn_tls_ctx_handshake_ms(struct tn_tls_ctx *ctx)
+{
+    struct client_opts *o = client_opts(ctx);
+    return o ? o->handshake_ms : 0;
 }
 
 /* ---- sessions --------------------------------------------------------------- */
@@ -192,6 +339,64 @@ struct tn_tls_sess *tn_tls_sess_new(struct tn_tls_ctx *ctx)
     BIO_set_mem_eof_return(s->rb, -1);
     SSL_set_bio(s->ssl, s->rb, s->wb);
     SSL_set_accept_state(s->ssl);
+    return s;
+}
+
+/* The host part of "host:port", "[v6]:port" (brackets dropped); "" for
+ * unix: addresses. */
+static void addr_host(const char *addr, char *host, size_t len)
+{
+    const char *end;
+
+    host[0] = '\0';
+    if (!addr || strncmp(addr, "unix:", 5) == 0)
+        return;
+    if (addr[0] == '[' && (end = strchr(addr, ']')) != NULL) {
+        addr++;
+    } else if (!(end = strrchr(addr, ':'))) {
+        end = addr + strlen(addr);
+    }
+    if ((size_t)(end - addr) < len)
+        snprintf(host, len, "%.*s", (int)(end - addr), addr);
+}
+
+/* The name the server is checked against: an IP literal is matched with
+ * the certificate's IP addresses and never sent as SNI (RFC 6066). */
+static int sess_peer_name(SSL *ssl, const char *name)
+{
+    unsigned char bin[16];
+    int verify = SSL_get_verify_mode(ssl) & SSL_VERIFY_PEER;
+
+    if (!name[0])
+        return 0;
+    if (inet_pton(AF_INET, name, bin) == 1 || inet_pton(AF_INET6, name, bin) == 1)
+        return verify && X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), name) != 1 ? -1 : 0;
+    if (SSL_set_tlsext_host_name(ssl, name) != 1)
+        return -1;
+    return verify && SSL_set1_host(ssl, name) != 1 ? -1 : 0;
+}
+
+struct tn_tls_sess *tn_tls_sess_client(struct tn_tls_ctx *ctx, const char *server_name,
+                                       const char *addr)
+{
+    struct client_opts *o = client_opts(ctx);
+    struct tn_tls_sess *s;
+    char host[256];
+
+    if (!o || !(s = tn_tls_sess_new(ctx)))
+        return NULL;
+    if (server_name)
+        snprintf(host, sizeof(host), "%s", server_name);
+    else if (o->server_name[0])
+        snprintf(host, sizeof(host), "%s", o->server_name);
+    else
+        addr_host(addr, host, sizeof(host));
+    SSL_set_connect_state(s->ssl);
+    if (sess_peer_name(s->ssl, host) != 0) {
+        ERR_clear_error();
+        tn_tls_sess_free(s);
+        return NULL;
+    }
     return s;
 }
 
@@ -229,9 +434,14 @@ static int sess_status(struct tn_tls_sess *s, int r, char *why, size_t whylen)
         return TN_EPEER;
     }
     s->failed = 1;
-    if (e == SSL_ERROR_SSL)
+    if (e == SSL_ERROR_SSL) {
+        long vr = SSL_get_verify_result(s->ssl);
         ssl_reason(why, whylen);
-    else
+        /* "certificate verify failed" says little: add what was wrong */
+        if (vr != X509_V_OK && strlen(why) + 3 < whylen)
+            snprintf(why + strlen(why), whylen - strlen(why), " (%s)",
+                     X509_verify_cert_error_string(vr));
+    } else
         snprintf(why, whylen, "TLS error %d", e);
     return TN_EPROTO;
 }

@@ -137,7 +137,7 @@ static int meta_load(struct broker *bk)
     /* what waited in paused state or on disk starts flowing again */
     for (struct broker_topic *t = broker_topic_first(bk); t; t = broker_topic_next(bk, t))
         broker_topic_pump(t, now);
-    tn_log_info(BROKER_LOG, "loaded %zu topics from %s", bk->ntopics, path);
+    tn_log_info(BROKER_LOG, "loaded %zu topics from %s", bk->topics.n, path);
     return 0;
 }
 
@@ -537,7 +537,7 @@ static void broker_stats(struct tn_mod *m, struct tn_stats_out *out)
                   "Messages that used up max_attempts", NULL, (double)bk->dead_lettered);
     tn_stats_emit(out, "ternd_broker_clients", TN_STAT_GAUGE, "Open TCP clients", NULL,
                   (double)bk->nclients);
-    tn_stats_emit(out, "ternd_broker_topics", TN_STAT_GAUGE, "Topics", NULL, (double)bk->ntopics);
+    tn_stats_emit(out, "ternd_broker_topics", TN_STAT_GAUGE, "Topics", NULL, (double)bk->topics.n);
     for (struct broker_topic *t = broker_topic_first(bk); t; t = broker_topic_next(bk, t)) {
         const char *tl[] = {"topic", t->name, NULL};
         tn_stats_emit(out, "ternd_broker_topic_depth", TN_STAT_GAUGE, "Messages waiting in a topic",

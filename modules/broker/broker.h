@@ -126,13 +126,20 @@ struct broker_client;
  * through a free list, so the steady state allocates only the messages. */
 struct broker_ent {
     struct broker_msg *msg;
-    struct broker_ent *next;          /* FIFO link (or free-list link) */
-    struct broker_ent *hnext;         /* in-flight ID map chain */
+    union {                       /* an entry is in one of them at a time: */
+        struct broker_ent *next;  /* FIFO link (or free-list link) */
+        struct broker_ent *hnext; /* in-flight ID map chain */
+    };
     struct broker_ent *cprev, *cnext; /* the owner client's in-flight list */
     struct broker_client *client;     /* owner while in flight */
     int64_t when;                     /* ms: in-flight deadline / deferred due time */
     int64_t delivered;                /* ms: last delivery (TOUCH's cap) */
-    uint32_t hidx;                    /* position in the heap it is in */
+    /* the disk record the entry was read from (the channel's, or briefly
+     * the topic's), kept until the message is finished or stored again
+     * (store.c, ent_done); NULL for a message that never left memory, so
+     * memory entries stay at their size */
+    struct tn_diskq_hold *hold;
+    uint32_t hidx; /* position in the heap it is in */
     uint16_t attempts;
     uint8_t state; /* BROKER_ENT_* */
 };
@@ -189,7 +196,7 @@ struct broker_channel {
 
 struct broker_topic {
     struct broker *bk;
-    struct broker_topic *hnext; /* hash chain */
+    struct tn_map_node node; /* in bk->topics, key: name */
     char name[BROKER_NAME_MAX + 1];
     int ephemeral, paused;
     struct broker_fifo mem;
@@ -249,10 +256,11 @@ struct broker {
     struct tn_mod *mod;
     const struct broker_conf *conf; /* == mod->conf; refreshed on reload */
     char dir[4096];                 /* data directory of the disk queues */
-    struct broker_topic **tb;       /* topic hash */
-    size_t tmask, ntopics;
+    struct tn_map topics;           /* by name; .n: how many */
     struct broker_ent *ent_free;
     size_t nfree;
+    struct tn_diskq_hold *hold_free; /* recycled holds (linked by their next) */
+    size_t nhold_free;
     struct tn_diskq_group dq_group; /* every disk queue: records buffered until a flush */
     uint64_t id_ms, id_seq;
     struct tn_listener *listener;

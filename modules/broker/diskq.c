@@ -63,10 +63,22 @@ struct tn_diskq {
     size_t peek_len;
     const unsigned char *peek_data;
 
-    uint32_t del_from; /* segments below rfile from here on are deleted at sync */
+    /* Records taken and not yet released (tn_diskq_take), oldest first.
+     * The committed position is the oldest one's (cfile, cpos), copied
+     * here whenever the head changes so that a close or a sync never
+     * touches a hold; with none held it is the read position. */
+    struct tn_diskq_hold *hhead, *htail;
+    uint64_t nheld;
+    uint64_t rseq;  /* records taken, advanced or skipped past since open */
+    uint32_t cfile; /* the oldest held record: segment, */
+    uint64_t cpos;  /* offset */
+    uint64_t cseq;  /* and rseq when it was taken */
+    uint32_t gen;   /* holds of another generation are not ours (empty) */
+
+    uint32_t del_from; /* segments below the committed one from here on are deleted at sync */
     int data_dirty;    /* written since the last fsync of wfd */
     int meta_dirty;    /* positions changed since the metadata was written */
-    uint32_t ops;      /* puts + advances since the last sync */
+    uint32_t ops;      /* puts and commit moves since the last sync */
     struct sync_job *job; /* the automatic sync running, or NULL */
     int64_t dirty_since;
     struct tn_diskq_stats st;
@@ -77,6 +89,7 @@ enum { FR_OK, FR_END, FR_BADLEN, FR_BADCRC, FR_IOERR };
 #define SYNC_THREADS_MAX 8      /* automatic syncs running at once, all queues */
 #define SYNC_STACK (256 * 1024) /* the worker needs a few hundred bytes */
 static atomic_int sync_threads; /* running now */
+static atomic_uint next_gen;    /* generations of queues and their holds */
 
 /* An automatic sync run on a thread of its own (opts.async_sync): the
  * fsyncs and the metadata write of a snapshot taken on the queue's
@@ -151,6 +164,38 @@ static int do_fsync(struct tn_diskq *q, int fd)
 {
     q->st.fsyncs++;
     return fsync(fd) < 0 ? -errno : 0;
+}
+
+/* ---- the committed position ---------------------------------------------- */
+
+/* A fresh generation: holds taken before are no longer ours. Never 0. */
+static uint32_t new_gen(void)
+{
+    uint32_t g;
+
+    while ((g = atomic_fetch_add(&next_gen, 1) + 1) == 0)
+        ;
+    return g;
+}
+
+/* The segment the committed position is in: nothing below it is needed. */
+static uint32_t commit_file(const struct tn_diskq *q)
+{
+    return q->hhead != NULL ? q->cfile : q->rfile;
+}
+
+/* The position the metadata records and the records from there on: the
+ * unread ones and those read since the oldest held one. */
+static void committed(const struct tn_diskq *q, uint32_t *file, uint64_t *pos, uint64_t *depth)
+{
+    *file = q->rfile;
+    *pos = q->rpos;
+    *depth = q->depth;
+    if (q->hhead != NULL) {
+        *file = q->cfile;
+        *pos = q->cpos;
+        *depth += q->rseq - q->cseq;
+    }
 }
 
 /* ---- the write buffer ---------------------------------------------------- */
@@ -483,15 +528,19 @@ static uint64_t scan_frames(const struct tn_diskq *q, int fd, uint64_t pos, uint
 
 /* ---- metadata -------------------------------------------------------------- */
 
+/* The read position recorded is the committed one (see committed()). */
 static int meta_format(const struct tn_diskq *q, char *buf)
 {
-    int n =
-        snprintf(buf, META_MAX,
-                 "ternd-diskq 1\n%" PRIu64 "\n%" PRIu32 ",%" PRIu64 "\n%" PRIu32 ",%" PRIu64 "\n",
-                 q->depth, q->rfile, q->rpos, q->wfile, q->wpos);
-    uint32_t crc = (uint32_t)crc32(0L, (const unsigned char *)buf, (uInt)n);
+    uint32_t cf;
+    uint64_t cp, depth;
+    int n;
 
-    return n + snprintf(buf + n, META_MAX - (size_t)n, "crc %08" PRIx32 "\n", crc);
+    committed(q, &cf, &cp, &depth);
+    n = snprintf(buf, META_MAX,
+                 "ternd-diskq 1\n%" PRIu64 "\n%" PRIu32 ",%" PRIu64 "\n%" PRIu32 ",%" PRIu64 "\n",
+                 depth, cf, cp, q->wfile, q->wpos);
+    return n + snprintf(buf + n, META_MAX - (size_t)n, "crc %08" PRIx32 "\n",
+                        (uint32_t)crc32(0L, (const unsigned char *)buf, (uInt)n));
 }
 
 /* Write the metadata to a temporary file, fsync it, rename it over the old
@@ -709,13 +758,15 @@ static int open_read(struct tn_diskq *q)
 }
 
 /* The read position moves to the start of the next segment; the finished
- * one is deleted by the next sync, once the metadata no longer needs it. */
+ * one is deleted by the next sync once the metadata no longer needs it
+ * (once the committed position has left it too). */
 static void next_read_file(struct tn_diskq *q)
 {
     close_read(q);
     q->rfile++;
     q->rpos = 0;
-    q->meta_dirty = 1;
+    if (q->hhead == NULL) /* else the committed position stays where it is */
+        q->meta_dirty = 1;
 }
 
 /* ---- recovery -------------------------------------------------------------- */
@@ -951,6 +1002,7 @@ struct tn_diskq *tn_diskq_open(const char *dir, const char *name, const struct t
         return NULL;
     }
     q->dirfd = q->wfd = q->r.fd = -1;
+    q->gen = new_gen();
     rc = opts_apply(&q->o, o);
     if (rc < 0)
         goto fail;
@@ -1075,7 +1127,7 @@ static int sync_start(struct tn_diskq *q)
             rc = -errno;
         if (q->meta_dirty)
             j->meta_len = meta_format(q, j->meta);
-        j->del_upto = q->rfile;
+        j->del_upto = commit_file(q);
         if (rc == 0)
             rc = sync_spawn(j);
     }
@@ -1093,7 +1145,7 @@ static int sync_start(struct tn_diskq *q)
     return 0;
 }
 
-/* Count one put or advance toward the next automatic sync. */
+/* Count one put or move of the committed position toward the next automatic sync. */
 static void note_op(struct tn_diskq *q)
 {
     int rc;
@@ -1300,6 +1352,7 @@ static void skip_bad_crc(struct tn_diskq *q, uint32_t len)
     q->rpos += HDR_SIZE + (uint64_t)len;
     if (q->depth > 0)
         q->depth--;
+    q->rseq++; /* passed like a read: it stays counted from a held record before it */
     q->meta_dirty = 1;
 }
 
@@ -1391,19 +1444,82 @@ int tn_diskq_peek(struct tn_diskq *q, const void **data, size_t *len)
     }
 }
 
-int tn_diskq_advance(struct tn_diskq *q)
+/* Move the read position past the peeked record. */
+static void read_past(struct tn_diskq *q)
 {
-    if (!q->peeked)
-        return TN_EINVAL;
     q->peeked = 0;
     q->rpos = q->peek_next;
     if (q->depth > 0)
         q->depth--;
+    q->rseq++;
     q->st.reads++;
     q->st.bytes_read += q->peek_len;
-    q->meta_dirty = 1;
     if (q->rfile < q->wfile && q->rpos >= q->rend)
         next_read_file(q);
+}
+
+int tn_diskq_advance(struct tn_diskq *q)
+{
+    if (!q->peeked)
+        return TN_EINVAL;
+    read_past(q);
+    if (q->hhead != NULL)
+        return 0; /* the committed position stays at the oldest held record */
+    q->meta_dirty = 1;
+    note_op(q);
+    return 0;
+}
+
+int tn_diskq_take(struct tn_diskq *q, struct tn_diskq_hold *h)
+{
+    if (!q->peeked)
+        return TN_EINVAL;
+    h->file = q->rfile;
+    h->pos = q->rpos;
+    h->seq = q->rseq;
+    h->gen = q->gen;
+    h->next = NULL;
+    h->prev = q->htail;
+    if (q->htail != NULL) {
+        q->htail->next = h;
+    } else {
+        /* it becomes the committed position, which was already here:
+         * nothing durable changes */
+        q->hhead = h;
+        q->cfile = h->file;
+        q->cpos = h->pos;
+        q->cseq = h->seq;
+    }
+    q->htail = h;
+    q->nheld++;
+    read_past(q);
+    return 0;
+}
+
+int tn_diskq_release(struct tn_diskq *q, struct tn_diskq_hold *h)
+{
+    if (h->gen == 0 || h->gen != q->gen)
+        return TN_ENOTFOUND;
+    h->gen = 0;
+    if (h->next != NULL)
+        h->next->prev = h->prev;
+    else
+        q->htail = h->prev;
+    q->nheld--;
+    if (h->prev != NULL) {
+        h->prev->next = h->next;
+        h->prev = h->next = NULL;
+        return 0; /* an older one still holds the committed position */
+    }
+    q->hhead = h->next;
+    h->next = NULL;
+    if (q->hhead != NULL) {
+        q->hhead->prev = NULL;
+        q->cfile = q->hhead->file;
+        q->cpos = q->hhead->pos;
+        q->cseq = q->hhead->seq;
+    }
+    q->meta_dirty = 1;
     note_op(q);
     return 0;
 }
@@ -1436,7 +1552,7 @@ int tn_diskq_sync(struct tn_diskq *q)
     }
     q->ops = 0;
     q->dirty_since = 0;
-    drop_read_segments(q, q->rfile);
+    drop_read_segments(q, commit_file(q));
     return 0;
 }
 
@@ -1472,6 +1588,9 @@ int tn_diskq_empty(struct tn_diskq *q)
     q->wfile++;
     q->rfile = q->del_from = q->wfile;
     q->rpos = q->wpos = q->depth = 0;
+    q->hhead = q->htail = NULL; /* forgotten untouched: see struct tn_diskq_hold */
+    q->nheld = 0;
+    q->gen = new_gen();
     q->data_dirty = 0;
     q->meta_dirty = 1;
     rc = open_write(q, q->wfile, 1);
@@ -1512,11 +1631,15 @@ int tn_diskq_delete(struct tn_diskq *q)
 
 void tn_diskq_get_stats(const struct tn_diskq *q, struct tn_diskq_stats *out)
 {
+    uint64_t depth;
+
     *out = q->st;
     out->depth = q->depth;
     out->read_file = q->rfile;
     out->write_file = q->wfile;
     out->read_pos = q->rpos;
     out->write_pos = q->wpos;
-    out->files = q->wfile - q->rfile + 1;
+    out->files = q->wfile - commit_file(q) + 1;
+    out->held = q->nheld;
+    committed(q, &out->commit_file, &out->commit_pos, &depth);
 }

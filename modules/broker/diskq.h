@@ -5,7 +5,7 @@
  * A queue is a FIFO of opaque records stored in DIR as segment files
  *   <name>.diskqueue.NNNNNN.dat   records: [4B BE length][4B BE crc][payload]
  * plus one metadata file
- *   <name>.diskqueue.meta.dat     depth, read file/pos, write file/pos
+ *   <name>.diskqueue.meta.dat     depth, committed file/pos, write file/pos
  * which is replaced atomically (tmp file, fsync, rename, fsync dir). The crc
  * is zlib's crc32 over the 4 length bytes followed by the payload: covering
  * the length means a zero-filled region (a common crash leftover) never
@@ -18,8 +18,27 @@
  * is cut off; corrupt records met while reading are skipped and counted; a
  * missing segment is skipped. All of this is logged (tn_log_warn, naming
  * the file and offset) and never returns garbage: every record handed out
- * passed its length and crc checks. Delivery is at least once: records read
- * after the last sync come back after a crash.
+ * passed its length and crc checks.
+ *
+ * Delivery is at least once. The queue reads ahead with an in-memory read
+ * position, but the metadata records the committed position: the oldest
+ * record taken with tn_diskq_take and not yet released (the read position
+ * when none is held), with the depth counted from there. A record's
+ * message handed to a consumer is therefore never lost to a crash before
+ * the owner is done with it: after a crash (or a close with records still
+ * held) reading restarts at the committed position, so the held records
+ * come back together with everything read after the oldest of them,
+ * released or not, and with records released after the last sync. Nothing
+ * before the committed position ever comes back, and segment files are
+ * deleted only below the committed one. Taking changes nothing durable;
+ * releasing the oldest held record moves the committed position (an
+ * operation toward sync_every). The holds are the caller's memory (one per
+ * record held, no allocation here): their number is bounded by what the
+ * caller keeps in memory -- the broker holds a record per message in
+ * flight (at most max_rdy_count per consumer), deferred or requeued to
+ * memory after being read from a channel's queue, and one at a time while
+ * a topic's record is copied to its channels. A record held for long (a
+ * long REQ delay) keeps its segment and the later ones on disk.
  *
  * Write buffering (opts.write_buffer > 0; the broker uses it): a put
  * frames the record into a user-space buffer instead of writing it at once,
@@ -49,13 +68,14 @@
  * fsync; the queue's thread reaps it on a later operation and deletes the
  * segments that metadata no longer needs. The guarantee is that of a late
  * sync: what the metadata does not count yet is recovered (puts) or
- * redelivered (reads) after a crash. tn_diskq_sync, close, empty and
+ * redelivered (reads, releases) after a crash. tn_diskq_sync, close, empty and
  * delete wait for a running one. A queue may be open only once at a time
  * (no lock file).
  * Resources: three fds (directory, write and read segment); once read
  * from, a read-ahead buffer of 64 KiB (or the largest record); once put to
  * with a write buffer, that buffer. The caller drives periodic syncs:
- * tn_diskq_sync_due() on a timer, tn_diskq_sync() when it says so. Puts and advances sync on their
+ * tn_diskq_sync_due() on a timer, tn_diskq_sync() when it says so. Puts,
+ * advances and releases that move the committed position sync on their
  * own every `sync_every` operations.
  */
 #ifndef TERND_BROKER_DISKQ_H
@@ -93,7 +113,7 @@ struct tn_diskq_opts {
     uint64_t max_bytes_per_file; /* roll to a new segment past this (100 MiB) */
     uint32_t min_msg_size;       /* smallest payload accepted (0: empty allowed) */
     uint32_t max_msg_size;       /* largest payload accepted (1 MiB, <= MSG_LIMIT) */
-    uint32_t sync_every;         /* sync after this many puts+advances (0, 1: each) */
+    uint32_t sync_every;         /* sync after this many puts + commits (0, 1: each) */
     uint32_t sync_timeout_ms;    /* tn_diskq_sync_due() once dirty this long (2000) */
     uint32_t write_buffer;       /* bytes of records buffered before a write (0: none,
                                     each put writes; <= WRITE_BUFFER_MAX) */
@@ -102,9 +122,23 @@ struct tn_diskq_opts {
                                      thread of their own; see above */
 };
 
+/* A record taken off the queue but not yet released (tn_diskq_take). The
+ * caller provides the storage (the broker gives one, from a free list, to
+ * each message entry read from disk) and keeps it valid until
+ * tn_diskq_release, or until the queue is emptied, closed or deleted,
+ * which forget every hold without touching it. Zero-initialized means not
+ * held. Fields are the queue's. */
+struct tn_diskq_hold {
+    struct tn_diskq_hold *prev, *next; /* the queue's held records, oldest first */
+    uint64_t seq;                      /* records read before this one */
+    uint64_t pos;                      /* where the record starts in `file` */
+    uint32_t file;
+    uint32_t gen; /* the queue's generation when taken; 0: not held */
+};
+
 /* Counters since open (depth and positions are current values). */
 struct tn_diskq_stats {
-    uint64_t depth;         /* records queued (put, not yet advanced past) */
+    uint64_t depth;         /* records queued (put, not yet read) */
     uint64_t puts;          /* records written */
     uint64_t bytes_written; /* bytes appended to segments, framing included */
     uint64_t writes;        /* write calls made for them (the buffer saves most) */
@@ -120,7 +154,10 @@ struct tn_diskq_stats {
     uint32_t write_file;    /* current write segment number */
     uint64_t read_pos;      /* byte offset in read_file */
     uint64_t write_pos;     /* byte offset in write_file */
-    uint32_t files;         /* segment files the queue spans (write - read + 1) */
+    uint32_t files;         /* segment files the queue spans (write - commit + 1) */
+    uint64_t held;          /* records taken and not yet released */
+    uint32_t commit_file;   /* the committed position (see tn_diskq_take): */
+    uint64_t commit_pos;    /* where reading restarts after a crash */
 };
 
 /* Open (or create) the queue `name` in the existing directory `dir` and
@@ -148,11 +185,29 @@ int tn_diskq_putv(struct tn_diskq *q, const struct iovec *iov, int iovcnt);
 int tn_diskq_peek(struct tn_diskq *q, const void **data, size_t *len);
 
 /* Remove the record the last successful peek returned (the caller has
- * taken it). A segment file fully read is deleted at the next sync, after
- * the metadata no longer points into it. 0, or TN_EINVAL when no record is
- * peeked. */
+ * taken it, and it is done with as far as the queue is concerned: a take
+ * and a release in one). A segment file below the committed position is
+ * deleted at the next sync, after the metadata no longer points into it.
+ * 0, or TN_EINVAL when no record is peeked. */
 int tn_diskq_advance(struct tn_diskq *q);
 
+/* Take the record the last successful peek returned like
+ * tn_diskq_advance, but keep it on disk until tn_diskq_release(q, h): the
+ * committed position (the one the metadata records, where reading
+ * restarts after a crash or a close) never passes a held record. Taking
+ * changes nothing durable, so it never syncs. 0, or TN_EINVAL when no
+ * record is peeked (h is left alone). */
+int tn_diskq_take(struct tn_diskq *q, struct tn_diskq_hold *h);
+
+/* The held record h is dealt with (finished, or stored again elsewhere
+ * durably): it may go. When it was the oldest held, the committed
+ * position moves on to the next held record (or the read position) and
+ * that counts as an operation toward sync_every. 0, or TN_ENOTFOUND when
+ * h is not held by q (never taken, released already, or taken before an
+ * empty): nothing is touched then. */
+int tn_diskq_release(struct tn_diskq *q, struct tn_diskq_hold *h);
+
+/* Records not read yet (held ones are not counted). */
 uint64_t tn_diskq_depth(const struct tn_diskq *q);
 
 /* Write the buffered records (one write). 0 or -errno (they stay buffered). */

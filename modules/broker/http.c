@@ -413,7 +413,7 @@ static void stats_text(struct tn_buf *b, struct broker *bk, const char *topic, c
     tn_buf_printf(b, "ternd broker %s\nstart_time %lld\nuptime %llds\n\nHealth: %s\n",
                   BROKER_VERSION, (long long)bk->start_time, (long long)up,
                   bk->stopping ? "NOK - exiting" : "OK");
-    if (bk->ntopics == 0) {
+    if (bk->topics.n == 0) {
         tn_buf_printf(b, "\nTopics: None\n");
         return;
     }

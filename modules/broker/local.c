@@ -59,7 +59,7 @@ static void bind_service(struct broker *bk, const struct tn_discovery_service *d
     broker_lookupd_each(bk, register_one, bk);
     broker_lookupd_local(bk, d->tcp_address());
     tn_log_info(BROKER_LOG, "registered with the discovery module in-process (%zu topics)",
-                bk->ntopics);
+                bk->topics.n);
 }
 
 static void unbind_service(struct broker *bk)

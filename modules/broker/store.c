@@ -181,10 +181,37 @@ static struct broker_ent *ent_new(struct broker *bk, struct broker_msg *m, uint1
     return e;
 }
 
-/* Drop the entry and its message reference. */
+/* A hold for a record read from disk: recycled, so the disk path's
+ * steady state allocates only the messages. NULL when out of memory. */
+static struct tn_diskq_hold *hold_new(struct broker *bk)
+{
+    struct tn_diskq_hold *h = bk->hold_free;
+
+    if (h) {
+        bk->hold_free = h->next;
+        bk->nhold_free--;
+    } else if (!(h = malloc(sizeof(*h)))) {
+        return NULL;
+    }
+    memset(h, 0, sizeof(*h));
+    return h;
+}
+
+/* Drop the entry, its message reference and its hold (released already,
+ * or its queue closed, emptied or deleted). */
 static void ent_free(struct broker *bk, struct broker_ent *e)
 {
     broker_msg_unref(e->msg);
+    if (e->hold) {
+        if (bk->nhold_free < ENT_FREE_MAX) {
+            e->hold->next = bk->hold_free;
+            bk->hold_free = e->hold;
+            bk->nhold_free++;
+        } else {
+            free(e->hold);
+        }
+        e->hold = NULL;
+    }
     if (bk->nfree >= ENT_FREE_MAX) {
         free(e);
         return;
@@ -193,6 +220,16 @@ static void ent_free(struct broker *bk, struct broker_ent *e)
     e->next = bk->ent_free;
     bk->ent_free = e;
     bk->nfree++;
+}
+
+/* The entry's message is dealt with for good in ch (finished, stored
+ * again, dead-lettered or dropped on purpose): the disk record it came
+ * from, if any, may go. Then the entry is freed. */
+static void ent_done(struct broker_channel *ch, struct broker_ent *e)
+{
+    if (ch->dq && e->hold)
+        tn_diskq_release(ch->dq, e->hold);
+    ent_free(ch->topic->bk, e);
 }
 
 static void fifo_push(struct broker_fifo *f, struct broker_ent *e)
@@ -407,9 +444,11 @@ static int dq_put(struct tn_diskq *dq, const struct broker_msg *m, uint16_t atte
     return tn_diskq_putv(dq, iov, 2);
 }
 
-/* Take the oldest record off a disk queue as a new entry; corrupt records
- * (which the disk queue already checked) that do not decode are logged and
- * skipped. NULL when empty or on a read error. */
+/* Take the oldest record off a disk queue as a new entry that holds it
+ * (e->hold): the record stays on disk, and comes back after a crash,
+ * until the entry is done with (ent_done). Corrupt records (which the
+ * disk queue already checked) that do not decode are logged and skipped.
+ * NULL when empty or on a read error. */
 static struct broker_ent *dq_take(struct broker *bk, struct tn_diskq *dq, const char *topic,
                                   const char *channel)
 {
@@ -441,7 +480,11 @@ static struct broker_ent *dq_take(struct broker *bk, struct tn_diskq *dq, const 
             broker_msg_unref(m);
             return NULL;
         }
-        tn_diskq_advance(dq);
+        if (!(e->hold = hold_new(bk))) {
+            ent_free(bk, e); /* the record stays peeked: taken next time */
+            return NULL;
+        }
+        tn_diskq_take(dq, e->hold);
         e->when = defer_until;
         return e;
     }
@@ -449,84 +492,40 @@ static struct broker_ent *dq_take(struct broker *bk, struct tn_diskq *dq, const 
 
 /* ---- topics --------------------------------------------------------------------- */
 
-static size_t name_hash(const char *s)
-{
-    size_t h = 5381;
-    while (*s)
-        h = h * 33 + (unsigned char)*s++;
-    return h;
-}
-
 void broker_store_init(struct broker *bk)
 {
-    bk->tb = NULL;
-    bk->tmask = 0;
-    bk->ntopics = 0;
+    memset(&bk->topics, 0, sizeof(bk->topics));
+}
+
+static struct broker_topic *topic_of(struct tn_map_node *n)
+{
+    return TN_MAP_ENTRY_OR_NULL(n, struct broker_topic, node);
 }
 
 struct broker_topic *broker_topic_find(struct broker *bk, const char *name)
 {
-    if (!bk->tb)
-        return NULL;
-    for (struct broker_topic *t = bk->tb[name_hash(name) & bk->tmask]; t; t = t->hnext)
-        if (strcmp(t->name, name) == 0)
-            return t;
-    return NULL;
-}
-
-static int topics_grow(struct broker *bk)
-{
-    size_t nsize = bk->tb ? (bk->tmask + 1) * 2 : 64;
-    struct broker_topic **nb = calloc(nsize, sizeof(*nb));
-
-    if (!nb)
-        return TN_ENOMEM;
-    for (size_t i = 0; bk->tb && i <= bk->tmask; i++) {
-        struct broker_topic *t = bk->tb[i], *nx;
-        for (; t; t = nx) {
-            size_t s = name_hash(t->name) & (nsize - 1);
-            nx = t->hnext;
-            t->hnext = nb[s];
-            nb[s] = t;
-        }
-    }
-    free(bk->tb);
-    bk->tb = nb;
-    bk->tmask = nsize - 1;
-    return 0;
+    return topic_of(tn_map_find_str(&bk->topics, name));
 }
 
 struct broker_topic *broker_topic_first(struct broker *bk)
 {
-    for (size_t i = 0; bk->tb && i <= bk->tmask; i++)
-        if (bk->tb[i])
-            return bk->tb[i];
-    return NULL;
+    return topic_of(tn_map_head(&bk->topics));
 }
 
 struct broker_topic *broker_topic_next(struct broker *bk, struct broker_topic *t)
 {
-    if (t->hnext)
-        return t->hnext;
-    for (size_t i = (name_hash(t->name) & bk->tmask) + 1; i <= bk->tmask; i++)
-        if (bk->tb[i])
-            return bk->tb[i];
-    return NULL;
+    return topic_of(tn_map_after(&bk->topics, &t->node));
 }
 
 struct broker_topic *broker_topic_get(struct broker *bk, const char *name, int *err)
 {
     struct broker_topic *t = broker_topic_find(bk, name);
-    size_t s, n = strlen(name);
+    size_t n = strlen(name);
 
     if (t)
         return t;
     if (!broker_name_valid(name, n)) {
         *err = TN_EINVAL;
-        return NULL;
-    }
-    if ((!bk->tb || bk->ntopics >= bk->tmask + 1) && topics_grow(bk) != 0 && !bk->tb) {
-        *err = TN_ENOMEM;
         return NULL;
     }
     if (!(t = calloc(1, sizeof(*t)))) {
@@ -542,10 +541,13 @@ struct broker_topic *broker_topic_get(struct broker *bk, const char *name, int *
         free(t);
         return NULL;
     }
-    s = name_hash(name) & bk->tmask;
-    t->hnext = bk->tb[s];
-    bk->tb[s] = t;
-    bk->ntopics++;
+    if (tn_map_insert(&bk->topics, &t->node, t->name, n) != 0) {
+        if (t->dq)
+            tn_diskq_close(t->dq);
+        free(t);
+        *err = TN_ENOMEM;
+        return NULL;
+    }
     bk->meta_dirty = 1;
     tn_log_info(BROKER_LOG, "topic %s created", name);
     if (bk->announce)
@@ -569,16 +571,7 @@ static void channel_free(struct broker_channel *ch, int remove_files);
 
 static void topic_unlink(struct broker_topic *t)
 {
-    struct broker *bk = t->bk;
-    struct broker_topic **pp = &bk->tb[name_hash(t->name) & bk->tmask];
-
-    for (; *pp; pp = &(*pp)->hnext) {
-        if (*pp == t) {
-            *pp = t->hnext;
-            bk->ntopics--;
-            return;
-        }
-    }
+    tn_map_remove(&t->bk->topics, &t->node);
 }
 
 void broker_topic_delete(struct broker_topic *t)
@@ -632,13 +625,21 @@ static void channel_queue(struct broker_channel *ch, struct broker_ent *e)
     }
     if (ch->dq) {
         rc = dq_put(ch->dq, e->msg, e->attempts, 0);
-        if (rc != 0)
-            tn_log_error(BROKER_LOG, "channel %s/%s: disk queue write failed, message lost: %s",
-                         ch->topic->name, ch->name, tn_strerror(rc));
-        else {
-            ent_free(bk, e);
+        if (rc == 0) {
+            ent_done(ch, e); /* the new record replaces the one it held */
             return;
         }
+        if (e->hold) {
+            /* its record is still on disk: keep it deliverable (in memory,
+             * over the limit) rather than drop it until a restart */
+            tn_log_error(BROKER_LOG, "channel %s/%s: disk queue write failed, kept in memory: %s",
+                         ch->topic->name, ch->name, tn_strerror(rc));
+            e->state = BROKER_ENT_QUEUED;
+            fifo_push(&ch->mem, e);
+            return;
+        }
+        tn_log_error(BROKER_LOG, "channel %s/%s: disk queue write failed, message lost: %s",
+                     ch->topic->name, ch->name, tn_strerror(rc));
     }
     ch->dropped_count++;
     ent_free(bk, e);
@@ -667,10 +668,19 @@ static void channel_put(struct broker_channel *ch, struct broker_msg *m, uint16_
         return;
     }
     ch->message_count++;
-    if (defer_until > now)
-        channel_defer(ch, e, defer_until);
-    else
+    if (defer_until <= now) {
         channel_queue(ch, e);
+        return;
+    }
+    /* a deferred message follows the memory limit too: past it (always,
+     * with mem_queue_size 0) its record goes to disk with the due time,
+     * and comes back to the deferred heap, held, when the reader meets it */
+    if (ch->dq && (int64_t)ch->mem.n >= bk->conf->mem_queue_size &&
+        dq_put(ch->dq, m, attempts, defer_until) == 0) {
+        ent_free(bk, e);
+        return;
+    }
+    channel_defer(ch, e, defer_until);
 }
 
 /* The next message ready for delivery: memory first, then disk. A record
@@ -743,7 +753,7 @@ static void deliver(struct broker_channel *ch, struct broker_client *c, struct b
     struct broker *bk = ch->topic->bk;
 
     if (c->sample_rate > 0 && rand() % 100 > c->sample_rate) {
-        ent_free(bk, e);
+        ent_done(ch, e);
         return;
     }
     if (e->attempts < UINT16_MAX)
@@ -835,12 +845,13 @@ void broker_topic_pump(struct broker_topic *t, int64_t now)
     if (!t->channels || t->paused)
         return;
     while ((e = fifo_pop(&t->mem)) || (t->dq && (e = dq_take(t->bk, t->dq, t->name, NULL)))) {
-        struct broker_msg *m = e->msg;
-        uint16_t attempts = e->attempts;
-        int64_t when = e->when;
-        m->refs++;
+        e->msg->refs++;
+        topic_fanout(t, e->msg, e->attempts, e->when, now);
+        /* only now, with every channel's copy stored, may the topic's
+         * record go (a crash in between delivers it twice, never not) */
+        if (e->hold)
+            tn_diskq_release(t->dq, e->hold);
         ent_free(t->bk, e);
-        topic_fanout(t, m, attempts, when, now);
     }
 }
 
@@ -964,6 +975,15 @@ static void channel_free(struct broker_channel *ch, int remove_files)
             break;
         }
     }
+    /* the queue first: closing writes the committed position, so what
+     * the entries hold is kept for the next start (delete: gone anyway) */
+    if (ch->dq) {
+        if (remove_files)
+            tn_diskq_delete(ch->dq);
+        else
+            tn_diskq_close(ch->dq);
+        ch->dq = NULL;
+    }
     channel_clear(ch);
     while (ch->nclients) {
         struct broker_client *c = ch->clients[--ch->nclients];
@@ -974,12 +994,6 @@ static void channel_free(struct broker_channel *ch, int remove_files)
     free(ch->clients);
     free(ch->inflight.v);
     free(ch->deferred.v);
-    if (ch->dq) {
-        if (remove_files)
-            tn_diskq_delete(ch->dq);
-        else
-            tn_diskq_close(ch->dq);
-    }
     if (remove_files && bk->announce) /* deleted, not just freed at exit */
         bk->announce(bk, 0, t->name, ch->name);
     bk->meta_dirty = 1;
@@ -998,9 +1012,10 @@ void broker_channel_delete(struct broker_channel *ch)
 
 void broker_channel_empty(struct broker_channel *ch)
 {
-    channel_clear(ch);
+    /* emptying forgets the records the entries hold, in flight or not */
     if (ch->dq)
         tn_diskq_empty(ch->dq);
+    channel_clear(ch);
 }
 
 void broker_channel_pause(struct broker_channel *ch, int paused, int64_t now)
@@ -1065,7 +1080,7 @@ static void dead_letter(struct broker_channel *ch, struct broker_ent *e, int64_t
         tn_log_warn(BROKER_LOG, "channel %s/%s: message failed %u attempts, dropped",
                     ch->topic->name, ch->name, e->attempts);
     }
-    ent_free(bk, e);
+    ent_done(ch, e);
 }
 
 /* An in-flight entry comes back (REQ, timeout, disconnect): after `delay`
@@ -1143,7 +1158,7 @@ int broker_fin(struct broker_client *c, uint64_t id, int64_t now)
     heap_remove(&ch->inflight, e);
     idmap_remove(&ch->ids, e);
     client_unlink(e);
-    ent_free(ch->topic->bk, e);
+    ent_done(ch, e);
     c->finish_count++;
     broker_channel_pump(ch, now);
     return 0;
@@ -1229,18 +1244,30 @@ void broker_store_sync_due(struct broker *bk)
 
 /* ---- stop: everything to disk -------------------------------------------------------------- */
 
+/* Write e to dq, and release the record it held there: after the restart
+ * the message comes once, from the new record. When the write fails, an
+ * entry holding a record goes to `kept` (freed after dq is closed: the
+ * hold must stay valid until then) and the old record comes back. */
 static uint64_t persist_ent(struct broker *bk, struct tn_diskq *dq, struct broker_ent *e,
-                            int64_t defer_until, const char *what)
+                            int64_t defer_until, const char *what, struct broker_fifo *kept)
 {
     int rc = dq_put(dq, e->msg, e->attempts, defer_until);
 
-    if (rc != 0)
-        tn_log_error(BROKER_LOG, "%s: cannot write a message to disk: %s", what, tn_strerror(rc));
+    if (rc == 0 && e->hold) {
+        tn_diskq_release(dq, e->hold);
+    } else if (rc != 0) {
+        tn_log_error(BROKER_LOG, "%s: cannot write a message to disk%s: %s", what,
+                     e->hold ? " (its earlier record is kept)" : "", tn_strerror(rc));
+        if (e->hold) {
+            fifo_push(kept, e);
+            return 0;
+        }
+    }
     ent_free(bk, e);
     return rc == 0;
 }
 
-static uint64_t persist_channel(struct broker_channel *ch)
+static uint64_t persist_channel(struct broker_channel *ch, struct broker_fifo *kept)
 {
     struct broker *bk = ch->topic->bk;
     struct broker_ent *e;
@@ -1255,14 +1282,14 @@ static uint64_t persist_channel(struct broker_channel *ch)
         idmap_remove(&ch->ids, e);
         if (e->client)
             client_unlink(e);
-        n += persist_ent(bk, ch->dq, e, 0, what);
+        n += persist_ent(bk, ch->dq, e, 0, what, kept);
     }
     while ((e = fifo_pop(&ch->mem)))
-        n += persist_ent(bk, ch->dq, e, 0, what);
+        n += persist_ent(bk, ch->dq, e, 0, what, kept);
     while (ch->deferred.n) {
         e = ch->deferred.v[0].e;
         heap_remove(&ch->deferred, e);
-        n += persist_ent(bk, ch->dq, e, e->when, what);
+        n += persist_ent(bk, ch->dq, e, e->when, what, kept);
     }
     return n;
 }
@@ -1271,17 +1298,18 @@ uint64_t broker_store_persist(struct broker *bk, int64_t now)
 {
     uint64_t n = 0;
     struct broker_ent *e;
+    struct broker_fifo kept = {0};
 
     for (struct broker_topic *t = broker_topic_first(bk); t; t = broker_topic_next(bk, t)) {
         if (t->dq)
             while ((e = fifo_pop(&t->mem)))
-                n += persist_ent(bk, t->dq, e, e->when, t->name);
+                n += persist_ent(bk, t->dq, e, e->when, t->name, &kept);
         for (struct broker_channel *ch = t->channels; ch; ch = ch->next) {
-            if (ch->dq)
-                n += persist_channel(ch);
             if (ch->dq) {
+                n += persist_channel(ch, &kept);
                 tn_diskq_close(ch->dq);
                 ch->dq = NULL;
+                fifo_clear(bk, &kept);
             }
         }
         if (t->dq) {
@@ -1297,6 +1325,7 @@ void broker_store_free(struct broker *bk)
 {
     struct broker_topic *t;
     struct broker_ent *e;
+    struct tn_diskq_hold *h;
 
     while ((t = broker_topic_first(bk))) {
         while (t->channels)
@@ -1307,11 +1336,15 @@ void broker_store_free(struct broker *bk)
         topic_unlink(t);
         free(t);
     }
-    free(bk->tb);
-    bk->tb = NULL;
+    tn_map_free(&bk->topics);
     while ((e = bk->ent_free)) {
         bk->ent_free = e->next;
         free(e);
     }
     bk->nfree = 0;
+    while ((h = bk->hold_free)) {
+        bk->hold_free = h->next;
+        free(h);
+    }
+    bk->nhold_free = 0;
 }

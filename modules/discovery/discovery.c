@@ -45,9 +45,70 @@ static const struct tn_conf_cmd services_table[] = {
 static const struct tn_conf_enum backends[] = {
     {"embedded", DISCOVERY_BACKEND_EMBEDDED}, {"etcd", DISCOVERY_BACKEND_ETCD}, {NULL, 0}};
 
+/* One endpoint: http://host:port, https://host:port (TLS) or host:port
+ * (http), as etcd's own flags write them; a trailing '/' is allowed. */
+static int endpoint_item(struct tn_conf *cf, const struct tn_conf_node *n, struct tn_addr *a,
+                         unsigned char *https)
+{
+    struct tn_conf_node hostport = *n;
+    size_t skip = 0;
+    char *v;
+
+    if (n->type != TN_NODE_SCALAR || tn_conf_is_null(n))
+        return tn_conf_error(cf, n, "expected http(s)://host:port or host:port");
+    *https = strncmp(n->value, "https://", 8) == 0;
+    if (*https)
+        skip = 8;
+    else if (strncmp(n->value, "http://", 7) == 0)
+        skip = 7;
+    if (!(v = tn_conf_strdup(cf, n->value + skip)))
+        return tn_conf_error(cf, n, "out of memory");
+    if (*v && v[strlen(v) - 1] == '/')
+        v[strlen(v) - 1] = '\0';
+    if (!*v)
+        return tn_conf_error(cf, n, "no host:port in %s", n->value);
+    hostport.value = v;
+    hostport.vlen = strlen(v);
+    return tn_conf_parse_addr(cf, &hostport, a);
+}
+
+/* endpoints: one endpoint or a list of them */
+static int set_endpoints(struct tn_conf *cf, const struct tn_conf_node *node,
+                         const struct tn_conf_cmd *cmd, void *conf)
+{
+    struct discovery_etcd_conf *ec = conf;
+    const struct tn_conf_node *one[1] = {node};
+    const struct tn_conf_node *const *items = one;
+    size_t n = 1;
+    int rc = 0;
+
+    ec->endpoints.n = 0;
+    if (tn_conf_is_null(node))
+        return 0;
+    if (node->type == TN_NODE_SEQ) {
+        items = (const struct tn_conf_node *const *)node->items;
+        n = node->n;
+    }
+    ec->endpoints.v = tn_conf_alloc(cf, (n + 1) * sizeof(*ec->endpoints.v));
+    ec->https = tn_conf_alloc(cf, n + 1);
+    if (!ec->endpoints.v || !ec->https)
+        return tn_conf_error(cf, node, "out of memory");
+    for (size_t i = 0; i < n; i++) {
+        if (node->type == TN_NODE_SEQ)
+            tn_conf_push_index(cf, i);
+        if (endpoint_item(cf, items[i], &ec->endpoints.v[i], &ec->https[i]) != 0)
+            rc = TN_ECONF;
+        if (node->type == TN_NODE_SEQ)
+            tn_conf_pop(cf);
+    }
+    ec->endpoints.n = n;
+    return rc;
+}
+
 static const struct tn_conf_cmd etcd_table[] = {
-    {"endpoints", TN_CONF_ADDR_LIST, offsetof(struct discovery_etcd_conf, endpoints), NULL, NULL,
-     NULL},
+    {"endpoints", TN_CONF_CUSTOM, 0, NULL, set_endpoints, NULL},
+    {"tls", TN_CONF_SECTION, offsetof(struct discovery_etcd_conf, tls), tn_tls_client_conf_table,
+     NULL, tn_tls_client_conf_check},
     {"prefix", TN_CONF_STRING, offsetof(struct discovery_etcd_conf, prefix), NULL, NULL, NULL},
     {"lease_ttl", TN_CONF_DURATION, offsetof(struct discovery_etcd_conf, lease_ttl), &range_ttl,
      NULL, NULL},
@@ -112,6 +173,7 @@ static int discovery_create_conf(struct tn_mod *m, void *conf)
     dc->etcd.lease_ttl = 10 * 1000;
     dc->etcd.dial_timeout = 2 * 1000;
     dc->etcd.sync_interval = 1000;
+    tn_tls_client_conf_default(&dc->etcd.tls);
     return 0;
 }
 
@@ -407,6 +469,7 @@ static int discovery_reload(struct tn_mod *m, void *new_conf)
     d->db.max_regs = (size_t)nc->max_registrations;
     d->reg.conf = &nc->services;
     discovery_schedule_expiry(d);
+    discovery_etcd_reload(d);
     return lua_reload(d, &nc->lua);
 }
 

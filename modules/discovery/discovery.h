@@ -36,6 +36,8 @@ enum { DISCOVERY_BACKEND_EMBEDDED = 0, DISCOVERY_BACKEND_ETCD = 1 };
 /* discovery.etcd: the shared registry (etcd.c). */
 struct discovery_etcd_conf {
     struct tn_addr_list endpoints; /* etcd client addresses, tried in turn */
+    unsigned char *https;          /* per endpoint: 1 when given as https:// (TLS) */
+    struct tn_tls_client_conf tls; /* the client TLS settings for https endpoints */
     char *prefix;                  /* key prefix, ends in '/' (/ternd/) */
     int64_t lease_ttl;             /* ms; the lease is kept alive every third of it (10s) */
     int64_t dial_timeout;          /* ms for a connect or a request (2s) */
@@ -93,33 +95,6 @@ struct discovery_conf {
         (e)->prev = (e)->next = NULL;                                                              \
     } while (0)
 
-/* ---- intrusive hash tables (hash.c) -------------------------------------- */
-
-/* A node inside an indexed object; a chain keeps insertion order. */
-struct discovery_hnode {
-    struct discovery_hnode *next;
-    uint32_t hash;
-};
-
-struct discovery_htab {
-    struct discovery_hnode **b;
-    size_t nb; /* buckets: a power of two, or 0 */
-    size_t n;  /* nodes */
-};
-
-#define DISCOVERY_HASH_INIT 2166136261u
-#define DISCOVERY_OF(ptr, type, member) ((type *)(void *)((char *)(ptr)-offsetof(type, member)))
-
-/* FNV-1a of s (with its NUL) continuing from h. */
-uint32_t discovery_hash(uint32_t h, const char *s);
-/* 0 or TN_ENOMEM (the table could not grow). */
-int discovery_htab_insert(struct discovery_htab *t, struct discovery_hnode *n, uint32_t hash);
-void discovery_htab_remove(struct discovery_htab *t, struct discovery_hnode *n);
-/* The chain where nodes of this hash are (other hashes may share it:
- * compare n->hash, then the key). */
-struct discovery_hnode *discovery_htab_chain(const struct discovery_htab *t, uint32_t hash);
-void discovery_htab_free(struct discovery_htab *t);
-
 /* ---- the nsqlookupd registration table (lookup_db.c) --------------------- */
 
 /* A producer (nsqd/broker) as it identified itself. */
@@ -150,21 +125,22 @@ enum { DISCOVERY_REG_TOPIC = 1, DISCOVERY_REG_CHANNEL = 2 };
  * nsqlookupd, a registration outlives its producers (until deleted). */
 struct discovery_reg {
     int kind;
-    char *topic;
-    char *channel;
+    char *key;     /* the kind as a byte, the topic with its NUL, the channel */
+    char *topic;   /* in key */
+    char *channel; /* in key ("" for a topic) */
     struct discovery_producer *v;
     size_t n, cap;
     struct discovery_reg *next, *prev; /* creation order */
-    struct discovery_hnode by_key;     /* in db->by_key */
-    struct discovery_hnode by_topic;   /* channels only: in db->channels */
+    struct tn_map_node by_key;         /* in db->by_key, key: key */
+    struct tn_map_node by_topic;       /* channels only: in db->channels, key: topic */
 };
 
 struct discovery_lookup {
     struct discovery_reg *regs; /* in creation order */
     struct discovery_reg *last;
     size_t nregs;
-    struct discovery_htab by_key;   /* (kind, topic, channel): REGISTER is O(1) */
-    struct discovery_htab channels; /* channel registrations by topic */
+    struct tn_map by_key;           /* (kind, topic, channel): REGISTER is O(1) */
+    struct tn_map channels;         /* channel registrations by topic, oldest first */
     size_t max_regs;                /* 0: unlimited */
     struct discovery_peer *peers;   /* identified producers, in order */
     size_t npeers;
@@ -232,8 +208,9 @@ int discovery_channel_delete(struct discovery_lookup *db, const char *topic, con
 /* ---- the service registry (services.c) ----------------------------------- */
 
 struct discovery_instance {
-    char *name;
-    char *id;
+    char *key;  /* name, NUL, id (the key in reg->instances) */
+    char *name; /* in key */
+    char *id;   /* in key */
     char *address;
     json_t *metadata;    /* an object (owned reference) */
     char *metadata_text; /* the same as compact JSON with sorted keys */
@@ -245,7 +222,7 @@ struct discovery_instance {
     uint64_t create_index;
     uint64_t modify_index;
     struct discovery_instance *next, *prev; /* registration order within its name */
-    struct discovery_hnode by_key;          /* (name, id) in reg->instances */
+    struct tn_map_node by_key;              /* in reg->instances, key: key */
 };
 
 /* All instances of one name; kept while it has instances. */
@@ -255,7 +232,7 @@ struct discovery_service {
     struct discovery_instance *head, *tail;
     size_t n;
     struct discovery_service *next, *prev; /* creation order */
-    struct discovery_hnode by_name;        /* in reg->by_name */
+    struct tn_map_node by_name;            /* in reg->by_name, key: name */
 };
 
 /* Called after the set of a name changed (index: that change). */
@@ -264,8 +241,8 @@ typedef void (*discovery_change_pt)(const char *name, uint64_t index, void *ud);
 struct discovery_registry {
     struct discovery_service *services; /* in creation order */
     struct discovery_service *last;
-    struct discovery_htab by_name;   /* services by name */
-    struct discovery_htab instances; /* instances by (name, id) */
+    struct tn_map by_name;           /* services by name */
+    struct tn_map instances;         /* instances by (name, id) */
     size_t ninstances;
     uint64_t index;                             /* bumped by every change */
     const struct discovery_services_conf *conf; /* limits and TTL bounds */
@@ -381,6 +358,8 @@ void discovery_lua_on_change(struct discovery *d, const char *name, uint64_t ind
  * other hosts' entries into the local tables (marked remote). */
 int discovery_etcd_start(struct discovery *d);
 void discovery_etcd_stop(struct discovery *d);
+/* Reload: connections opened from now on use the new tls settings. */
+void discovery_etcd_reload(struct discovery *d);
 /* The registry changed: publish soon. */
 void discovery_etcd_changed(struct discovery *d);
 /* Is the peer another host's (from etcd)? */

@@ -7,7 +7,7 @@ mod_LTLIBRARIES += modules/discovery/discovery.la
 DISCOVERY_SOURCES = \
 	modules/discovery/discovery.c modules/discovery/lookup_db.c modules/discovery/services.c \
 	modules/discovery/proto_v1.c modules/discovery/api_http.c modules/discovery/api_lua.c \
-	modules/discovery/service.c modules/discovery/hash.c modules/discovery/etcd.c \
+	modules/discovery/service.c modules/discovery/etcd.c \
 	modules/discovery/discovery.h modules/discovery/tn_discovery.h
 modules_discovery_discovery_la_SOURCES = $(DISCOVERY_SOURCES)
 modules_discovery_discovery_la_LDFLAGS = $(MODULE_LDFLAGS)
@@ -25,7 +25,7 @@ t_modules_dscclient_la_LDFLAGS = $(TEST_MODULE_LDFLAGS)
 if HAVE_CMOCKA
 UNIT_TESTS += t/unit/test_discovery
 t_unit_test_discovery_SOURCES = t/unit/test_discovery.c modules/discovery/lookup_db.c \
-	modules/discovery/services.c modules/discovery/hash.c $(CORE_SOURCES)
+	modules/discovery/services.c $(CORE_SOURCES)
 t_unit_test_discovery_CFLAGS = $(UNIT_CFLAGS) -I$(top_srcdir)/modules/discovery
 t_unit_test_discovery_LDADD = $(UNIT_LIBS)
 endif

@@ -20,6 +20,13 @@
  *   <prefix>services/<name>/<id>            {host, address, metadata, weight, state}
  *   <prefix>nsq/producers/<host>/<peer id>  {host, peer fields, regs: [[topic, channel]...]}
  *
+ * Endpoints given as https://host:port (or all of them with etcd.tls.enabled)
+ * are reached over TLS with the etcd.tls client settings: etcd's certificate
+ * verified (against tls.ca, else the system's CAs) and its name checked,
+ * tls.cert/key presented when etcd runs --client-cert-auth. A handshake
+ * that fails is a connect failure like any other (logged with OpenSSL's
+ * reason by the connection layer).
+ *
  * Any failure (connect, timeout, HTTP error, lost lease, cancelled or
  * compacted watch) closes both connections and starts again after a
  * backoff (100 ms doubling to 5 s) on the next endpoint: new lease, full
@@ -75,6 +82,8 @@ struct discovery_etcd {
     int state;                   /* ETCD_* */
     size_t endpoint;             /* index in the conf's endpoints */
     struct tn_addr addr;         /* the endpoint in use (a reload may change the list) */
+    int https;                   /* ... given as https://: the connections run TLS */
+    struct tn_tls_ctx *tls;      /* client context, built for the first https connect */
     char *prefix;                /* the conf's at start: keys written stay under it */
     struct etcd_http *kv, *wch;  /* requests; the watch stream */
     struct etcd_req *head, *tail;/* head is in flight when inflight */
@@ -324,6 +333,12 @@ static struct etcd_http *http_open(struct discovery_etcd *e, int watch)
     if (!(h->c = tn_connect(&e->addr, &http_handler, h, &lim, &err))) {
         tn_log_warn(WHO, "cannot connect to %s: %s", e->addr.text, tn_strerror(err));
         free(h);
+        return NULL;
+    }
+    if (e->https && (err = tn_conn_connect_tls(h->c, e->tls, NULL)) != 0) {
+        tn_log_warn(WHO, "cannot start TLS to %s: %s", e->addr.text, tn_strerror(err));
+        h->e = NULL; /* its close frees it */
+        tn_conn_close(h->c, err);
         return NULL;
     }
     return h;
@@ -871,12 +886,19 @@ done:
 static void etcd_connect(struct discovery_etcd *e)
 {
     const struct discovery_etcd_conf *ec = etcd_conf(e);
+    char why[512];
 
     if (!ec->endpoints.n)
         return;
     e->endpoint %= ec->endpoints.n;
     e->addr = ec->endpoints.v[e->endpoint];
+    e->https = ec->tls.enabled || (ec->https && ec->https[e->endpoint]);
     e->state = ETCD_CONNECTING;
+    if (e->https && !e->tls && !(e->tls = tn_tls_client_ctx_new(&ec->tls, why, sizeof(why)))) {
+        tn_log_error(WHO, "etcd.tls: %s", why);
+        etcd_fail(e, "TLS settings", TN_EINVAL);
+        return;
+    }
     if (!(e->kv = http_open(e, 0))) {
         etcd_fail(e, "connect failed", TN_ECLOSED);
         return;
@@ -983,6 +1005,18 @@ int discovery_etcd_start(struct discovery *d)
     return 0;
 }
 
+void discovery_etcd_reload(struct discovery *d)
+{
+    struct discovery_etcd *e = d->etcd;
+
+    /* rebuilt from the new settings at the next https connect (the open
+     * connections keep theirs) */
+    if (e) {
+        tn_tls_ctx_free(e->tls);
+        e->tls = NULL;
+    }
+}
+
 /* The table does not own its peers (their connections do): the ones
  * learnt from etcd are ours to free. */
 static void drop_remote_peers(struct discovery *d)
@@ -1014,6 +1048,7 @@ void discovery_etcd_stop(struct discovery *d)
     json_decref(e->published);
     json_decref(e->remote);
     free(e->prefix);
+    tn_tls_ctx_free(e->tls);
     tn_stat_unregister(&stat_errors);
     tn_stat_unregister(&stat_events);
     d->etcd = NULL;

@@ -22,8 +22,7 @@ void discovery_lookup_init(struct discovery_lookup *db, size_t max_regs)
 
 static void reg_free(struct discovery_reg *r)
 {
-    free(r->topic);
-    free(r->channel);
+    free(r->key);
     free(r->v);
     free(r);
 }
@@ -38,8 +37,8 @@ void discovery_lookup_free(struct discovery_lookup *db)
         next = r->next;
         reg_free(r);
     }
-    discovery_htab_free(&db->by_key);
-    discovery_htab_free(&db->channels);
+    tn_map_free(&db->by_key);
+    tn_map_free(&db->channels);
     db->regs = db->last = NULL;
     db->nregs = 0;
     db->peers = NULL;
@@ -73,60 +72,55 @@ int discovery_name_ephemeral(const char *s)
     return n > 10 && strcmp(s + n - 10, "#ephemeral") == 0;
 }
 
-static uint32_t key_hash(int kind, const char *topic, const char *channel)
-{
-    uint32_t h = (DISCOVERY_HASH_INIT ^ (uint32_t)kind) * 16777619u;
-    return discovery_hash(discovery_hash(h, topic), channel);
-}
-
-static uint32_t topic_hash(const char *topic)
-{
-    return discovery_hash(DISCOVERY_HASH_INIT, topic);
-}
-
+/* A registration's key is its kind (one byte: DISCOVERY_REG_*), the topic
+ * with its NUL, then the channel: a topic has no NUL, so no two keys of
+ * different (kind, topic, channel) are equal. */
 struct discovery_reg *discovery_reg_find(struct discovery_lookup *db, int kind, const char *topic,
                                          const char *channel)
 {
-    uint32_t h;
+    unsigned char k = (unsigned char)kind;
+    struct tn_map_part key[3] = {{&k, 1}, {topic, strlen(topic) + 1}, {channel, 0}};
 
     if (!channel)
-        channel = "";
-    h = key_hash(kind, topic, channel);
-    for (struct discovery_hnode *n = discovery_htab_chain(&db->by_key, h); n; n = n->next) {
-        struct discovery_reg *r = DISCOVERY_OF(n, struct discovery_reg, by_key);
-        if (n->hash == h && r->kind == kind && strcmp(r->topic, topic) == 0 &&
-            strcmp(r->channel, channel) == 0)
-            return r;
-    }
-    return NULL;
-}
-
-/* The first channel registration of topic at or after chain node n. */
-static struct discovery_reg *channel_from(struct discovery_hnode *n, uint32_t h, const char *topic)
-{
-    for (; n; n = n->next) {
-        struct discovery_reg *r = DISCOVERY_OF(n, struct discovery_reg, by_topic);
-        if (n->hash == h && strcmp(r->topic, topic) == 0)
-            return r;
-    }
-    return NULL;
+        key[2].p = "";
+    key[2].n = strlen(key[2].p);
+    return TN_MAP_ENTRY_OR_NULL(tn_map_findv(&db->by_key, key, 3), struct discovery_reg, by_key);
 }
 
 struct discovery_reg *discovery_channels(struct discovery_lookup *db, const char *topic)
 {
-    uint32_t h = topic_hash(topic);
-    return channel_from(discovery_htab_chain(&db->channels, h), h, topic);
+    return TN_MAP_ENTRY_OR_NULL(tn_map_find_str(&db->channels, topic), struct discovery_reg,
+                                by_topic);
 }
 
 struct discovery_reg *discovery_channels_next(struct discovery_reg *r)
 {
-    return channel_from(r->by_topic.next, r->by_topic.hash, r->topic);
+    return TN_MAP_ENTRY_OR_NULL(tn_map_find_next(&r->by_topic), struct discovery_reg, by_topic);
+}
+
+/* r->key for kind, topic, channel (or ""), with topic and channel in it. */
+static int reg_key(struct discovery_reg *r, int kind, const char *topic, const char *channel,
+                   size_t *klen)
+{
+    size_t tl = strlen(topic), cl = channel ? strlen(channel) : 0;
+
+    if (!(r->key = malloc(1 + tl + 1 + cl + 1)))
+        return TN_ENOMEM;
+    r->kind = kind;
+    r->key[0] = (char)kind;
+    r->topic = r->key + 1;
+    memcpy(r->topic, topic, tl + 1);
+    r->channel = r->topic + tl + 1;
+    memcpy(r->channel, channel ? channel : "", cl + 1);
+    *klen = 1 + tl + 1 + cl;
+    return 0;
 }
 
 struct discovery_reg *discovery_reg_add(struct discovery_lookup *db, int kind, const char *topic,
                                         const char *channel, int *err)
 {
     struct discovery_reg *r = discovery_reg_find(db, kind, topic, channel);
+    size_t klen;
 
     if (r)
         return r;
@@ -135,14 +129,12 @@ struct discovery_reg *discovery_reg_add(struct discovery_lookup *db, int kind, c
         return NULL;
     }
     r = calloc(1, sizeof(*r));
-    if (!r || !(r->topic = strdup(topic)) || !(r->channel = dup_or_empty(channel)))
-        goto oom;
-    r->kind = kind;
-    if (discovery_htab_insert(&db->by_key, &r->by_key, key_hash(kind, topic, r->channel)) != 0)
+    if (!r || reg_key(r, kind, topic, channel, &klen) != 0 ||
+        tn_map_insert(&db->by_key, &r->by_key, r->key, klen) != 0)
         goto oom;
     if (kind == DISCOVERY_REG_CHANNEL &&
-        discovery_htab_insert(&db->channels, &r->by_topic, topic_hash(topic)) != 0) {
-        discovery_htab_remove(&db->by_key, &r->by_key);
+        tn_map_insert(&db->channels, &r->by_topic, r->topic, strlen(r->topic)) != 0) {
+        tn_map_remove(&db->by_key, &r->by_key);
         goto oom;
     }
     DISCOVERY_LIST_APPEND(db->regs, db->last, r);
@@ -157,9 +149,9 @@ oom:
 
 void discovery_reg_remove(struct discovery_lookup *db, struct discovery_reg *r)
 {
-    discovery_htab_remove(&db->by_key, &r->by_key);
+    tn_map_remove(&db->by_key, &r->by_key);
     if (r->kind == DISCOVERY_REG_CHANNEL)
-        discovery_htab_remove(&db->channels, &r->by_topic);
+        tn_map_remove(&db->channels, &r->by_topic);
     DISCOVERY_LIST_REMOVE(db->regs, db->last, r);
     db->nregs--;
     reg_free(r);

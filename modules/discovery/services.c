@@ -24,8 +24,7 @@ void discovery_registry_init(struct discovery_registry *reg,
 
 static void instance_free(struct discovery_instance *in)
 {
-    free(in->name);
-    free(in->id);
+    free(in->key);
     free(in->address);
     if (in->metadata)
         json_decref(in->metadata);
@@ -53,8 +52,8 @@ void discovery_registry_free(struct discovery_registry *reg)
         next = s->next;
         service_free(s);
     }
-    discovery_htab_free(&reg->by_name);
-    discovery_htab_free(&reg->instances);
+    tn_map_free(&reg->by_name);
+    tn_map_free(&reg->instances);
     reg->services = reg->last = NULL;
     reg->ninstances = 0;
 }
@@ -97,39 +96,20 @@ const char *discovery_state_name(int state)
                : "unknown";
 }
 
-static uint32_t name_hash(const char *name)
-{
-    return discovery_hash(DISCOVERY_HASH_INIT, name);
-}
-
-static uint32_t key_hash(const char *name, const char *id)
-{
-    return discovery_hash(name_hash(name), id);
-}
-
 struct discovery_service *discovery_registry_find(struct discovery_registry *reg, const char *name)
 {
-    uint32_t h = name_hash(name);
-
-    for (struct discovery_hnode *n = discovery_htab_chain(&reg->by_name, h); n; n = n->next) {
-        struct discovery_service *s = DISCOVERY_OF(n, struct discovery_service, by_name);
-        if (n->hash == h && strcmp(s->name, name) == 0)
-            return s;
-    }
-    return NULL;
+    return TN_MAP_ENTRY_OR_NULL(tn_map_find_str(&reg->by_name, name), struct discovery_service,
+                                by_name);
 }
 
+/* An instance's key is its name with the NUL, then its id. */
 struct discovery_instance *discovery_registry_instance(struct discovery_registry *reg,
                                                        const char *name, const char *id)
 {
-    uint32_t h = key_hash(name, id);
+    struct tn_map_part key[2] = {{name, strlen(name) + 1}, {id, strlen(id)}};
 
-    for (struct discovery_hnode *n = discovery_htab_chain(&reg->instances, h); n; n = n->next) {
-        struct discovery_instance *in = DISCOVERY_OF(n, struct discovery_instance, by_key);
-        if (n->hash == h && strcmp(in->name, name) == 0 && strcmp(in->id, id) == 0)
-            return in;
-    }
-    return NULL;
+    return TN_MAP_ENTRY_OR_NULL(tn_map_findv(&reg->instances, key, 2), struct discovery_instance,
+                                by_key);
 }
 
 uint64_t discovery_registry_name_index(struct discovery_registry *reg, const char *name)
@@ -186,9 +166,11 @@ static int instance_fill(const struct discovery_registry *reg, struct discovery_
         return *why = "OUT_OF_MEMORY", TN_ENOMEM;
     if (strlen(in->metadata_text) > reg->conf->max_metadata_size)
         return *why = "METADATA_TOO_BIG", TN_ETOOBIG;
-    if (!(in->name = strdup(sp->name)) || !(in->id = strdup(sp->id)) ||
+    if (!(in->key = malloc(strlen(sp->name) + 1 + strlen(sp->id) + 1)) ||
         !(in->address = strdup(sp->address)))
         return *why = "OUT_OF_MEMORY", TN_ENOMEM;
+    in->name = strcpy(in->key, sp->name);
+    in->id = strcpy(in->key + strlen(sp->name) + 1, sp->id);
     in->weight = sp->weight < 0 ? 1 : sp->weight;
     in->state = sp->state;
     in->remote = sp->remote;
@@ -212,7 +194,7 @@ static struct discovery_service *service_get(struct discovery_registry *reg, con
     if (s)
         return s;
     if (!(s = calloc(1, sizeof(*s))) || !(s->name = strdup(name)) ||
-        discovery_htab_insert(&reg->by_name, &s->by_name, name_hash(name)) != 0) {
+        tn_map_insert(&reg->by_name, &s->by_name, s->name, strlen(s->name)) != 0) {
         if (s)
             free(s->name);
         free(s);
@@ -227,7 +209,7 @@ static void service_drop_if_empty(struct discovery_registry *reg, struct discove
 {
     if (s->n)
         return;
-    discovery_htab_remove(&reg->by_name, &s->by_name);
+    tn_map_remove(&reg->by_name, &s->by_name);
     DISCOVERY_LIST_REMOVE(reg->services, reg->last, s);
     service_free(s);
 }
@@ -237,7 +219,8 @@ static void service_drop_if_empty(struct discovery_registry *reg, struct discove
 static int instance_place(struct discovery_registry *reg, struct discovery_service *s,
                           struct discovery_instance *in, struct discovery_instance *old)
 {
-    if (discovery_htab_insert(&reg->instances, &in->by_key, key_hash(in->name, in->id)) != 0)
+    if (tn_map_insert(&reg->instances, &in->by_key, in->key,
+                      strlen(in->name) + 1 + strlen(in->id)) != 0)
         return TN_ENOMEM;
     if (old) {
         in->prev = old->prev;
@@ -245,7 +228,7 @@ static int instance_place(struct discovery_registry *reg, struct discovery_servi
         in->create_index = old->create_index;
         in->modify_index = old->modify_index;
         DISCOVERY_LIST_LINK(s->head, s->tail, in);
-        discovery_htab_remove(&reg->instances, &old->by_key);
+        tn_map_remove(&reg->instances, &old->by_key);
         instance_free(old);
     } else {
         DISCOVERY_LIST_APPEND(s->head, s->tail, in);
@@ -295,7 +278,7 @@ int discovery_registry_put(struct discovery_registry *reg,
 static void instance_remove(struct discovery_registry *reg, struct discovery_service *s,
                             struct discovery_instance *in)
 {
-    discovery_htab_remove(&reg->instances, &in->by_key);
+    tn_map_remove(&reg->instances, &in->by_key);
     DISCOVERY_LIST_REMOVE(s->head, s->tail, in);
     instance_free(in);
     s->n--;

@@ -194,6 +194,8 @@ const struct tn_conf_cmd gw_conf_table[] = {
     {"node_select", TN_CONF_ENUM, OFF(node_select), e_select, NULL, NULL},
     {"node_retry", TN_CONF_DURATION, OFF(node_retry), NULL, NULL, NULL},
     {"node_connect_timeout", TN_CONF_DURATION, OFF(node_connect_timeout), NULL, NULL, NULL},
+    {"node_tls", TN_CONF_SECTION, OFF(node_tls), tn_tls_client_conf_table, NULL,
+     tn_tls_client_conf_check},
     {"lua", TN_CONF_SECTION, OFF(lua), tn_lua_conf_table, NULL, NULL},
     {"auth", TN_CONF_SECTION, OFF(auth), gw_auth_conf_table, NULL, NULL},
     TN_CONF_END};
@@ -213,6 +215,7 @@ void gw_conf_default(struct gw_conf *gc)
     gc->node_select = GW_SELECT_RR;
     gc->node_retry = 1000;
     gc->node_connect_timeout = 3000;
+    tn_tls_client_conf_default(&gc->node_tls);
     tn_lua_conf_default(&gc->lua);
     gw_auth_conf_default(&gc->auth);
 }

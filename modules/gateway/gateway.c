@@ -69,11 +69,15 @@ static int gw_start(struct tn_mod *m)
     struct gw *gw = m->data;
     int rc;
 
+    if ((rc = gw_node_tls_load(gw, gw->conf)) != 0)
+        return rc;
     for (size_t i = 0; i < gw->conf->nlisten; i++) {
         const struct gw_listen_conf *lc = &gw->conf->listen[i];
         rc = lc->proto == GW_PROTO_WS    ? gw_ws_listen(gw, lc)
              : lc->proto == GW_PROTO_KCP ? gw_kcp_listen(gw, lc)
                                          : gw_tcp_listen(gw, lc);
+        if (rc == 0)
+            gw->listeners->conf_index = i;
         if (rc == 0 && lc->proto != GW_PROTO_KCP)
             rc = listener_tls(gw, lc);
         if (rc != 0)
@@ -114,11 +118,6 @@ static int gw_stop(struct tn_mod *m)
     return 0;
 }
 
-static void group_free(void *val, void *arg)
-{
-    free(val);
-}
-
 static void gw_fini(struct tn_mod *m)
 {
     struct gw *gw = m->data;
@@ -143,10 +142,9 @@ static void gw_fini(struct tn_mod *m)
         free(gl->path);
         free(gl);
     }
-    gw_map_each(&gw->groups, group_free, NULL);
-    gw_map_free(&gw->groups);
-    gw_map_free(&gw->uids);
-    gw_map_free(&gw->sessions);
+    gw_groups_free(gw);
+    tn_map_free(&gw->uids);
+    tn_map_free(&gw->sessions);
     gw_ws_fini();
     free(gw);
     m->data = NULL;
@@ -158,6 +156,39 @@ static int codec_same(const struct gw_codec *a, const struct gw_codec *b)
 {
     return a->big_endian == b->big_endian && a->route_bytes == b->route_bytes &&
            a->seq_bytes == b->seq_bytes && a->max_size == b->max_size;
+}
+
+/* SIGHUP re-reads the listeners' certificates (rotation without a
+ * restart): new connections get the new one, established ones keep
+ * theirs; a file that does not load leaves the previous one in place. */
+static void listeners_tls_reload(struct gw *gw, const struct gw_conf *old,
+                                 const struct gw_conf *nc)
+{
+    for (struct gw_listener *gl = gw->listeners; gl; gl = gl->next) {
+        const struct gw_listen_conf *lc = &nc->listen[gl->conf_index];
+        int was = tn_tls_conf_enabled(&old->listen[gl->conf_index].tls);
+        struct tn_tls_ctx *ctx;
+        char why[512];
+
+        if (gl->kcp || (!was && !tn_tls_conf_enabled(&lc->tls)))
+            continue;
+        if (was != tn_tls_conf_enabled(&lc->tls)) {
+            tn_log_warn(GW_LOG, "%s: tls turned %s: takes effect on restart", lc->addr.text,
+                        was ? "off" : "on");
+            continue;
+        }
+        if (!(ctx = tn_tls_ctx_new(&lc->tls, why, sizeof(why)))) {
+            tn_log_error(GW_LOG, "%s: tls: %s (keeping the previous certificate)", lc->addr.text,
+                         why);
+            continue;
+        }
+        if (gl->tcp)
+            tn_listener_set_tls(gl->tcp, ctx);
+        else if (gl->http)
+            tn_http_server_set_tls(gl->http, ctx);
+        tn_tls_ctx_free(ctx);
+        tn_log_info(GW_LOG, "%s: certificate reloaded", lc->addr.text);
+    }
 }
 
 static int gw_reload(struct tn_mod *m, void *new_conf)
@@ -173,6 +204,9 @@ static int gw_reload(struct tn_mod *m, void *new_conf)
                   strcmp(old->listen[i].addr.text, nc->listen[i].addr.text) != 0;
     if (changed)
         tn_log_warn(GW_LOG, "listen changed: takes effect on restart");
+    else
+        listeners_tls_reload(gw, old, nc);
+    gw_node_tls_load(gw, nc); /* for links opened from now on */
     gw_conf_codec(nc, &c);
     if (!codec_same(&c, &gw->codec))
         tn_log_warn(GW_LOG, "packet layout changed: takes effect on restart");

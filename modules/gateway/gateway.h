@@ -91,7 +91,8 @@ struct gw_conf {
     struct gw_node_conf *nodes;
     int node_select;              /* GW_SELECT_* */
     int64_t node_retry;           /* ms a failed node instance is skipped */
-    int64_t node_connect_timeout; /* ms */
+    int64_t node_connect_timeout; /* ms (covers the TLS handshake too) */
+    struct tn_tls_client_conf node_tls; /* enabled: node links run TLS */
     struct tn_lua_conf lua;
     struct gw_auth_conf auth;
 };
@@ -101,22 +102,6 @@ void gw_conf_default(struct gw_conf *gc);
 int gw_conf_check(struct tn_conf *cf, struct gw_conf *gc);
 int64_t gw_conf_idle_ms(const struct gw_conf *gc);
 void gw_conf_codec(const struct gw_conf *gc, struct gw_codec *c);
-
-/* ---- a small chained hash map (byte-string keys owned by the values) ----------- */
-
-struct gw_map_ent;
-struct gw_map {
-    struct gw_map_ent **b;
-    size_t nb, n;
-};
-
-void *gw_map_get(const struct gw_map *m, const void *key, size_t klen);
-/* 0 or TN_ENOMEM; the key must stay valid while the entry exists. */
-int gw_map_put(struct gw_map *m, const void *key, size_t klen, void *val);
-void *gw_map_del(struct gw_map *m, const void *key, size_t klen);
-void gw_map_free(struct gw_map *m);
-/* fn for every value; fn must not change the map. */
-void gw_map_each(const struct gw_map *m, void (*fn)(void *val, void *arg), void *arg);
 
 /* ---- sessions and transports ------------------------------------------------------ */
 
@@ -161,6 +146,8 @@ struct gw_session {
     uint64_t link;                  /* id of the node link last forwarded to, 0: none */
     struct gw_session *prev, *next; /* every session (broadcast) */
     struct gw_auth *auth;           /* login state (auth.c); NULL: auth was off at open */
+    struct tn_map_node by_id;       /* in gw->sessions, key: id */
+    struct tn_map_node by_uid;      /* in gw->uids while bound, key: uid */
 };
 
 /* A new session on transport tp; runs on_connect. NULL when refused (by the
@@ -187,6 +174,8 @@ struct gw_session *gw_uid_find(struct gw *gw, const char *uid, size_t len);
 
 int gw_group_join(struct gw *gw, const char *group, size_t len, struct gw_session *s);
 int gw_group_leave(struct gw *gw, const char *group, size_t len, struct gw_session *s);
+/* fini: free every group (their sessions are gone). */
+void gw_groups_free(struct gw *gw);
 /* Send to every member / every session; returns how many got it. */
 long gw_group_send(struct gw *gw, const char *group, size_t len, int32_t route, const void *data,
                    size_t dlen);
@@ -270,6 +259,10 @@ int gw_node_forward(struct gw *gw, const char *service, struct gw_session *s,
                     const struct gw_packet *pk);
 void gw_node_session_closed(struct gw *gw, struct gw_session *s);
 void gw_node_close_all(struct gw *gw);
+/* (Re)build the node links' client TLS context from gc (start and reload:
+ * links opened from now on use it, open ones keep theirs). On a bad file
+ * the previous context stays; TN_EINVAL. */
+int gw_node_tls_load(struct gw *gw, const struct gw_conf *gc);
 
 /* ---- the module ------------------------------------------------------------------------ */
 
@@ -280,6 +273,7 @@ struct gw_listener {
     struct tn_http_server *http;
     char *path;
     struct gw_kcp_listener *kcp;
+    size_t conf_index; /* its entry in gw_conf.listen */
 };
 
 struct gw_stats {
@@ -293,9 +287,9 @@ struct gw {
     struct gw_codec codec;      /* fixed at start (packet layout of live sessions) */
     int64_t idle_ms;
     struct gw_listener *listeners;
-    struct gw_map sessions; /* id -> session */
-    struct gw_map uids;     /* uid -> session */
-    struct gw_map groups;   /* name -> struct gw_group */
+    struct tn_map sessions; /* id -> session (by_id) */
+    struct tn_map uids;     /* uid -> session (by_uid) */
+    struct tn_map groups;   /* name -> struct gw_group */
     struct gw_session *all; /* list of every session */
     size_t nsessions;
     uint64_t next_id;
@@ -305,8 +299,9 @@ struct gw {
     uint64_t lgen; /* bumped on every new Lua state */
     /* nodes */
     const struct gw_registry *registry;
-    struct gw_map links; /* "addr" -> struct gw_link */
-    struct gw_map rr;    /* service -> round-robin counter */
+    struct tn_map links; /* "addr" -> struct gw_link */
+    struct tn_map rr;    /* service -> round-robin counter */
+    struct tn_tls_ctx *node_tls; /* new links handshake with it; NULL: plaintext */
     uint64_t next_link_id;
     struct gw_stats st;
     struct {

@@ -5,7 +5,7 @@ mod_LTLIBRARIES += modules/gateway/gateway.la
 modules_gateway_gateway_la_SOURCES = \
 	modules/gateway/gateway.c modules/gateway/config.c modules/gateway/codec.c \
 	modules/gateway/session.c modules/gateway/ws.c modules/gateway/luaapi.c \
-	modules/gateway/node.c modules/gateway/map.c modules/gateway/registry.c \
+	modules/gateway/node.c modules/gateway/registry.c \
 	modules/gateway/kcp.c modules/gateway/kcp_transport.c modules/gateway/auth.c \
 	modules/gateway/gateway.h modules/gateway/codec.h modules/gateway/kcp.h
 # tn_discovery.h (the discovery module's service) when that module is in the tree

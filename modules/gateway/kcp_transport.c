@@ -34,7 +34,7 @@ struct gw_kcp_listener {
     int fd;
     ev_io io;
     struct gw_kcp_opts opts;
-    struct gw_map conns; /* key (sockaddr bytes + conv) -> struct kconn */
+    struct tn_map conns; /* key (sockaddr bytes + conv) -> struct kconn */
     size_t max;
     char text[TN_ADDR_TEXT_MAX];
     uint8_t *scratch; /* gathers one packet's iovec */
@@ -45,6 +45,7 @@ struct gw_kcp_listener {
 };
 
 struct kconn {
+    struct tn_map_node node; /* in kl->conns, key: key */
     struct gw_kcp_listener *kl;
     struct gw_session *s;
     struct gw_kcp *k;
@@ -122,7 +123,7 @@ static void conn_free(struct kconn *c)
 {
     ev_timer_stop(tn_loop(), &c->timer);
     c->kl->retrans_done += gw_kcp_retrans(c->k);
-    gw_map_del(&c->kl->conns, c->key, c->klen);
+    tn_map_remove(&c->kl->conns, &c->node);
     gw_kcp_free(c->k);
     free(c->in);
     free(c);
@@ -303,7 +304,7 @@ static struct kconn *conn_open(struct gw_kcp_listener *kl, const struct sockaddr
     ev_timer_init(&c->timer, conn_timer, 0., 0.);
     c->timer.data = c;
     if (!(c->k = gw_kcp_new(conv, &kl->opts, conn_output, c)) ||
-        gw_map_put(&kl->conns, c->key, c->klen, c) != 0) {
+        tn_map_insert(&kl->conns, &c->node, c->key, c->klen) != 0) {
         gw_kcp_free(c->k);
         free(c);
         return NULL;
@@ -329,7 +330,7 @@ static void on_datagram(struct gw_kcp_listener *kl, const uint8_t *p, size_t n,
     if (gw_kcp_conv(p, n, &conv) != 0)
         return;
     klen = make_key(key, (const struct sockaddr *)sa, salen, conv);
-    if (!(c = gw_map_get(&kl->conns, key, klen))) {
+    if (!(c = TN_MAP_ENTRY_OR_NULL(tn_map_find(&kl->conns, key, klen), struct kconn, node))) {
         /* only a data segment opens a session: stray acks and probes of
          * a session we closed do not */
         if (p[4] != GW_KCP_PUSH || !(c = conn_open(kl, sa, salen, conv, key, klen)))
@@ -440,10 +441,8 @@ int gw_kcp_listen(struct gw *gw, const struct gw_listen_conf *lc)
     return 0;
 }
 
-static void conn_drop(void *val, void *arg)
+static void conn_drop(struct kconn *c)
 {
-    struct kconn *c = val;
-
     ev_timer_stop(tn_loop(), &c->timer);
     gw_kcp_free(c->k);
     free(c->in);
@@ -454,10 +453,13 @@ static void conn_drop(void *val, void *arg)
  * left goes with the socket. */
 void gw_kcp_listener_free(struct gw_kcp_listener *kl)
 {
+    struct tn_map_iter it;
+
     if (!kl)
         return;
-    gw_map_each(&kl->conns, conn_drop, NULL);
-    gw_map_free(&kl->conns);
+    for (struct tn_map_node *n = tn_map_first(&kl->conns, &it); n; n = tn_map_next(&it))
+        conn_drop(TN_MAP_ENTRY(n, struct kconn, node));
+    tn_map_free(&kl->conns);
     ev_io_stop(tn_loop(), &kl->io);
     close(kl->fd);
     free(kl->scratch);
@@ -466,9 +468,14 @@ void gw_kcp_listener_free(struct gw_kcp_listener *kl)
 
 /* ---- stats ------------------------------------------------------------------------------ */
 
-static void add_retrans(void *val, void *arg)
+static uint64_t conns_retrans(const struct gw_kcp_listener *kl)
 {
-    *(uint64_t *)arg += gw_kcp_retrans(((struct kconn *)val)->k);
+    struct tn_map_iter it;
+    uint64_t n = 0;
+
+    for (struct tn_map_node *p = tn_map_first(&kl->conns, &it); p; p = tn_map_next(&it))
+        n += gw_kcp_retrans(TN_MAP_ENTRY(p, struct kconn, node)->k);
+    return n;
 }
 
 static void emit(struct tn_stats_out *out, const char *name, int type, const char *help, uint64_t v)
@@ -488,7 +495,7 @@ void gw_kcp_stats(struct gw *gw, struct tn_stats_out *out)
         any = 1;
         sessions += kl->conns.n;
         retrans += kl->retrans_done;
-        gw_map_each(&kl->conns, add_retrans, &retrans);
+        retrans += conns_retrans(kl);
         dead += kl->dead;
         in += kl->datagrams_in;
         outn += kl->datagrams_out;

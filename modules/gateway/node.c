@@ -32,6 +32,7 @@ enum {
 };
 
 struct gw_link {
+    struct tn_map_node node; /* in gw->links, key: key */
     uint64_t id;
     struct gw *gw;
     struct tn_conn *conn; /* NULL when not connected */
@@ -182,7 +183,7 @@ static void link_on_connect(struct tn_conn *c, int status)
     }
     l->up = 1;
     tn_conn_set_idle_timeout(c, 0);
-    tn_log_info(GW_LOG, "node %s: connected", l->key);
+    tn_log_info(GW_LOG, "node %s: connected%s", l->key, tn_conn_tls(c, NULL, NULL) ? " (TLS)" : "");
 }
 
 static void link_on_close(struct tn_conn *c, int reason)
@@ -204,7 +205,8 @@ static const struct tn_conn_handler link_handler = {link_on_read, link_on_connec
 
 static struct gw_link *link_get(struct gw *gw, const char *addr)
 {
-    struct gw_link *l = gw_map_get(&gw->links, addr, strlen(addr));
+    struct gw_link *l =
+        TN_MAP_ENTRY_OR_NULL(tn_map_find_str(&gw->links, addr), struct gw_link, node);
     char err[128];
 
     if (l)
@@ -219,7 +221,7 @@ static struct gw_link *link_get(struct gw *gw, const char *addr)
     snprintf(l->key, sizeof(l->key), "%s", addr);
     l->gw = gw;
     l->id = ++gw->next_link_id;
-    if (gw_map_put(&gw->links, l->key, strlen(l->key), l) != 0) {
+    if (tn_map_insert(&gw->links, &l->node, l->key, strlen(l->key)) != 0) {
         free(l);
         return NULL;
     }
@@ -243,7 +245,16 @@ static struct tn_conn *link_conn(struct gw_link *l)
         l->down_until = tn_now_ms() + l->gw->conf->node_retry;
         return NULL;
     }
+    /* node_connect_timeout also bounds the handshake */
     tn_conn_set_idle_timeout(l->conn, l->gw->conf->node_connect_timeout);
+    if (l->gw->node_tls && (err = tn_conn_connect_tls(l->conn, l->gw->node_tls, NULL)) != 0) {
+        tn_log_warn(GW_LOG, "node %s: cannot start TLS: %s", l->key, tn_strerror(err));
+        l->conn->data = NULL;
+        tn_conn_close(l->conn, err);
+        l->conn = NULL;
+        l->down_until = tn_now_ms() + l->gw->conf->node_retry;
+        return NULL;
+    }
     return l->conn;
 }
 
@@ -273,6 +284,7 @@ static void pick_add(const char *addr, int64_t weight, void *arg)
 }
 
 struct rr_counter {
+    struct tn_map_node node; /* in gw->rr, key: name */
     uint64_t next;
     size_t len;
     char name[];
@@ -281,14 +293,15 @@ struct rr_counter {
 static size_t rr_next(struct gw *gw, const char *service, size_t n)
 {
     size_t len = strlen(service);
-    struct rr_counter *rc = gw_map_get(&gw->rr, service, len);
+    struct rr_counter *rc =
+        TN_MAP_ENTRY_OR_NULL(tn_map_find(&gw->rr, service, len), struct rr_counter, node);
 
     if (!rc) {
         if (!(rc = calloc(1, sizeof(*rc) + len + 1)))
             return 0;
         memcpy(rc->name, service, len);
         rc->len = len;
-        if (gw_map_put(&gw->rr, rc->name, len, rc) != 0) {
+        if (tn_map_insert(&gw->rr, &rc->node, rc->name, len) != 0) {
             free(rc);
             return 0;
         }
@@ -367,20 +380,12 @@ struct closed_note {
     uint8_t frame[LINK_FRAME_HEAD + 8];
 };
 
-static void note_closed(void *val, void *arg)
-{
-    struct gw_link *l = val;
-    struct closed_note *cn = arg;
-
-    if (l->id == cn->link && l->conn)
-        tn_conn_write(l->conn, cn->frame, sizeof(cn->frame));
-}
-
 /* Tell the node the session last went to that it is gone (stateful nodes
  * drop what they keep for it). */
 void gw_node_session_closed(struct gw *gw, struct gw_session *s)
 {
     struct closed_note cn;
+    struct tn_map_iter it;
 
     if (!s->link)
         return;
@@ -388,13 +393,30 @@ void gw_node_session_closed(struct gw *gw, struct gw_session *s)
     put32(cn.frame, 9);
     cn.frame[4] = NODE_CLOSED;
     put64(cn.frame + 5, s->id);
-    gw_map_each(&gw->links, note_closed, &cn);
+    for (struct tn_map_node *n = tn_map_first(&gw->links, &it); n; n = tn_map_next(&it)) {
+        struct gw_link *l = TN_MAP_ENTRY(n, struct gw_link, node);
+        if (l->id == cn.link && l->conn)
+            tn_conn_write(l->conn, cn.frame, sizeof(cn.frame));
+    }
 }
 
-static void link_free(void *val, void *arg)
+int gw_node_tls_load(struct gw *gw, const struct gw_conf *gc)
 {
-    struct gw_link *l = val;
+    struct tn_tls_ctx *ctx = NULL;
+    char why[512];
 
+    if (gc->node_tls.enabled && !(ctx = tn_tls_client_ctx_new(&gc->node_tls, why, sizeof(why)))) {
+        tn_log_error(GW_LOG, "node_tls: %s%s", why,
+                     gw->node_tls ? " (keeping the previous settings)" : "");
+        return TN_EINVAL;
+    }
+    tn_tls_ctx_free(gw->node_tls);
+    gw->node_tls = ctx;
+    return 0;
+}
+
+static void link_free(struct gw_link *l)
+{
     if (l->conn) {
         l->conn->data = NULL;
         tn_conn_close(l->conn, 0);
@@ -402,16 +424,18 @@ static void link_free(void *val, void *arg)
     free(l);
 }
 
-static void rr_free(void *val, void *arg)
-{
-    free(val);
-}
-
 /* Close every link (stop) and forget them. */
 void gw_node_close_all(struct gw *gw)
 {
-    gw_map_each(&gw->links, link_free, NULL);
-    gw_map_free(&gw->links);
-    gw_map_each(&gw->rr, rr_free, NULL);
-    gw_map_free(&gw->rr);
+    struct tn_map_iter it;
+    struct tn_map_node *n;
+
+    for (n = tn_map_first(&gw->links, &it); n; n = tn_map_next(&it))
+        link_free(TN_MAP_ENTRY(n, struct gw_link, node));
+    tn_map_free(&gw->links);
+    for (n = tn_map_first(&gw->rr, &it); n; n = tn_map_next(&it))
+        free(TN_MAP_ENTRY(n, struct rr_counter, node));
+    tn_map_free(&gw->rr);
+    tn_tls_ctx_free(gw->node_tls);
+    gw->node_tls = NULL;
 }

@@ -13,6 +13,7 @@
 #define GW_ATTRS_MAX 64 /* attributes per session */
 
 struct gw_group {
+    struct tn_map_node node; /* in gw->groups, key: name */
     char *name;
     size_t len;
     struct gw_member *head;
@@ -41,7 +42,7 @@ struct gw_session *gw_session_open(struct gw *gw, const struct gw_transport *tp,
     s->tpdata = tpdata;
     s->id = ++gw->next_id;
     s->lref = -1;
-    if (gw_auth_open(s) != 0 || gw_map_put(&gw->sessions, &s->id, sizeof(s->id), s) != 0) {
+    if (gw_auth_open(s) != 0 || tn_map_insert(&gw->sessions, &s->by_id, &s->id, sizeof(s->id)) != 0) {
         gw_auth_closed(s);
         free(s);
         return NULL;
@@ -76,7 +77,7 @@ void gw_session_closed(struct gw_session *s)
     gw_node_session_closed(gw, s);
     gw_session_unbind(s);
     groups_leave_all(s);
-    gw_map_del(&gw->sessions, &s->id, sizeof(s->id));
+    tn_map_remove(&gw->sessions, &s->by_id);
     if (s->prev)
         s->prev->next = s->next;
     else
@@ -103,7 +104,8 @@ void gw_session_close(struct gw_session *s, int code, const char *why)
 
 struct gw_session *gw_session_find(struct gw *gw, uint64_t id)
 {
-    return gw_map_get(&gw->sessions, &id, sizeof(id));
+    return TN_MAP_ENTRY_OR_NULL(tn_map_find(&gw->sessions, &id, sizeof(id)), struct gw_session,
+                                by_id);
 }
 
 const char *gw_session_addr(const struct gw_session *s)
@@ -203,7 +205,7 @@ long gw_session_input(struct gw_session *s, const char *p, size_t n)
 
 struct gw_session *gw_uid_find(struct gw *gw, const char *uid, size_t len)
 {
-    return gw_map_get(&gw->uids, uid, len);
+    return TN_MAP_ENTRY_OR_NULL(tn_map_find(&gw->uids, uid, len), struct gw_session, by_uid);
 }
 
 /* One session per uid: binding a uid another session holds moves it here
@@ -226,7 +228,7 @@ int gw_session_bind(struct gw_session *s, const char *uid, size_t len)
     if ((old = gw_uid_find(s->gw, uid, len)))
         gw_session_unbind(old);
     gw_session_unbind(s);
-    if (gw_map_put(&s->gw->uids, copy, len, s) != 0) {
+    if (tn_map_insert(&s->gw->uids, &s->by_uid, copy, len) != 0) {
         free(copy);
         return TN_ENOMEM;
     }
@@ -238,7 +240,7 @@ void gw_session_unbind(struct gw_session *s)
 {
     if (!s->uid)
         return;
-    gw_map_del(&s->gw->uids, s->uid, strlen(s->uid));
+    tn_map_remove(&s->gw->uids, &s->by_uid);
     free(s->uid);
     s->uid = NULL;
 }
@@ -247,7 +249,8 @@ void gw_session_unbind(struct gw_session *s)
 
 static struct gw_group *group_get(struct gw *gw, const char *name, size_t len, int create)
 {
-    struct gw_group *g = gw_map_get(&gw->groups, name, len);
+    struct gw_group *g =
+        TN_MAP_ENTRY_OR_NULL(tn_map_find(&gw->groups, name, len), struct gw_group, node);
 
     if (g || !create)
         return g;
@@ -256,7 +259,7 @@ static struct gw_group *group_get(struct gw *gw, const char *name, size_t len, i
     g->name = (char *)(g + 1);
     memcpy(g->name, name, len);
     g->len = len;
-    if (gw_map_put(&gw->groups, g->name, len, g) != 0) {
+    if (tn_map_insert(&gw->groups, &g->node, g->name, len) != 0) {
         free(g);
         return NULL;
     }
@@ -314,7 +317,7 @@ static void member_drop(struct gw *gw, struct gw_member *m)
         m->gnext->gprev = m->gprev;
     free(m);
     if (--g->n == 0) {
-        gw_map_del(&gw->groups, g->name, g->len);
+        tn_map_remove(&gw->groups, &g->node);
         free(g);
     }
 }
@@ -340,6 +343,17 @@ static void groups_leave_all(struct gw_session *s)
         s->groups = m->snext;
         member_drop(s->gw, m);
     }
+}
+
+/* Every session left its groups on close, emptying (and freeing) them:
+ * this frees what could remain, the groups themselves. */
+void gw_groups_free(struct gw *gw)
+{
+    struct tn_map_iter it;
+
+    for (struct tn_map_node *n = tn_map_first(&gw->groups, &it); n; n = tn_map_next(&it))
+        free(TN_MAP_ENTRY(n, struct gw_group, node));
+    tn_map_free(&gw->groups);
 }
 
 long gw_group_send(struct gw *gw, const char *name, size_t len, int32_t route, const void *data,

@@ -16,6 +16,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -55,7 +56,10 @@ struct pool {
     int nfree;
     struct worker *dead; /* exited workers not joined yet */
     int waiters;         /* threads blocked in wait/release_timeout/destroy */
-    uint64_t submitted, completed, failed, rejected, cancelled;
+    uint64_t submitted, rejected, cancelled;
+    /* counted before the completion is handed on (a caller that saw every
+     * completion sees every count), hence atomic rather than under lock */
+    atomic_uint_fast64_t completed, failed;
 };
 
 static int64_t now_ms(void)
@@ -229,6 +233,7 @@ static void run_task(struct pool *p, struct pool_task *t)
     t->rc = rc;
     if (rc < 0 && p->h.on_failure)
         p->h.on_failure(p, rc, p->h.ud);
+    atomic_fetch_add_explicit(rc < 0 ? &p->failed : &p->completed, 1, memory_order_relaxed);
     if (p->h.deliver) {
         p->h.deliver(t, p->h.ud);
         t = NULL;
@@ -236,10 +241,6 @@ static void run_task(struct pool *p, struct pool_task *t)
         t->done(t->udata, rc);
     }
     pthread_mutex_lock(&p->lock);
-    if (rc < 0)
-        p->failed++;
-    else
-        p->completed++;
     if (t)
         task_put(p, t);
     p->busy--;
@@ -544,8 +545,8 @@ void pool_info(struct pool *p, struct tn_pool_info *out)
     out->free = p->o.capacity - p->running;
     out->waiting = p->qlen;
     out->submitted = p->submitted;
-    out->completed = p->completed;
-    out->failed = p->failed;
+    out->completed = atomic_load_explicit(&p->completed, memory_order_relaxed);
+    out->failed = atomic_load_explicit(&p->failed, memory_order_relaxed);
     out->rejected = p->rejected;
     out->cancelled = p->cancelled;
     pthread_mutex_unlock(&p->lock);

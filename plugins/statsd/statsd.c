@@ -18,7 +18,6 @@
 
 #define SD_NAME "statsd"
 #define SD_KEY_MAX 512
-#define SD_HASH 1024 /* buckets of the last-value table */
 
 struct sd_conf {
     struct tn_addr address; /* len 0: off */
@@ -29,7 +28,7 @@ struct sd_conf {
 
 /* The last value sent of one counter, to send differences. */
 struct sd_last {
-    struct sd_last *next;
+    struct tn_map_node node; /* in st->last, key: key */
     double value;
     unsigned gen; /* the push that last saw it */
     char key[];
@@ -41,7 +40,7 @@ struct sd_state {
     ev_timer timer;
     char prefix[256];
     struct tn_buf line, packet;
-    struct sd_last *last[SD_HASH];
+    struct tn_map last; /* counter name -> struct sd_last */
     unsigned gen;
     uint64_t packets, errors;
 };
@@ -104,32 +103,23 @@ static void build_prefix(struct sd_state *st, const char *fmt)
 
 /* ---- last values ------------------------------------------------------------- */
 
-static size_t hash(const char *s, size_t n)
-{
-    size_t h = 5381;
-    for (size_t i = 0; i < n; i++)
-        h = h * 33 + (unsigned char)s[i];
-    return h % SD_HASH;
-}
-
 /* The change of a counter since the last push (the whole value the first
  * time, or after a reset made it smaller). */
 static double counter_delta(struct sd_state *st, const char *key, size_t n, double v)
 {
-    struct sd_last **pp = &st->last[hash(key, n)], *e;
+    struct sd_last *e = TN_MAP_ENTRY_OR_NULL(tn_map_find(&st->last, key, n), struct sd_last, node);
     double d;
 
-    for (e = *pp; e; e = e->next)
-        if (strlen(e->key) == n && memcmp(e->key, key, n) == 0)
-            break;
     if (!e) {
         if (!(e = malloc(sizeof(*e) + n + 1)))
             return v;
         memcpy(e->key, key, n);
         e->key[n] = '\0';
         e->value = 0;
-        e->next = *pp;
-        *pp = e;
+        if (tn_map_insert(&st->last, &e->node, e->key, n) != 0) {
+            free(e);
+            return v;
+        }
     }
     d = v >= e->value ? v - e->value : v;
     e->value = v;
@@ -140,16 +130,17 @@ static double counter_delta(struct sd_state *st, const char *key, size_t n, doub
 /* Forget counters no longer reported (a deleted topic). */
 static void sweep(struct sd_state *st, int all)
 {
-    for (size_t i = 0; i < SD_HASH; i++)
-        for (struct sd_last **pp = &st->last[i]; *pp;) {
-            struct sd_last *e = *pp;
-            if (all || e->gen != st->gen) {
-                *pp = e->next;
-                free(e);
-            } else {
-                pp = &e->next;
-            }
+    struct tn_map_iter it;
+
+    for (struct tn_map_node *n = tn_map_first(&st->last, &it); n; n = tn_map_next(&it)) {
+        struct sd_last *e = TN_MAP_ENTRY(n, struct sd_last, node);
+        if (all || e->gen != st->gen) {
+            tn_map_remove(&st->last, n);
+            free(e);
         }
+    }
+    if (all)
+        tn_map_free(&st->last);
 }
 
 /* ---- the push ------------------------------------------------------------------ */

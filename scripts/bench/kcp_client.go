@@ -7,13 +7,19 @@
 //	echo: send -n packets with data "<prefix><i>" on -route (1) and print
 //	      each reply as "reply ROUTE SEQ DATA" (the Lua echo script answers
 //	      "echo:..."); with -hb a heartbeat goes first and its answer is
-//	      printed as "heartbeat"
+//	      printed as "heartbeat"; -pad N appends N bytes to each packet's
+//	      data ("/" then 'a'+(i+k)%26 for k < N-1), and -digest prints
+//	      "reply ROUTE SEQ LEN SHA256-HEX-OF-DATA" instead of the data
 //	bench: -n round trips of -size bytes with up to -window outstanding;
 //	      prints one JSON line with throughput and latency percentiles
+//
+// With -snmp the last line is "snmp {...}": kcp-go's own counters (segments
+// sent again, lost, duplicated) as JSON.
 package main
 
 import (
 	"bufio"
+	"crypto/sha256"
 	"encoding/binary"
 	"encoding/json"
 	"flag"
@@ -104,6 +110,9 @@ func main() {
 	prefix := flag.String("prefix", "m", "echo: data prefix")
 	route := flag.Int("route", 1, "echo: route")
 	hb := flag.Bool("hb", false, "echo: send a heartbeat first")
+	pad := flag.Int("pad", 0, "echo: bytes appended to each packet's data")
+	digest := flag.Bool("digest", false, "echo: print the length and SHA-256 of each reply")
+	snmp := flag.Bool("snmp", false, "print kcp-go's counters at the end")
 	nodelay := flag.Bool("nodelay", true, "kcp nodelay")
 	interval := flag.Int("interval", 10, "kcp interval ms")
 	resend := flag.Int("resend", 2, "kcp fast resend")
@@ -122,13 +131,36 @@ func main() {
 	c.SetDeadline(time.Now().Add(*timeout))
 	r := bufio.NewReaderSize(c, 1<<16)
 	if *mode == "echo" {
-		echo(c, r, *n, *prefix, int16(*route), *hb)
+		echo(c, r, *n, *prefix, int16(*route), *hb, *pad, *digest)
 	} else {
 		bench(c, r, *n, *size, *window)
 	}
+	if *snmp {
+		s := kcp.DefaultSnmp.Copy()
+		out, _ := json.Marshal(map[string]uint64{
+			"OutSegs": s.OutSegs, "InSegs": s.InSegs, "RetransSegs": s.RetransSegs,
+			"FastRetransSegs": s.FastRetransSegs, "LostSegs": s.LostSegs,
+			"RepeatSegs": s.RepeatSegs})
+		fmt.Println("snmp", string(out))
+	}
 }
 
-func echo(c net.Conn, r *bufio.Reader, n int, prefix string, route int16, hb bool) {
+// echoData is packet i's data: the prefix and i, then pad bytes that differ
+// from one packet to the next (so a reply with another packet's data, or
+// with a fragment out of place, does not match).
+func echoData(prefix string, i, pad int) []byte {
+	b := []byte(fmt.Sprintf("%s%d", prefix, i))
+	if pad > 0 {
+		b = append(b, '/')
+		for k := 0; k < pad-1; k++ {
+			b = append(b, byte('a'+(i+k)%26))
+		}
+	}
+	return b
+}
+
+func echo(c net.Conn, r *bufio.Reader, n int, prefix string, route int16, hb bool, pad int,
+	digest bool) {
 	if hb {
 		if _, err := c.Write([]byte{0, 0, 0, 1, 0x80}); err != nil {
 			fmt.Println("error", err)
@@ -141,7 +173,7 @@ func echo(c net.Conn, r *bufio.Reader, n int, prefix string, route int16, hb boo
 		fmt.Println("heartbeat")
 	}
 	for i := 0; i < n; i++ {
-		if _, err := c.Write(packet(route, int16(i), []byte(fmt.Sprintf("%s%d", prefix, i)))); err != nil {
+		if _, err := c.Write(packet(route, int16(i), echoData(prefix, i, pad))); err != nil {
 			fmt.Println("error", err)
 			os.Exit(1)
 		}
@@ -156,7 +188,11 @@ func echo(c net.Conn, r *bufio.Reader, n int, prefix string, route int16, hb boo
 			i--
 			continue
 		}
-		fmt.Printf("reply %d %d %s\n", p.route, p.seq, p.data)
+		if digest {
+			fmt.Printf("reply %d %d %d %x\n", p.route, p.seq, len(p.data), sha256.Sum256(p.data))
+		} else {
+			fmt.Printf("reply %d %d %s\n", p.route, p.seq, p.data)
+		}
 	}
 	fmt.Println("done")
 }

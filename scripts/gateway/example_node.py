@@ -12,11 +12,17 @@ exercises the other node frames:
     close              answer, then ask the gateway to close the session
 Sessions the gateway reports closed are printed ("closed <id>").
 
+With --tls-cert/--tls-key the node serves TLS (the gateway's
+`gateway.node_tls`); --tls-ca also asks the gateway for a certificate that
+CA signed (mutual TLS).
+
 Usage: example_node.py [--listen 127.0.0.1:3600] [--name node1]
+                       [--tls-cert node.pem --tls-key node.key [--tls-ca ca.pem]]
 """
 
 import argparse
 import asyncio
+import ssl
 import struct
 import sys
 
@@ -69,20 +75,36 @@ async def serve_link(name, reader, writer):
                     writer.write(f)
             elif ftype == CLOSED:
                 print("closed %d" % struct.unpack(">Q", body[:8]), flush=True)
-    except (asyncio.IncompleteReadError, ConnectionError):
+    except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
         pass
     finally:
         writer.close()
+
+
+def tls_context(a):
+    """None for plaintext, else a server context from the --tls-* options."""
+    if not a.tls_cert:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(a.tls_cert, a.tls_key)
+    if a.tls_ca:
+        ctx.load_verify_locations(a.tls_ca)
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
 
 
 async def main():
     ap = argparse.ArgumentParser(description="example backend node for the ternd gateway")
     ap.add_argument("--listen", default="127.0.0.1:3600")
     ap.add_argument("--name", default="node1")
+    ap.add_argument("--tls-cert", help="serve TLS with this PEM certificate (chain)")
+    ap.add_argument("--tls-key", help="the certificate's PEM private key")
+    ap.add_argument("--tls-ca", help="require a client certificate signed by this CA")
     a = ap.parse_args()
     host, _, port = a.listen.rpartition(":")
-    server = await asyncio.start_server(lambda r, w: serve_link(a.name, r, w), host, int(port))
-    print("listening on %s" % a.listen, flush=True)
+    server = await asyncio.start_server(lambda r, w: serve_link(a.name, r, w), host, int(port),
+                                        ssl=tls_context(a))
+    print("listening on %s%s" % (a.listen, " (TLS)" if a.tls_cert else ""), flush=True)
     async with server:
         await server.serve_forever()
 

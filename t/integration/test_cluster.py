@@ -218,12 +218,11 @@ def test_cluster(net, tmp_path, nsqjs_dir):  # noqa: F811
                 "discovery": discovery_sec(e_ip, ip),
                 "broker": {"tcp_listen": ip + ":4150", "http_listen": ip + ":4151",
                            "broadcast_address": ip, "mem_queue_size": 0,
-                           # every message on disk; no sync in the test's
-                           # time, so that a message read for delivery and
-                           # not finished when b1 dies is read again after
-                           # (at least once: reads since the last sync come
-                           # back; puts survive a kill -9 in the page cache)
-                           "sync_every": 1000000, "sync_timeout": "120s"}})
+                           # every message on disk and synced at once: a
+                           # message read for delivery stays counted until
+                           # it is finished, so what b1 held when it died
+                           # is read again after (at least once)
+                           "sync_every": 1}})
         route = tmp_path / "route.lua"
         route.write_text("function on_packet(s, r, q, d) return 'lobby' end\n")
         hosts["g"] = NsTernd(g_ns, tmp_path / "g", daemon=daemon, sections={

@@ -285,13 +285,14 @@ def test_bad_tls_config_is_reported(ternd, certs, tmp_path):
 GW_DIR = Path(__file__).resolve().parent / "gateway"
 
 
-def gw_start(ternd, certs, tmp_path):
+def gw_start(ternd, certs, tmp_path, cert=None, key=None):
     """A gateway with a TLS TCP listener and a wss listener (route_test.lua:
-    route 1 echoes). Returns (t, tcp_port, ws_port)."""
+    route 1 echoes), with the test certificate or cert/key. Returns (t,
+    tcp_port, ws_port)."""
     if not (modules_dir() / "gateway.so").exists():
         pytest.skip("gateway.so missing: build first")
     tcp, ws = tnhelp.free_port(), tnhelp.free_port()
-    tls = "tls: { cert: %s, key: %s }" % (certs["cert"], certs["key"])
+    tls = "tls: { cert: %s, key: %s }" % (cert or certs["cert"], key or certs["key"])
     text = ("gateway:\n  listen:\n"
             "    - { proto: tcp, addr: 127.0.0.1:%d, %s }\n"
             "    - { proto: ws, addr: 127.0.0.1:%d, path: /ws, %s }\n"
@@ -454,3 +455,119 @@ def test_gateway_wss_frame_sent_with_the_upgrade(ternd, certs, tmp_path):
         assert rest[0] == 0x82
         p, _ = codec.decode(rest[2:2 + (rest[1] & 0x7f)])
         assert (p["route"], p["seq"], p["data"]) == (1, 5, b"echo:early")
+
+
+# ---- certificate rotation on SIGHUP: gateway listeners, admin ---------------------------
+
+def peer_der(port, keep=False):
+    """The certificate (DER) the server on port presents, as any client
+    sees it (no verification). keep: also return the open TLS socket."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=5))
+    der = s.getpeercert(binary_form=True)
+    if keep:
+        return der, s
+    s.close()
+    return der
+
+
+def file_der(path):
+    return ssl.PEM_cert_to_DER_cert(Path(path).read_text())
+
+
+def rotating_cert(tmp_path):
+    """A cert/key pair at fixed paths, and a function writing a fresh
+    identity over them (what a certificate renewal does)."""
+    live = tmp_path / "live"
+    live.mkdir()
+    paths = (live / "cert.pem", live / "key.pem")
+    count = [0]
+
+    def renew():
+        count[0] += 1
+        cert, key = tnhelp.self_signed_cert(tmp_path, "gen%d" % count[0])
+        shutil.copy(cert, paths[0])
+        shutil.copy(key, paths[1])
+        return file_der(paths[0])
+    return paths, renew
+
+
+def test_gateway_reload_rotates_tls_and_wss(ternd, certs, tmp_path):
+    """The file behind gateway tls (TCP and wss) is renewed, SIGHUP: new
+    connections get the new certificate, the established one keeps its
+    session; a broken file is refused at reload and the current one stays."""
+    sys.path.insert(0, str(GW_DIR))
+    from gwhelp import Codec
+    codec = Codec()
+    (cert, key), renew = rotating_cert(tmp_path)
+    first = renew()
+    t, tcp_port, ws_port = gw_start(ternd, certs, tmp_path, cert=cert, key=key)
+    assert peer_der(tcp_port) == first and peer_der(ws_port) == first
+    der, old = peer_der(tcp_port, keep=True)
+    with old:
+        second = renew()
+        assert second != first
+        log = t.reload()
+        assert "reload done" in log
+        assert "127.0.0.1:%d: certificate reloaded" % tcp_port in log
+        assert "127.0.0.1:%d: certificate reloaded" % ws_port in log
+        assert peer_der(tcp_port) == second and peer_der(ws_port) == second
+        # the connection made before goes on, with the certificate it had
+        old.sendall(codec.packet(1, 3, b"still here"))
+        buf = b""
+        while True:
+            p, buf = codec.decode(buf)
+            if p:
+                break
+            chunk = old.recv(65536)
+            assert chunk, "the old connection was closed"
+            buf += chunk
+        assert p["data"] == b"echo:still here"
+        assert old.getpeercert(binary_form=True) == first
+    # a broken renewal: logged, and the server keeps presenting the second
+    Path(cert).write_text("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
+    log = t.reload()
+    assert "reload rejected" in log and str(cert) in log
+    assert peer_der(tcp_port) == second and peer_der(ws_port) == second
+    assert t.alive()
+
+
+def test_admin_tls_reload_rotates(ternd, tmp_path):
+    """daemon.admin_tls: the renewed certificate is served after SIGHUP
+    (checked with openssl s_client, by serial); a key that does not match
+    it is refused and the current certificate stays."""
+    (cert, key), renew = rotating_cert(tmp_path)
+    first = renew()
+    port = tnhelp.free_port()
+    t = ternd(daemon={"admin_listen": "127.0.0.1:%d" % port,
+                      "admin_tls": {"cert": str(cert), "key": str(key)}})
+    t.start(wait=False)
+    t.wait_log(r"\] core: ready")
+
+    def served_serial():
+        out = subprocess.run([OPENSSL, "s_client", "-connect", "127.0.0.1:%d" % port],
+                             input=b"", capture_output=True, timeout=20).stdout
+        pem = out[out.index(b"-----BEGIN CERTIFICATE-----"):]
+        return subprocess.run([OPENSSL, "x509", "-noout", "-serial"], input=pem,
+                              capture_output=True, timeout=20, check=True).stdout
+
+    def file_serial():
+        return subprocess.run([OPENSSL, "x509", "-noout", "-serial", "-in", str(cert)],
+                              capture_output=True, timeout=20, check=True).stdout
+    assert peer_der(port) == first
+    before = served_serial()
+    assert before == file_serial()
+    second = renew()
+    log = t.reload()
+    assert "reload done" in log and "daemon.admin_tls: certificate reloaded" in log
+    assert served_serial() == file_serial() != before
+    assert peer_der(port) == second
+    # the key of another identity: refused, the served certificate stays
+    other_key = tnhelp.self_signed_cert(tmp_path, "stranger")[1]
+    shutil.copy(other_key, key)
+    log = t.reload()
+    assert "reload rejected" in log and "admin_tls" in log
+    assert peer_der(port) == second
+    t.stop()

@@ -96,25 +96,34 @@ def _ephemeral_low():
         return 32768
 
 
+_PORTS_GIVEN = set()
+_PORT_RNG = random.Random(os.getpid() ^ time.monotonic_ns())
+
+
+def _bindable(port):
+    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+        with socket.socket(socket.AF_INET, kind) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as ternd's
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+    return True
+
+
 def free_port():
-    """A TCP port free on 127.0.0.1 right now, chosen below the kernel's
-    ephemeral range: between this choice and the server's bind, a listener
-    on port 0 (ANY_PORT, in the same ternd or a parallel test) or a client
-    socket cannot be given the same port, as it could with a port the
-    kernel itself picked and then released."""
-    low = _ephemeral_low()
-    if low > 20000:
-        for _ in range(200):
-            port = random.randrange(20000, low)
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-                try:
-                    s.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free on 127.0.0.1 right now for TCP and UDP, never handed out
+    before by this process, and below the kernel's ephemeral range: a port
+    the kernel picks (bind to 0) is also what the next outgoing connection
+    may take before ternd binds it, and two picks may repeat."""
+    hi = min(_ephemeral_low(), 65536) - 1
+    lo = max(1024, hi - 12000)
+    for _ in range(2000):
+        port = _PORT_RNG.randint(lo, hi)
+        if port not in _PORTS_GIVEN and _bindable(port):
+            _PORTS_GIVEN.add(port)
+            return port
+    raise RuntimeError("no free port in %d-%d" % (lo, hi))
 
 
 def run(args, timeout=RUN_TIMEOUT, env=None, cwd=None):

@@ -419,7 +419,10 @@ static void test_persist_and_reload(void **state)
     publish(bk, "t", "deferred", 1000000, 1000);
     publish(bk, "u", "topic-only", 0, 1000);
     assert_int_equal(ch->inflight.n, 2);
-    assert_int_equal(broker_store_persist(bk, 1000), 2 + 3 + 1 + 1);
+    /* in flight, memory, the topic's; the deferred one went to disk when
+     * published (the memory queue was full) */
+    assert_int_equal(ch->deferred.n, 0);
+    assert_int_equal(broker_store_persist(bk, 1000), 2 + 3 + 1);
     broker_client_unsub(&c, 1000);
     broker_store_free(bk);
 
@@ -445,6 +448,59 @@ static void test_persist_and_reload(void **state)
     assert_int_equal(nseen, 9);
     assert_string_equal(seen[8].body, "deferred");
     broker_client_unsub(&c, 1000000);
+}
+
+/* mem_queue_size 0: a message read from the channel's disk queue keeps
+ * its record until FIN; REQ with a delay keeps it too, REQ at once stores
+ * it again. Freeing the store without the SIGTERM persist (what a crash
+ * leaves) and opening it again brings back everything from the oldest
+ * record not finished on. */
+static void test_disk_records_held_until_fin(void **state)
+{
+    struct fixture *f = *state;
+    struct broker *bk = &f->bk;
+    struct broker_channel *ch;
+    struct broker_client c;
+    struct tn_diskq_stats st;
+    char body[16];
+    size_t i;
+
+    f->conf.mem_queue_size = 0;
+    f->conf.sync_every = 1;
+    ch = chan(bk, "t", "c");
+    consume(&c, bk, ch, 6);
+    for (i = 0; i < 8; i++) {
+        snprintf(body, sizeof(body), "m%zu", i);
+        publish(bk, "t", body, 0, 1000);
+    }
+    assert_int_equal(nseen, 6);
+    tn_diskq_get_stats(ch->dq, &st);
+    assert_int_equal(st.held, 6);
+    assert_int_equal(st.commit_pos, 0);
+    assert_int_equal(broker_fin(&c, seen[0].id, 1000), 0);
+    assert_int_equal(broker_fin(&c, seen[2].id, 1000), 0);
+    assert_int_equal(broker_req(&c, seen[3].id, 60000, 1000), 0); /* deferred, held */
+    assert_int_equal(broker_req(&c, seen[4].id, 0, 1000), 0);     /* stored again */
+    tn_diskq_get_stats(ch->dq, &st);
+    assert_true(st.commit_pos > 0); /* past m0, stopped at m1 */
+    /* in flight m1, m5, then m6 and m7 (as RDY freed up) and m4 from its
+     * new record; m3 deferred: all six held */
+    assert_int_equal(ch->inflight.n, 5);
+    assert_int_equal(ch->deferred.n, 1);
+    assert_int_equal(st.held, 6);
+    assert_int_equal(tn_diskq_depth(ch->dq), 0);
+    broker_store_free(bk); /* no persist: a crash */
+
+    bk_open(f);
+    nseen = 0;
+    ch = chan(bk, "t", "c");
+    /* from m1: m1..m7 (m2 finished but after m1) and m4 again */
+    assert_int_equal(broker_channel_depth(ch), 8);
+    consume(&c, bk, ch, 100);
+    assert_int_equal(nseen, 8);
+    assert_string_equal(seen[0].body, "m1");
+    assert_string_equal(seen[7].body, "m4");
+    broker_client_unsub(&c, 1000);
 }
 
 static void test_dead_letter(void **state)
@@ -530,6 +586,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_overflow_to_disk, setup, teardown),
         cmocka_unit_test_setup_teardown(test_topic_without_channels_and_pause, setup, teardown),
         cmocka_unit_test_setup_teardown(test_persist_and_reload, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_disk_records_held_until_fin, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dead_letter, setup, teardown),
         cmocka_unit_test_setup_teardown(test_ephemeral, setup, teardown),
         cmocka_unit_test_setup_teardown(test_delete_kicks, setup, teardown),

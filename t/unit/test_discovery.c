@@ -272,9 +272,23 @@ static void test_channels_of_topic(void **state)
     assert_int_equal(discovery_topic_delete(&db, "t"), 0);
     assert_null(discovery_channels(&db, "t"));
     assert_int_equal(db.nregs, 200);
-    assert_int_equal(discovery_hash(DISCOVERY_HASH_INIT, "ab") ==
-                         discovery_hash(discovery_hash(DISCOVERY_HASH_INIT, "a"), "b"),
-                     0);
+    /* where the topic ends is part of the key: ("ab","c") is not ("a","bc"),
+     * and a topic is not a channel with an empty name */
+    struct discovery_reg *abc = discovery_reg_add(&db, DISCOVERY_REG_CHANNEL, "ab", "c", &err);
+    struct discovery_reg *a_bc = discovery_reg_add(&db, DISCOVERY_REG_CHANNEL, "a", "bc", &err);
+    struct discovery_reg *ab = discovery_reg_add(&db, DISCOVERY_REG_TOPIC, "ab", NULL, &err);
+    assert_non_null(abc);
+    assert_non_null(a_bc);
+    assert_non_null(ab);
+    assert_true(abc != a_bc && ab != abc);
+    assert_int_equal(db.nregs, 203);
+    assert_ptr_equal(discovery_reg_find(&db, DISCOVERY_REG_CHANNEL, "ab", "c"), abc);
+    assert_ptr_equal(discovery_reg_find(&db, DISCOVERY_REG_CHANNEL, "a", "bc"), a_bc);
+    assert_ptr_equal(discovery_reg_find(&db, DISCOVERY_REG_TOPIC, "ab", ""), ab);
+    assert_null(discovery_reg_find(&db, DISCOVERY_REG_CHANNEL, "ab", NULL));
+    assert_null(discovery_reg_find(&db, DISCOVERY_REG_CHANNEL, "abc", ""));
+    assert_ptr_equal(discovery_channels(&db, "ab"), abc);
+    assert_null(discovery_channels_next(abc));
     discovery_lookup_free(&db);
 }
 

@@ -1238,6 +1238,301 @@ static void test_async_sync_crash_keeps_all(void **state)
     tn_diskq_close(q);
 }
 
+/* ---- held records: tn_diskq_take / tn_diskq_release ------------------------ */
+
+/* Peek record i and take it into h. */
+static void take_rec(struct tn_diskq *q, unsigned i, struct tn_diskq_hold *h)
+{
+    unsigned char want[256];
+    const void *data;
+    size_t len, wlen = make_rec(i, want);
+
+    assert_int_equal(tn_diskq_peek(q, &data, &len), 0);
+    assert_int_equal(len, wlen);
+    assert_memory_equal(data, want, wlen);
+    assert_int_equal(tn_diskq_take(q, h), 0);
+}
+
+static void expect_commit(struct tn_diskq *q, uint32_t file, uint64_t pos, uint64_t held)
+{
+    struct tn_diskq_stats st;
+
+    tn_diskq_get_stats(q, &st);
+    assert_int_equal(st.commit_file, file);
+    assert_int_equal(st.commit_pos, pos);
+    assert_int_equal(st.held, held);
+}
+
+/* Releases in any order: the committed position moves over the released
+ * prefix only, stopping at the oldest record still held. */
+static void test_hold_out_of_order_release(void **state)
+{
+    const char *dir = *state;
+    struct tn_diskq_hold h[10] = {0}, never = {0};
+    struct tn_diskq *q = qopen(dir, 0, 1);
+    struct tn_diskq_stats st;
+    unsigned i;
+
+    put_range(q, 0, 12);
+    assert_int_equal(tn_diskq_take(q, &h[0]), TN_EINVAL); /* nothing peeked */
+    for (i = 0; i < 10; i++)
+        take_rec(q, i, &h[i]);
+    assert_int_equal(tn_diskq_depth(q), 2); /* unread */
+    expect_commit(q, 0, 0, 10);
+    tn_diskq_get_stats(q, &st);
+    assert_int_equal(st.read_pos, recs_size(0, 10));
+
+    assert_int_equal(tn_diskq_release(q, &h[3]), 0);
+    assert_int_equal(tn_diskq_release(q, &h[5]), 0);
+    assert_int_equal(tn_diskq_release(q, &h[9]), 0);
+    expect_commit(q, 0, 0, 7);
+    assert_int_equal(tn_diskq_release(q, &h[0]), 0);
+    expect_commit(q, 0, recs_size(0, 1), 6);
+    assert_int_equal(tn_diskq_release(q, &h[2]), 0);
+    expect_commit(q, 0, recs_size(0, 1), 5);
+    assert_int_equal(tn_diskq_release(q, &h[1]), 0); /* 1, 2, 3 done: on to 4 */
+    expect_commit(q, 0, recs_size(0, 4), 4);
+    assert_int_equal(tn_diskq_release(q, &h[1]), TN_ENOTFOUND); /* twice */
+    assert_int_equal(tn_diskq_release(q, &never), TN_ENOTFOUND);
+    assert_int_equal(tn_diskq_release(q, &h[4]), 0);
+    expect_commit(q, 0, recs_size(0, 6), 3);
+
+    /* advancing past a record while others are held moves nothing */
+    expect_rec(q, 10);
+    expect_commit(q, 0, recs_size(0, 6), 3);
+    assert_int_equal(tn_diskq_release(q, &h[6]), 0);
+    assert_int_equal(tn_diskq_release(q, &h[8]), 0);
+    assert_int_equal(tn_diskq_release(q, &h[7]), 0); /* the last: the read position */
+    expect_commit(q, 0, recs_size(0, 11), 0);
+    expect_rec(q, 11); /* none held: an advance commits at once */
+    expect_commit(q, 0, recs_size(0, 12), 0);
+    expect_empty(q);
+    tn_diskq_close(q);
+}
+
+/* Child: 25 records, 0..19 taken, some released, death (sync_every 1:
+ * every move of the committed position is durable at once). */
+static void crash_with_holds(const char *dir)
+{
+    static const unsigned done[] = {0, 1, 2, 5, 7, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19};
+    struct tn_diskq_hold h[20] = {0};
+    struct tn_diskq *q = qopen(dir, 0, 1);
+    unsigned i;
+
+    put_range(q, 0, 25);
+    for (i = 0; i < 20; i++)
+        take_rec(q, i, &h[i]);
+    for (i = 0; i < sizeof(done) / sizeof(done[0]); i++)
+        assert_int_equal(tn_diskq_release(q, &h[done[i]]), 0);
+}
+
+/* After a crash, reading restarts at the oldest record not released (3):
+ * the unreleased ones (3, 4, 6, 8, 9) come back, with what was read after
+ * the first of them (released or not), and the unread ones; nothing before. */
+static void test_hold_crash_redelivers_unreleased(void **state)
+{
+    const char *dir = *state;
+    struct tn_diskq *q;
+
+    in_crashing_child(crash_with_holds, dir);
+    q = qopen(dir, 0, 1);
+    assert_int_equal(tn_diskq_depth(q), 22);
+    expect_range(q, 3, 25);
+    expect_empty(q);
+    tn_diskq_close(q);
+}
+
+/* Child: 25 records, all 20 taken released in reverse, death. */
+static void crash_all_released(const char *dir)
+{
+    struct tn_diskq_hold h[20] = {0};
+    struct tn_diskq *q = qopen(dir, 0, 1);
+    int i;
+
+    put_range(q, 0, 25);
+    for (i = 0; i < 20; i++)
+        take_rec(q, (unsigned)i, &h[i]);
+    for (i = 19; i >= 0; i--)
+        assert_int_equal(tn_diskq_release(q, &h[i]), 0);
+}
+
+static void test_hold_crash_after_all_released(void **state)
+{
+    const char *dir = *state;
+    struct tn_diskq *q;
+
+    in_crashing_child(crash_all_released, dir);
+    q = qopen(dir, 0, 1);
+    assert_int_equal(tn_diskq_depth(q), 5);
+    expect_range(q, 20, 25);
+    expect_empty(q);
+    tn_diskq_close(q);
+}
+
+/* A clean close keeps held records too: they are not done. */
+static void test_hold_close_keeps_held(void **state)
+{
+    const char *dir = *state;
+    struct tn_diskq_hold h[5] = {0};
+    struct tn_diskq *q = qopen(dir, 0, 0);
+    unsigned i;
+
+    put_range(q, 0, 8);
+    for (i = 0; i < 5; i++)
+        take_rec(q, i, &h[i]);
+    assert_int_equal(tn_diskq_release(q, &h[0]), 0);
+    assert_int_equal(tn_diskq_release(q, &h[2]), 0);
+    assert_int_equal(tn_diskq_close(q), 0);
+    q = qopen(dir, 0, 0);
+    assert_int_equal(tn_diskq_depth(q), 7);
+    expect_range(q, 1, 8);
+    expect_empty(q);
+    tn_diskq_close(q);
+}
+
+/* Segments are deleted only below the committed one: a record held in an
+ * early segment keeps it and every later one on disk. */
+static void test_hold_segments_kept_from_committed(void **state)
+{
+    const char *dir = *state;
+    struct tn_diskq_hold *h = calloc(300, sizeof(*h));
+    struct tn_diskq_stats st;
+    struct tn_diskq *q = qopen(dir, 1024, 1);
+    unsigned i, keep = seg_next(seg_next(0, 1024), 1024) + 3; /* in segment 2 */
+    char path[512];
+
+    assert_non_null(h);
+    put_range(q, 0, 300);
+    for (i = 0; i < 300; i++)
+        take_rec(q, i, &h[i]);
+    expect_empty(q);
+    tn_diskq_get_stats(q, &st);
+    assert_true(st.write_file > 4);
+    assert_int_equal(st.read_file, st.write_file);
+    assert_int_equal(count_files(dir), (int)st.write_file + 2); /* all + metadata */
+
+    for (i = 1; i < 300; i++)
+        if (i != keep)
+            assert_int_equal(tn_diskq_release(q, &h[i]), 0);
+    expect_commit(q, 0, 0, 2); /* record 0 still held */
+    assert_int_equal(tn_diskq_sync(q), 0);
+    assert_int_equal(count_files(dir), (int)st.write_file + 2);
+
+    assert_int_equal(tn_diskq_release(q, &h[0]), 0);
+    assert_int_equal(tn_diskq_sync(q), 0);
+    tn_diskq_get_stats(q, &st);
+    assert_int_equal(st.commit_file, 2);
+    assert_int_equal(st.commit_pos, recs_size(seg_next(seg_next(0, 1024), 1024), keep));
+    assert_int_equal(st.files, st.write_file - 1);
+    assert_int_equal(count_files(dir), (int)st.files + 1);
+    seg_path(path, sizeof(path), dir, QNAME, 1);
+    assert_int_equal(file_size(path), -1);
+    seg_path(path, sizeof(path), dir, QNAME, 2);
+    assert_true(file_size(path) > 0);
+
+    assert_int_equal(tn_diskq_release(q, &h[keep]), 0);
+    assert_int_equal(tn_diskq_sync(q), 0);
+    assert_int_equal(count_files(dir), 2); /* the write segment + metadata */
+    tn_diskq_close(q);
+    free(h);
+
+    q = qopen(dir, 1024, 1);
+    expect_empty(q);
+    tn_diskq_close(q);
+}
+
+/* Emptying forgets the holds without touching them; their release after
+ * is refused and changes nothing. */
+static void test_hold_empty_forgets(void **state)
+{
+    const char *dir = *state;
+    struct tn_diskq_hold h[3] = {0};
+    struct tn_diskq *q = qopen(dir, 0, 1);
+    struct tn_diskq_stats st;
+
+    put_range(q, 0, 5);
+    take_rec(q, 0, &h[0]);
+    take_rec(q, 1, &h[1]);
+    assert_int_equal(tn_diskq_empty(q), 0);
+    expect_commit(q, 1, 0, 0);
+    assert_int_equal(tn_diskq_release(q, &h[1]), TN_ENOTFOUND);
+    assert_int_equal(tn_diskq_release(q, &h[0]), TN_ENOTFOUND);
+    put_range(q, 10, 12);
+    take_rec(q, 10, &h[2]);
+    tn_diskq_get_stats(q, &st);
+    assert_int_equal(st.held, 1);
+    assert_int_equal(tn_diskq_close(q), 0);
+    q = qopen(dir, 0, 1);
+    expect_range(q, 10, 12);
+    expect_empty(q);
+    tn_diskq_close(q);
+}
+
+/* A corrupt record skipped while an earlier one is held stays counted
+ * from the committed position: a reopen finds the depth it will meet. */
+static void test_hold_skipped_corrupt_record_counted(void **state)
+{
+    const char *dir = *state;
+    struct tn_diskq_hold h = {0};
+    struct tn_diskq_stats st;
+    struct tn_diskq *q = qopen(dir, 0, 1);
+    char path[512];
+
+    put_range(q, 0, 10);
+    tn_diskq_close(q);
+    seg_path(path, sizeof(path), dir, QNAME, 0);
+    flip_byte(path, recs_size(0, 5) + 8 + 2); /* inside record 5's payload */
+
+    q = qopen(dir, 0, 1);
+    take_rec(q, 0, &h);
+    expect_range(q, 1, 5);
+    expect_range(q, 6, 10); /* 5 skipped */
+    expect_empty(q);
+    assert_int_equal(tn_diskq_close(q), 0); /* record 0 still held */
+
+    q = qopen(dir, 0, 1);
+    assert_int_equal(tn_diskq_depth(q), 10);
+    expect_range(q, 0, 5);
+    expect_range(q, 6, 10);
+    expect_empty(q);
+    tn_diskq_get_stats(q, &st);
+    assert_int_equal(st.corrupt, 1);
+    tn_diskq_close(q);
+}
+
+/* Child: async syncs every 10 operations; 1000 records all taken, all
+ * released but record 500, a sync, death. */
+static void crash_async_with_hold(const char *dir)
+{
+    struct tn_diskq_hold *h = calloc(1000, sizeof(*h));
+    struct tn_diskq *q = aopen(dir);
+    unsigned i;
+
+    assert_non_null(h);
+    put_range(q, 0, 1000);
+    for (i = 0; i < 1000; i++)
+        take_rec(q, i, &h[i]);
+    for (i = 0; i < 1000; i++)
+        if (i != 500)
+            assert_int_equal(tn_diskq_release(q, &h[i]), 0);
+    assert_int_equal(tn_diskq_sync(q), 0);
+}
+
+/* The asynchronous syncs write the committed position of their moment:
+ * after the crash reading restarts at the record still held. */
+static void test_hold_async_sync_crash(void **state)
+{
+    const char *dir = *state;
+    struct tn_diskq *q;
+
+    in_crashing_child(crash_async_with_hold, dir);
+    q = aopen(dir);
+    assert_int_equal(tn_diskq_depth(q), 500);
+    expect_range(q, 500, 1000);
+    expect_empty(q);
+    tn_diskq_close(q);
+}
+
 #define HDR_BYTES 8 /* [4B length][4B crc] */
 
 static uint32_t be32(const unsigned char *p)
@@ -1362,6 +1657,14 @@ int main(void)
         T(test_async_sync_due_when_done),
         T(test_async_sync_many_queues),
         T(test_crc_is_zlibs),
+        T(test_hold_out_of_order_release),
+        T(test_hold_crash_redelivers_unreleased),
+        T(test_hold_crash_after_all_released),
+        T(test_hold_close_keeps_held),
+        T(test_hold_segments_kept_from_committed),
+        T(test_hold_empty_forgets),
+        T(test_hold_async_sync_crash),
+        T(test_hold_skipped_corrupt_record_counted),
     };
 #undef T
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -22,5 +22,6 @@
 #include <ternd/service.h>
 #include <ternd/pool.h>
 #include <ternd/tls.h>
+#include <ternd/map.h>
 
 #endif

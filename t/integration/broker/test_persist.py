@@ -8,7 +8,7 @@ import socket
 import time
 
 import nsqwire as nw
-from brokerhelp import restart
+from brokerhelp import http, restart
 
 
 def drain(c, fin=True, quiet=1.0):
@@ -153,3 +153,25 @@ def test_failed_start_keeps_data(broker):
     restart(b)
     c = nw.consumer(b.tcp_port, "keep", "ch", rdy=5)
     assert sorted(m.body for m in drain(c)) == [b"a", b"b"]
+
+
+def test_restart_paused_topic_backlog_reaches_every_channel(broker):
+    """A paused topic with two channels keeps what is published in its own
+    disk queue. After a restart it is still paused (nothing moved to the
+    channels while they were being recreated), and unpausing it gives
+    every channel every message."""
+    b = broker(mem_queue_size=0, sync_every=1)
+    for ch in ("a", "b"):
+        nw.consumer(b.tcp_port, "pz", ch).close()
+    assert http(b, "POST", "/topic/pause?topic=pz").status == 200
+    nw.publish(b.tcp_port, "pz", [b"pz-%d" % i for i in range(10)])
+    b.stop()
+    restart(b)
+    t = http(b, "GET", "/stats?format=json&topic=pz").json()["topics"][0]
+    assert t["paused"] and t["depth"] == 10, t
+    assert [c["depth"] for c in t["channels"]] == [0, 0], t
+    assert http(b, "POST", "/topic/unpause?topic=pz").status == 200
+    for ch in ("a", "b"):
+        c = nw.consumer(b.tcp_port, "pz", ch, rdy=20)
+        assert sorted(m.body for m in drain(c)) == [b"pz-%d" % i for i in range(10)], ch
+        c.close()

@@ -7,6 +7,8 @@ runs out; a clean deregistration propagates through the watch."""
 import os
 import shutil
 import signal
+import socket
+import ssl
 import subprocess
 import time
 
@@ -26,28 +28,46 @@ def etcd_binary():
 
 
 class Etcd:
-    """An etcd-server of our own: free ports, temporary data dir."""
+    """An etcd-server of our own: free ports, temporary data dir. tls: a
+    dict {cert, key, ca, client_auth} serves the client URL over https;
+    client_auth adds --trusted-ca-file ca and --client-cert-auth, and
+    ready() then presents client=(cert, key)."""
 
-    def __init__(self, tmp, host="127.0.0.1"):
+    def __init__(self, tmp, host="127.0.0.1", tls=None, client=None):
         self.client = tnhelp.free_port()
         peer = tnhelp.free_port()
         self.addr = "%s:%d" % (host, self.client)
+        self.tls, self.client_cert = tls, client
+        scheme = "https://" if tls else "http://"
+        self.url = scheme + self.addr
         self.log = open(tmp / "etcd.log", "wb")
-        self.proc = subprocess.Popen(
-            [etcd_binary(), "--name", "t", "--data-dir", str(tmp / "etcd-data"),
-             "--listen-client-urls", "http://" + self.addr,
-             "--advertise-client-urls", "http://" + self.addr,
-             "--listen-peer-urls", "http://%s:%d" % (host, peer),
-             "--initial-advertise-peer-urls", "http://%s:%d" % (host, peer),
-             "--initial-cluster", "t=http://%s:%d" % (host, peer)],
-            stdout=self.log, stderr=subprocess.STDOUT)
+        args = [etcd_binary(), "--name", "t", "--data-dir", str(tmp / "etcd-data"),
+                "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
+                "--listen-peer-urls", "http://%s:%d" % (host, peer),
+                "--initial-advertise-peer-urls", "http://%s:%d" % (host, peer),
+                "--initial-cluster", "t=http://%s:%d" % (host, peer)]
+        if tls:
+            args += ["--cert-file", str(tls["cert"]), "--key-file", str(tls["key"])]
+            if tls.get("client_auth"):  # (etcd 3.4 asks as soon as it has a CA file)
+                args += ["--trusted-ca-file", str(tls["ca"]), "--client-cert-auth"]
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
         tnhelp.wait_for(self.ready, 20, interval=0.1, what="etcd to answer")
 
     def ready(self):
+        body = b'{"key":"AA=="}'
         try:
-            r = tnhelp.request(self.client, "POST", "/v3/kv/range", b'{"key":"AA=="}',
-                               timeout=1.0)
-            return r.status == 200
+            if not self.tls:
+                r = tnhelp.request(self.client, "POST", "/v3/kv/range", body, timeout=1.0)
+                return r.status == 200
+            ctx = ssl.create_default_context(cafile=str(self.tls["cert"]))
+            if self.client_cert:
+                ctx.load_cert_chain(*[str(f) for f in self.client_cert])
+            with socket.create_connection(("127.0.0.1", self.client), timeout=1.0) as raw:
+                with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as s:
+                    s.sendall(b"POST /v3/kv/range HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n"
+                              b"Connection: close\r\n\r\n%s" % (len(body), body))
+                    r, _ = tnhelp.read_response(s, timeout=1.0)
+                    return r.status == 200
         except OSError:
             return False
 
@@ -166,3 +186,106 @@ def test_conf_checks(ternd):
     r = t.check()
     assert r.returncode != 0
     assert "etcd.prefix" in r.stderr
+
+
+# ---- https endpoints -------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is missing")
+    d = tmp_path_factory.mktemp("etcdcerts")
+    out = {}
+    for name in ("etcd", "client", "other"):
+        out[name], out[name + "_key"] = tnhelp.self_signed_cert(d, name)
+    # what etcd trusts: our client, and itself (its JSON gateway calls its
+    # own gRPC port with its certificate when client certificates are asked)
+    out["bundle"] = d / "bundle.pem"
+    out["bundle"].write_text(out["etcd"].read_text() + out["client"].read_text())
+    return out
+
+
+def tls_etcd(tmp_path, certs, client_auth=False):
+    if not etcd_binary():
+        pytest.skip("etcd not installed (apt-get install etcd-server)")
+    tls = {"cert": certs["etcd"], "key": certs["etcd_key"], "ca": certs["bundle"],
+           "client_auth": client_auth}
+    return Etcd(tmp_path, tls=tls, client=(certs["client"], certs["client_key"])
+                if client_auth else None)
+
+
+def https_section(e, **tls):
+    sec = etcd_section(e)
+    sec["etcd"]["endpoints"] = [e.url]
+    sec["etcd"]["tls"] = {k: str(v) for k, v in tls.items()}
+    return sec
+
+
+def test_https_endpoints_share_services(dsc, tmp_path, certs):
+    e = tls_etcd(tmp_path, certs)
+    try:
+        a = dsc(**https_section(e, ca=certs["etcd"]))
+        b = dsc(**https_section(e, ca=certs["etcd"]))
+        r = post(a.http_port, "/services/register",
+                 {"name": "sec", "id": "s1", "address": "10.0.0.5:1", "ttl": "30s"})
+        assert r.status == 200, r.body
+        got = tnhelp.wait_for(lambda: instances(b, "sec"), WAIT, what="sec/s1 on b over https")
+        assert [i["id"] for i in got] == ["s1"]
+        assert "serving the cached registry" not in a.log()
+        a.stop()
+        b.stop()
+    finally:
+        e.stop()
+
+
+def test_https_mutual_tls_and_refusals(dsc, tmp_path, certs):
+    """etcd with --client-cert-auth: a ternd with the client certificate
+    works; one without it, or one that does not trust etcd's certificate,
+    or one that checks the wrong name, gets nowhere, with the reason
+    logged."""
+    e = tls_etcd(tmp_path, certs, client_auth=True)
+    try:
+        good = dsc(**https_section(e, ca=certs["etcd"], cert=certs["client"],
+                                   key=certs["client_key"]))
+        assert post(good.http_port, "/services/register",
+                    {"name": "m", "id": "m1", "address": "10.0.0.6:1"}).status == 200
+        anon = dsc(**https_section(e, ca=certs["etcd"]))
+        anon.wait_log(r"discovery\.etcd: (connection closed|connect failed|bad HTTP).*serving "
+                      r"the cached registry", timeout=WAIT)
+        untrusting = dsc(**https_section(e, ca=certs["other"], cert=certs["client"],
+                                         key=certs["client_key"]))
+        log = untrusting.wait_log(r"TLS handshake failed: .*certificate verify failed",
+                                  timeout=WAIT)
+        assert "127.0.0.1:%d" % e.client in log
+        untrusting.wait_log(r"discovery\.etcd: connect failed", timeout=WAIT)
+        misnamed = dsc(**https_section(e, ca=certs["etcd"], cert=certs["client"],
+                                       key=certs["client_key"], server_name="etcd.example"))
+        misnamed.wait_log(r"TLS handshake failed: .*hostname mismatch", timeout=WAIT)
+        # the refused ones learnt nothing; the good one still sees its own
+        assert instances(anon, "m") == [] and instances(untrusting, "m") == []
+        assert [i["id"] for i in instances(good, "m")] == ["m1"]
+        # and a second good host learns it through etcd
+        other = dsc(**https_section(e, ca=certs["etcd"], cert=certs["client"],
+                                    key=certs["client_key"]))
+        tnhelp.wait_for(lambda: instances(other, "m"), WAIT, what="m/m1 on the other host")
+        for t in (good, anon, untrusting, misnamed, other):
+            t.stop()
+    finally:
+        e.stop()
+
+
+def test_endpoint_forms_and_tls_conf_checks(ternd, tmp_path):
+    daemon = {"modules_dir": str(modules_dir())}
+    for ep in ("https://127.0.0.1:2379", "http://127.0.0.1:2379/", "127.0.0.1:2379"):
+        t = ternd(daemon=daemon, sections={"discovery": {"backend": "etcd", "etcd": {
+            "endpoints": [ep]}}})
+        r = t.check()
+        assert r.returncode == 0, (ep, r.stderr)
+    t = ternd(daemon=daemon, sections={"discovery": {"backend": "etcd", "etcd": {
+        "endpoints": ["https://127.0.0.1:2379"], "tls": {"ca": str(tmp_path / "none.pem")}}}})
+    r = t.check()
+    assert r.returncode != 0 and "etcd.tls" in r.stderr and "none.pem" in r.stderr
+    t = ternd(daemon=daemon, sections={"discovery": {"backend": "etcd", "etcd": {
+        "endpoints": ["https://"]}}})
+    r = t.check()
+    assert r.returncode != 0 and "etcd.endpoints" in r.stderr

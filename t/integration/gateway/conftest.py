@@ -26,10 +26,7 @@ def tcp_open(port):
 
 
 def udp_free_port():
-    import socket
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return tnhelp.free_port()  # free for UDP too
 
 
 def gateway_yaml(tcp, ws, script, extra, kcp=None):
@@ -89,14 +86,16 @@ def gateway(ternd):
 
 @pytest.fixture
 def nodes():
-    """nodes(name) starts scripts/gateway/example_node.py on a free port
-    (p.port); every node is killed at the end of the test."""
+    """nodes(name, *args) starts scripts/gateway/example_node.py on a free
+    port (p.port) with more options in args (e.g. --tls-cert); every node
+    is killed at the end of the test."""
     procs = []
 
-    def start(name):
+    def start(name, *args):
         port = tnhelp.free_port()
         p = subprocess.Popen([sys.executable, str(NODE), "--listen", "127.0.0.1:%d" % port,
-                              "--name", name], stdout=subprocess.PIPE, text=True)
+                              "--name", name] + [str(a) for a in args],
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         assert p.stdout.readline().startswith("listening")
         procs.append(p)
         p.port = port

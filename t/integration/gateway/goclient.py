@@ -14,7 +14,11 @@ KCP_GO = GOCODE / "src" / "github.com" / "xtaci" / "kcp-go"
 
 
 def build(out_dir, cache_dir):
-    """The client binary in out_dir; the Go build cache in cache_dir."""
+    """The client binary in out_dir; the Go build cache in cache_dir. With
+    $TERND_KCP_CLIENT set, that binary, built before (the test host VM has
+    no Go: test_kcp_netem.py builds the client on the host)."""
+    if os.environ.get("TERND_KCP_CLIENT"):
+        return Path(os.environ["TERND_KCP_CLIENT"])
     go = shutil.which("go")
     assert go and KCP_GO.is_dir(), (
         "the KCP client needs golang-go and golang-github-xtaci-kcp-dev "

@@ -8,6 +8,9 @@ import time
 import tnhelp
 
 HB = 0x80
+# a KCP listener's options in turbo mode (those kcp_client.go uses by default)
+TURBO = {"nodelay": "true", "interval": "10ms", "resend": 2, "nc": "true",
+         "sndwnd": 128, "rcvwnd": 128, "mtu": 1400}
 
 
 def modules_dir():

@@ -17,6 +17,7 @@ import fcntl
 import heapq
 import os
 import random
+import re
 import select
 import shutil
 import struct
@@ -129,6 +130,15 @@ class Link:
 
     def exec(self, side):
         return ["ip", "netns", "exec", self.ns[side]]
+
+    def netem_dropped(self):
+        """The packets netem dropped on both sides so far (0 without netem)."""
+        total = 0
+        for ns in self.ns.values() if self.netem else ():
+            r = subprocess.run(["tc", "-n", ns, "-s", "qdisc", "show", "dev", "tk0"],
+                               capture_output=True, text=True)
+            total += sum(int(n) for n in re.findall(r"\(dropped (\d+),", r.stdout))
+        return total
 
     def _schedule(self, dst, pkt):
         if not self.netem and self.rnd.random() < self.loss:
