@@ -35,6 +35,7 @@ import struct
 import threading
 import time
 from collections import Counter
+from types import SimpleNamespace
 
 import nsqwire as nw
 from brokerhelp import http, restart
@@ -254,6 +255,18 @@ def publish_acked(b, topic, bodies):
     return set(bodies)
 
 
+def publish_and_hold(b, topic, n):
+    """Publish n bodies <topic>-NNNN (acknowledged) and have one consumer of
+    channel "ch" receive all of them without finishing any. Returns
+    (connection, acked, the messages held)."""
+    c = nw.consumer(b.tcp_port, topic, "ch")
+    acked = publish_acked(b, topic, [b"%s-%04d" % (topic.encode(), i) for i in range(n)])
+    c.rdy(n)
+    held = [c.read_message(timeout=10.0) for _ in range(n)]
+    assert {m.body for m in held} == acked
+    return c, acked, held
+
+
 def test_sigkill_with_messages_in_flight_loses_none(broker):
     """mem_queue_size 0 + sync_every 1: messages a consumer received but
     had not FINed when ternd was SIGKILLed are delivered again after the
@@ -261,11 +274,7 @@ def test_sigkill_with_messages_in_flight_loses_none(broker):
     unfinished record)."""
     n = 50
     b = broker(http=False, mem_queue_size=0, sync_every=1)
-    c = nw.consumer(b.tcp_port, "ifl", "ch")
-    acked = publish_acked(b, "ifl", [b"ifl-%04d" % i for i in range(n)])
-    c.rdy(n)
-    held = [c.read_message(timeout=10.0) for _ in range(n)]
-    assert {m.body for m in held} == acked
+    c, acked, _ = publish_and_hold(b, "ifl", n)
     sigkill(b)
     c.close()
 
@@ -282,28 +291,11 @@ def test_sigkill_after_some_fin_and_req(broker):
     flight) and a sixth with a long delay (deferred in memory), and keeps
     the rest unfinished. After the restart every message not FINed comes
     back; FINed ones may come again (at least once), nothing is invented."""
-    n = 60
     b = broker(http=False, mem_queue_size=0, sync_every=1)
-    c = nw.consumer(b.tcp_port, "mix", "ch")
-    acked = publish_acked(b, "mix", [b"mix-%04d" % i for i in range(n)])
-    c.rdy(n)
-    held = [c.read_message(timeout=10.0) for _ in range(n)]
-    assert {m.body for m in held} == acked
-    fin, req_now, req_later = set(), set(), set()
-    for i, m in enumerate(held):
-        if i % 3 == 1:
-            c.fin(m.id)
-            fin.add(m.body)
-        elif i % 6 == 2:
-            c.req(m.id, 0)
-            req_now.add(m.body)
-        elif i % 6 == 5:
-            c.req(m.id, 600000)
-            req_later.add(m.body)
-    c.pub("mix-sync", b"x")  # answered once the FINs and REQs are handled
-    again = read_until_ok(c, "FIN/REQ")
+    h = hold_with_fin_and_req(b, "mix", 60)
+    c, acked, fin, req_now, req_later = h.c, h.acked, h.fin, h.now, h.later
     # the REQ 0 ones went back to disk and came straight back (RDY allows)
-    assert {m.body for m in again} <= req_now
+    assert {m.body for m in h.again} <= req_now
     sigkill(b)
     c.close()
 
@@ -339,28 +331,28 @@ def hold_with_fin_and_req(b, topic, n):
     """Publish n (acknowledged), have one consumer receive all of them from
     the channel's disk queue, FIN a third, REQ a sixth with a long delay
     and a sixth at once (they come straight back), and wait until the
-    broker handled all that. Returns (connection, acked, fin, req_later,
-    untouched: messages still in flight from the first delivery)."""
-    c = nw.consumer(b.tcp_port, topic, "ch")
-    acked = publish_acked(b, topic, [b"%s-%04d" % (topic.encode(), i) for i in range(n)])
-    c.rdy(n)
-    held = [c.read_message(timeout=10.0) for _ in range(n)]
-    assert {m.body for m in held} == acked
-    fin, later, untouched = set(), set(), []
+    broker handled all that. Returns a namespace:
+    c (the connection), acked, fin, now (REQ 0), later (REQ with a delay),
+    untouched (still in flight from the first delivery), again (what came
+    back before the sync)."""
+    c, acked, held = publish_and_hold(b, topic, n)
+    fin, now, later, untouched = set(), set(), set(), []
     for i, m in enumerate(held):
         if i % 3 == 1:
             c.fin(m.id)
             fin.add(m.body)
         elif i % 6 == 2:
             c.req(m.id, 0)
+            now.add(m.body)
         elif i % 6 == 5:
             c.req(m.id, 600000)
             later.add(m.body)
         else:
             untouched.append(m)
-    c.pub(topic + "-sync", b"x")
-    read_until_ok(c, "FIN/REQ")
-    return c, acked, fin, later, untouched
+    c.pub(topic + "-sync", b"x")  # answered once the FINs and REQs are handled
+    again = read_until_ok(c, "FIN/REQ")
+    return SimpleNamespace(c=c, acked=acked, fin=fin, now=now, later=later,
+                           untouched=untouched, again=again)
 
 
 def test_sigterm_with_disk_messages_in_flight_exactly_once(broker):
@@ -368,7 +360,8 @@ def test_sigterm_with_disk_messages_in_flight_exactly_once(broker):
     is written back and its old record released, so after the restart each
     unfinished message comes exactly once and no FINed one comes back."""
     b = broker(mem_queue_size=0, sync_every=1)
-    c, acked, fin, later, _ = hold_with_fin_and_req(b, "term0", 60)
+    h = hold_with_fin_and_req(b, "term0", 60)
+    c, acked, fin, later = h.c, h.acked, h.fin, h.later
     b.stop()  # SIGTERM, exit 0
     c.close()
 
@@ -390,7 +383,8 @@ def test_empty_and_delete_with_disk_messages_in_flight(broker):
     files. ternd keeps running through both (and ASan sees no misuse of
     the records the entries held)."""
     b = broker(mem_queue_size=0, sync_every=1)
-    c, _, _, _, untouched = hold_with_fin_and_req(b, "emp", 30)
+    h = hold_with_fin_and_req(b, "emp", 30)
+    c, untouched = h.c, h.untouched
     assert http(b, "POST", "/channel/empty?topic=emp&channel=ch").status == 200
     c.fin(untouched[0].id)
     assert c.expect_error(b"E_FIN_FAILED").endswith(b"ID not in flight")
@@ -402,7 +396,7 @@ def test_empty_and_delete_with_disk_messages_in_flight(broker):
     restart(b)
     assert sorted(consume_all(b, "emp", "ch")) == sorted(after)
 
-    d, _, _, _, _ = hold_with_fin_and_req(b, "del", 30)
+    d = hold_with_fin_and_req(b, "del", 30).c
     assert http(b, "POST", "/channel/delete?topic=del&channel=ch").status == 200
     d.expect_closed(timeout=5.0)
     assert not [n for n in segment_files(b) if n.startswith("del:ch.")]
