@@ -284,12 +284,9 @@ static void tls_fail(struct conn_impl *ci, int rc, const char *why)
     }
     /* a client that cannot reach its server securely is worth a warning;
      * a stranger failing our handshake is routine */
-    if (rc == TN_EPROTO && ci->c.listener)
-        tn_log_info(CONN_WHO, "%s: TLS %s failed: %s", ci->c.peer,
-                    tn_tls_sess_done(ci->tls) ? "connection" : "handshake", why);
-    else if (rc == TN_EPROTO)
-        tn_log_warn(CONN_WHO, "%s: TLS %s failed: %s", ci->c.peer,
-                    tn_tls_sess_done(ci->tls) ? "connection" : "handshake", why);
+    if (rc == TN_EPROTO)
+        tn_log(ci->c.listener ? TN_LOG_INFO : TN_LOG_WARN, CONN_WHO, "%s: TLS %s failed: %s",
+               ci->c.peer, tn_tls_sess_done(ci->tls) ? "connection" : "handshake", why);
     tls_output(ci); /* the alert, sent on the way out */
     conn_fail(ci, rc);
 }
